@@ -1,0 +1,70 @@
+r"""Q2: train the course CNN on Intel images (48x48, 6 classes).
+
+  python -m experiments.cnn --lr=0.01                      # one run
+  python -m experiments.cnn --lr=0.1,0.01,0.001            # Table 2.1 + one figure per rate
+  python -m experiments.cnn --model=bn_gap --lr=0.01
+
+Writes metrics.jsonl, summary.json, curves.png and Orbax checkpoints into --workdir; rerunning
+the same command resumes from the latest checkpoint.
+"""
+
+import dataclasses
+
+from absl import flags
+
+from hw2jax import cli, q2
+from hw2jax.data import intel
+
+flags.DEFINE_enum("model", "vanilla", list(q2.MODELS),
+                  "vanilla CNN, or bn_gap (BatchNorm + global average pooling).")
+flags.DEFINE_list("lr", ["0.01"], "Learning rate, or a comma-separated list for a sweep.")
+flags.DEFINE_integer("epochs", 40, "Training epochs (in total, counting resumed ones).")
+flags.DEFINE_integer("batch_size", 8, "Training batch size.")
+flags.DEFINE_enum("optimizer", "sgd", ["sgd", "adam"], "sgd (no momentum) or adam.")
+flags.DEFINE_float("l2_decay", 0.0, "L2 penalty added to the gradient (PyTorch weight_decay).")
+flags.DEFINE_float("dropout", 0.1, "Dropout probability.")
+flags.DEFINE_integer("seed", 42, "Seed of initialisation, dropout and batch order.")
+flags.DEFINE_integer("kernel_size", 3, "Convolution kernel size (odd; 'same' padding).")
+flags.DEFINE_bool("maxpool", True, "2x2 max-pooling after each conv block.")
+flags.DEFINE_list("channels", ["32", "64", "128"], "Channels of the conv blocks.")
+flags.DEFINE_enum("init", "torch", ["torch", "flax"],
+                  "torch: PyTorch's default initialisation, as the course; flax: lecun-normal.")
+flags.DEFINE_string("data_path", None,
+                    "Intel npz, Kaggle zip or folder. Default: $HW2JAX_DATA, ./data/, "
+                    "/kaggle/input/intel-image-classification.")
+flags.DEFINE_enum("layout", "hwc", ["hwc", "chw"],
+                  "How to read flattened (N, 6912) npz images; 4-D arrays are detected.")
+flags.DEFINE_string("workdir", None,
+                    "Output folder. Default: runs/cnn/<model>-lr<lr> (or <model>-sweep).")
+flags.DEFINE_enum("epoch_mode", "auto", ["auto", "scan", "loop"],
+                  "auto: one lax.scan per epoch on GPU/TPU, a Python loop of jitted steps on CPU.")
+flags.DEFINE_bool("fresh", False,
+                  "Start over: move the workdir's previous run to <workdir>/archive/<time>/.")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  del argv
+  lrs = cli.parse_floats(FLAGS.lr, "lr")
+  config = q2.Config(
+      model=FLAGS.model, learning_rate=lrs[0], epochs=FLAGS.epochs, batch_size=FLAGS.batch_size,
+      optimizer=FLAGS.optimizer, l2_decay=FLAGS.l2_decay, dropout=FLAGS.dropout, seed=FLAGS.seed,
+      kernel_size=FLAGS.kernel_size, maxpool=FLAGS.maxpool,
+      channels=tuple(cli.parse_ints(FLAGS.channels, "channels")), init=FLAGS.init,
+      epoch_mode=FLAGS.epoch_mode)
+  for lr in lrs:
+    dataclasses.replace(config, learning_rate=lr).validate()
+  n_params = q2.param_count(config)
+  print(f"{config.model}: {n_params:,} trainable parameters (Table 2.3)", flush=True)
+  data = intel.load(FLAGS.data_path, layout=FLAGS.layout)
+  if len(lrs) == 1:
+    workdir = FLAGS.workdir or f"runs/cnn/{config.model}-lr{lrs[0]:g}"
+    q2.train_and_evaluate(config, data, workdir, fresh=FLAGS.fresh)
+  else:
+    workdir = FLAGS.workdir or f"runs/cnn/{config.model}-sweep"
+    q2.sweep(config, lrs, data, workdir, fresh=FLAGS.fresh)
+  print(f"outputs in {workdir}", flush=True)
+
+
+if __name__ == "__main__":
+  cli.run(main)

@@ -1,0 +1,71 @@
+"""Orbax checkpoints of a run: the latest epochs (for resuming) and the best-validation one.
+
+Layout: <workdir>/checkpoints/latest/<epoch>/{state,meta} (the last two kept) and
+<workdir>/checkpoints/best/<epoch>/{state,meta}. `meta` is JSON (epoch, history, best value).
+A checkpoint that cannot be read is reported and the previous one is used instead.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import orbax.checkpoint as ocp
+
+from hw2jax.training import TrainState
+
+
+def _state_tree(state: TrainState) -> dict:
+  return {"params": state.params, "batch_stats": state.batch_stats, "opt_state": state.opt_state,
+          "step": state.step, "key": state.key}
+
+
+class Checkpoints:
+  """Saves and restores TrainStates (+ JSON metadata) under `<workdir>/checkpoints`."""
+
+  def __init__(self, workdir: str | Path, *, keep_latest: int = 2,
+               log: Callable[[str], None] = print):
+    self.root = Path(workdir).resolve() / "checkpoints"
+    self.log = log
+    self._managers = {
+        name: ocp.CheckpointManager(
+            self.root / name, item_names=("state", "meta"),
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+        for name, keep in (("latest", keep_latest), ("best", 1))}
+
+  def save(self, epoch: int, state: TrainState, meta: dict[str, Any], *, best: bool) -> None:
+    """Saves `state` as epoch `epoch` (asynchronously); also as the best one if `best`."""
+    for name in ("latest", "best") if best else ("latest",):
+      self._managers[name].save(epoch, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(_state_tree(state)), meta=ocp.args.JsonSave(meta)),
+          force=True)
+
+  def epochs(self, which: str = "latest") -> list[int]:
+    return sorted(self._managers[which].all_steps())
+
+  def restore(self, template: TrainState, which: str = "latest"
+              ) -> tuple[TrainState, dict[str, Any]] | None:
+    """The newest readable checkpoint of `which`, restored onto `template`'s structure."""
+    manager = self._managers[which]
+    manager.wait_until_finished()
+    abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, _state_tree(template))
+    for epoch in sorted(manager.all_steps(), reverse=True):
+      try:
+        restored = manager.restore(epoch, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+      except Exception as e:  # a damaged checkpoint must not end the run: fall back
+        self.log(f"checkpoint {which}/{epoch} is unreadable ({type(e).__name__}: "
+                 f"{str(e).splitlines()[0][:120]}); trying the previous one")
+        continue
+      tree = restored["state"]
+      return template.replace(**tree), dict(restored["meta"])
+    return None
+
+  def wait(self) -> None:
+    for manager in self._managers.values():
+      manager.wait_until_finished()
+
+  def close(self) -> None:
+    for manager in self._managers.values():
+      manager.close()

@@ -1,0 +1,1 @@
+"""Data sources: Intel images (`intel`) and phoneme-to-grapheme pairs (`phonemes`)."""

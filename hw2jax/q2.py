@@ -1,0 +1,278 @@
+"""Q2 experiments: train the course CNN on Intel images, evaluate, write the run's workdir.
+
+`train_and_evaluate` is one run (resumable); `sweep` runs several learning rates on one compiled
+program and writes the seed report's Table 2.1. The absl main in experiments/cnn.py only parses
+flags into a `Config` and calls these.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import math
+import shutil
+from pathlib import Path
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from hw2jax import classifier, cnn, fit as fit_lib, runlog, training
+from hw2jax.data import intel
+from hw2jax.errors import UserError
+
+MODELS = ("vanilla", "bn_gap")
+# The seed report (test accuracy, validation accuracy) after 40 epochs, batch 8, plain SGD.
+SEED_REPORT = {("vanilla", 0.1): (0.5533, 0.5734), ("vanilla", 0.01): (0.6907, 0.7123),
+               ("vanilla", 0.001): (0.6203, 0.6353), ("bn_gap", 0.01): (0.7440, 0.7279)}
+EXPECTED_PARAMS = {"vanilla": 5_340_742, "bn_gap": 755_718}
+CURVES = "curves.png"
+CONFIG = "config.json"
+TABLE = "table_2_1.md"
+# What a run leaves in its workdir; --fresh moves these aside (nothing else is touched).
+RUN_FILES = (runlog.METRICS, runlog.SUMMARY, CONFIG, CURVES, "checkpoints", TABLE, "sweep.json")
+# Config fields that may change between a run and its resumption.
+RESUMABLE = ("epochs", "epoch_mode", "eval_batch_size")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """One Q2 run; the defaults are the course skeleton's."""
+  model: str = "vanilla"
+  learning_rate: float = 0.01
+  epochs: int = 40
+  batch_size: int = 8
+  optimizer: str = "sgd"
+  l2_decay: float = 0.0
+  dropout: float = 0.1
+  seed: int = 42
+  kernel_size: int = 3
+  maxpool: bool = True
+  channels: tuple[int, ...] = (32, 64, 128)
+  init: str = "torch"
+  epoch_mode: str = "auto"
+  eval_batch_size: int = 1000
+
+  def validate(self) -> "Config":
+    checks = [
+        (self.model in MODELS, f"--model={self.model!r} is not one of {', '.join(MODELS)}"),
+        (self.optimizer in ("sgd", "adam"), f"--optimizer={self.optimizer!r}: use sgd or adam"),
+        (self.learning_rate > 0 and math.isfinite(self.learning_rate),
+         f"--lr={self.learning_rate} must be a positive number"),
+        (self.epochs >= 1, f"--epochs={self.epochs} must be at least 1"),
+        (self.batch_size >= 1, f"--batch_size={self.batch_size} must be at least 1"),
+        (self.eval_batch_size >= 1, f"eval batch size {self.eval_batch_size} must be >= 1"),
+        (self.l2_decay >= 0, f"--l2_decay={self.l2_decay} must be >= 0"),
+        (0 <= self.dropout < 1, f"--dropout={self.dropout} must be in [0, 1)"),
+        (self.kernel_size >= 1 and self.kernel_size % 2 == 1,
+         f"--kernel_size={self.kernel_size} must be a positive odd number ('same' padding)"),
+        (len(self.channels) >= 1 and all(c >= 1 for c in self.channels),
+         f"--channels={','.join(map(str, self.channels))} must be positive widths"),
+        (self.init in ("torch", "flax"), f"--init={self.init!r}: use torch or flax"),
+        (self.epoch_mode in training.EPOCH_MODES,
+         f"--epoch_mode={self.epoch_mode!r} is not one of {', '.join(training.EPOCH_MODES)}"),
+    ]
+    for ok, message in checks:
+      if not ok:
+        raise UserError(message)
+    return self
+
+  def build_model(self) -> cnn.CNN:
+    return cnn.CNN(batch_norm=self.model == "bn_gap", channels=tuple(self.channels),
+                   kernel_size=self.kernel_size, maxpool=self.maxpool, dropout=self.dropout,
+                   init_scheme=self.init)
+
+  def to_json(self) -> dict:
+    d = dataclasses.asdict(self)
+    d["channels"] = list(self.channels)
+    return d
+
+  def label(self) -> str:
+    return f"{self.model} lr={self.learning_rate:g}"
+
+
+def param_count(config: Config) -> int:
+  model = config.build_model()
+  shapes = jax.eval_shape(lambda: model.init({"params": jax.random.PRNGKey(0)},
+                                             jnp.zeros((1, 48, 48, 3), jnp.uint8), train=False))
+  return cnn.count_params(shapes["params"])
+
+
+def device_data(data: intel.IntelData) -> dict:
+  """Every split onto the device once: {'train'|'val'|'test': {'image', 'label'}}."""
+  return {split: training.to_device(classifier.as_dataset(*data.split(split)))
+          for split in intel.SPLITS}
+
+
+def make_trainer(config: Config) -> training.Trainer:
+  return training.Trainer(classifier.loss_fn, classifier.eval_fn, batch_size=config.batch_size,
+                          eval_batch_size=config.eval_batch_size, epoch_mode=config.epoch_mode)
+
+
+def prepare_workdir(workdir: str | Path, config: Config, data_source: str, *, fresh: bool,
+                    log: Callable[[str], None] = print) -> Path:
+  """Creates the run's workdir, or checks that the run it holds has the same settings.
+
+  With `fresh`, the previous run's files move to <workdir>/archive/<time>/ (nothing is deleted).
+  """
+  workdir = Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  wanted = {"config": config.to_json(), "data": data_source}
+  if fresh:
+    archived = archive_run(workdir)
+    if archived:
+      log(f"--fresh: moved the previous run's files to {archived}")
+  elif (workdir / CONFIG).exists():
+    have = runlog.read_json(workdir / CONFIG)
+    diffs = [f"{k}={have['config'].get(k)!r} (now {v!r})" for k, v in wanted["config"].items()
+             if k not in RESUMABLE and have.get("config", {}).get(k) != v]
+    if have.get("data") != data_source:
+      diffs.append(f"data {have.get('data')} (now {data_source})")
+    if diffs:
+      raise UserError(f"{workdir} holds a run with other settings: {'; '.join(diffs)}. Use "
+                      "another --workdir, or --fresh to archive that run and start over")
+  runlog.write_json(workdir / CONFIG, wanted)
+  return workdir
+
+
+def archive_run(workdir: Path, names: Sequence[str] = RUN_FILES) -> Path | None:
+  present = [workdir / n for n in names if (workdir / n).exists()]
+  present += sorted(p for p in workdir.glob("lr_*") if p.is_dir())
+  if not present:
+    return None
+  stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+  target = workdir / "archive" / stamp
+  target.mkdir(parents=True)
+  for p in present:
+    shutil.move(str(p), str(target / p.name))
+  return target
+
+
+def train_and_evaluate(config: Config, data: intel.IntelData, workdir: str | Path, *,
+                       fresh: bool = False, arrays: dict | None = None,
+                       trainer: training.Trainer | None = None,
+                       log: Callable[[str], None] = print, prefix: str = "") -> dict:
+  """One run: trains (resuming from `workdir`), evaluates val/test, writes summary and plot.
+
+  `arrays` (from `device_data`) and `trainer` can be shared between runs of a sweep.
+  Returns the summary that is also written to <workdir>/summary.json.
+  """
+  config.validate()
+  workdir = prepare_workdir(workdir, config, data.source, fresh=fresh, log=log)
+  arrays = arrays or device_data(data)
+  trainer = trainer or make_trainer(config)
+  model = config.build_model()
+  tx = training.make_optimizer(config.optimizer, config.l2_decay)
+  example = (jnp.zeros((1, 48, 48, 3), jnp.uint8),)
+  state = training.create_train_state(model, example, tx, config.seed,
+                                      learning_rate=config.learning_rate, train=False)
+  n_params = cnn.count_params(state.params)
+
+  def evaluate(s):
+    m = trainer.evaluate(s, arrays["val"])
+    return {"val_loss": m["loss"], "val_accuracy": m["accuracy"]}
+
+  result = fit_lib.fit(trainer, state, arrays["train"], epochs=config.epochs, evaluate=evaluate,
+                       workdir=workdir, best_metric="val_accuracy", best_mode="max",
+                       progress_keys=("train_loss", "val_loss", "val_accuracy"), log=log,
+                       prefix=prefix)
+  final = dict(result.history[-1]) if result.history else {}
+  test = trainer.evaluate(result.state, arrays["test"])
+  summary = {
+      "config": config.to_json(),
+      "trainable_params": n_params,
+      "data": {"source": data.source, **data.sizes()},
+      "epochs_done": len(result.history),
+      "diverged_at": result.diverged_at,
+      "status": (f"diverged at epoch {result.diverged_at}" if result.diverged_at else
+                 "completed" if len(result.history) >= config.epochs else
+                 f"stopped at epoch {len(result.history)} of {config.epochs}"),
+      "final": {"train_loss": final.get("train_loss"), "val_loss": final.get("val_loss"),
+                "val_accuracy": final.get("val_accuracy"), "test_loss": test["loss"],
+                "test_accuracy": test["accuracy"]},
+      "best_val": None,
+      "train_seconds_total": sum(r.get("seconds", 0.0) for r in result.history),
+      "train_seconds_this_call": result.train_seconds,
+      "device": _device_name(),
+      "jax_version": jax.__version__,
+      "seed_report": _seed_row(config),
+  }
+  if result.best is not None and not result.diverged_at:
+    best_state = fit_lib.restore_best(workdir, result.state, log=log)
+    best_test = trainer.evaluate(best_state, arrays["test"]) if best_state is not None else None
+    summary["best_val"] = {"epoch": result.best["epoch"],
+                           "val_accuracy": result.best["val_accuracy"],
+                           "test_accuracy": best_test and best_test["accuracy"]}
+  runlog.write_json(workdir / runlog.SUMMARY, summary)
+  if result.history:
+    runlog.plot_history(
+        result.history, workdir / CURVES,
+        title=f"{config.label()}: {config.init} init, batch {config.batch_size}, "
+              f"{config.optimizer}" + (f" (diverged at epoch {result.diverged_at})"
+                                       if result.diverged_at else ""),
+        panels=(("validation accuracy", ("val_accuracy",)),
+                ("loss", ("train_loss", "val_loss"))),
+        running_mean_of="train_loss",
+        note="solid training loss: true mean over each epoch; dashed: running mean since "
+             "epoch 1, which is what the course skeleton plotted")
+  log(f"{prefix}{config.label()}: {summary['status']}; final val acc "
+      f"{_fmt(summary['final']['val_accuracy'])}, test acc {test['accuracy']:.4f}")
+  return summary
+
+
+def sweep(config: Config, learning_rates: Sequence[float], data: intel.IntelData,
+          workdir: str | Path, *, fresh: bool = False, log: Callable[[str], None] = print
+          ) -> list[dict]:
+  """One run per learning rate in <workdir>/lr_<lr>/ (one compiled program for all), then
+  Table 2.1 as markdown in <workdir>/table_2_1.md and the summaries in <workdir>/sweep.json."""
+  workdir = Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  if fresh:
+    archived = archive_run(workdir)
+    if archived:
+      log(f"--fresh: moved the previous sweep's files to {archived}")
+  arrays = device_data(data)
+  trainer = make_trainer(config)
+  summaries = []
+  for lr in learning_rates:
+    run_config = dataclasses.replace(config, learning_rate=lr)
+    log(f"== {run_config.label()} ==")
+    summaries.append(train_and_evaluate(run_config, data, workdir / f"lr_{lr:g}", arrays=arrays,
+                                        trainer=trainer, log=log, prefix=f"[lr {lr:g}] "))
+  table = table_2_1(summaries)
+  (workdir / TABLE).write_text(table)
+  runlog.write_json(workdir / "sweep.json", summaries)
+  log(table)
+  return summaries
+
+
+def table_2_1(summaries: Sequence[dict]) -> str:
+  """The seed's Table 2.1: accuracies per learning rate, ours beside the seed report's."""
+  lines = ["| model | learning rate | val acc | test acc | seed val acc | seed test acc | "
+           "status | curves |",
+           "|---|---|---|---|---|---|---|---|"]
+  for s in summaries:
+    c, f = s["config"], s["final"]
+    seed = s.get("seed_report") or {}
+    lines.append(
+        f"| {c['model']} | {c['learning_rate']:g} | {_fmt(f['val_accuracy'])} | "
+        f"{_fmt(f['test_accuracy'])} | {_fmt(seed.get('val_accuracy'))} | "
+        f"{_fmt(seed.get('test_accuracy'))} | {s['status']} | lr_{c['learning_rate']:g}/"
+        f"{CURVES} |")
+  return "\n".join(lines) + "\n"
+
+
+def _seed_row(config: Config) -> dict | None:
+  seed = SEED_REPORT.get((config.model, config.learning_rate))
+  if seed is None:
+    return None
+  return {"test_accuracy": seed[0], "val_accuracy": seed[1]}
+
+
+def _fmt(x) -> str:
+  return "—" if x is None else f"{x:.4f}"
+
+
+def _device_name() -> str:
+  d = jax.devices()[0]
+  return f"{d.platform}:{getattr(d, 'device_kind', '')} x{jax.device_count()}"

@@ -1,0 +1,110 @@
+"""Shared fixtures: small learnable Intel-like data made on the fly, and an isolated environment."""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+CLASSES = ("buildings", "forest", "glacier", "mountain", "sea", "street")
+
+
+COLOURS = np.array([(220, 40, 40), (40, 220, 40), (40, 40, 220), (220, 220, 40), (220, 40, 220),
+                    (40, 220, 220)], np.uint8)
+
+
+def learnable_images(n: int, seed: int = 0, size: int = 48) -> tuple[np.ndarray, np.ndarray]:
+  """(n, size, size, 3) uint8 images: noise plus a square of the class's colour at a random
+  place, and their labels (n,). Learnable by both CNN variants (global average pooling too)."""
+  rng = np.random.default_rng(seed)
+  labels = np.arange(n) % 6
+  rng.shuffle(labels)
+  images = rng.integers(0, 60, size=(n, size, size, 3)).astype(np.uint8)
+  side = 3 * size // 4
+  for i, y in enumerate(labels):
+    r, c = rng.integers(0, size - side + 1, 2)
+    images[i, r:r + side, c:c + side] = COLOURS[y]
+  return images, labels.astype(np.int64)
+
+
+def write_npz(path: Path, n_train=96, n_val=24, n_test=24, seed=0, **overrides) -> Path:
+  xs, ys = learnable_images(n_train + n_val + n_test, seed)
+  a, b = n_train, n_train + n_val
+  arrays = dict(train_images=xs[:a], train_labels=ys[:a], val_images=xs[a:b],
+                val_labels=ys[a:b], test_images=xs[b:], test_labels=ys[b:])
+  arrays.update(overrides)
+  arrays = {k: v for k, v in arrays.items() if v is not None}
+  np.savez(path, **arrays)
+  return path
+
+
+def jpeg_bytes(array: np.ndarray) -> bytes:
+  buf = io.BytesIO()
+  Image.fromarray(array).save(buf, format="JPEG", quality=95)
+  return buf.getvalue()
+
+
+def kaggle_files(n_per_class_train=5, n_per_class_test=2, seed=0) -> dict[str, bytes]:
+  """Kaggle's layout as {relative path: bytes}: 150x150 JPEGs, some of odd sizes, one corrupt
+  JPEG and one non-image file in the labelled folders, plus an unlabelled seg_pred image."""
+  rng = np.random.default_rng(seed)
+  files = {}
+  for split, n in (("train", n_per_class_train), ("test", n_per_class_test)):
+    for c, cls in enumerate(CLASSES):
+      for i in range(n):
+        h = 150 if i % 3 else int(rng.integers(72, 150))
+        img = np.full((h, 150, 3), 20 * c, np.uint8)
+        files[f"seg_{split}/seg_{split}/{cls}/{c * 100 + i}.jpg"] = jpeg_bytes(img)
+  files["seg_train/seg_train/forest/broken.jpg"] = b"\xff\xd8\xff\xe0 not really a jpeg"
+  files["seg_train/seg_train/sea/notes.txt"] = b"hello"
+  files["seg_pred/seg_pred/1.jpg"] = jpeg_bytes(np.zeros((374, 500, 3), np.uint8))
+  return files
+
+
+def write_kaggle_folder(root: Path, **kw) -> Path:
+  for rel, data in kaggle_files(**kw).items():
+    p = root / rel
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_bytes(data)
+  return root
+
+
+def write_kaggle_zip(path: Path, prefix: str = "", **kw) -> Path:
+  with zipfile.ZipFile(path, "w") as zf:
+    for rel, data in kaggle_files(**kw).items():
+      zf.writestr(prefix + rel, data)
+  return path
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(tmp_path_factory, monkeypatch):
+  """No test reads the user's $HW2JAX_DATA or writes the user's cache."""
+  monkeypatch.delenv("HW2JAX_DATA", raising=False)
+  monkeypatch.setenv("HW2JAX_CACHE", str(tmp_path_factory.mktemp("cache")))
+
+
+@pytest.fixture
+def npz_path(tmp_path) -> Path:
+  return write_npz(tmp_path / "intel_landscapes.v2.npz")
+
+
+def cli_env(tmp_path: Path) -> dict:
+  env = dict(os.environ)
+  env.pop("HW2JAX_DATA", None)
+  env["HW2JAX_CACHE"] = str(tmp_path / "cache")
+  env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+  env["JAX_PLATFORMS"] = "cpu"
+  return env
+
+
+def run_cli(module: str, *args: str, cwd: Path, timeout: int = 600):
+  import subprocess
+  return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=cli_env(cwd),
+                        capture_output=True, text=True, timeout=timeout)

@@ -1,0 +1,237 @@
+"""Intel loaders: course npz in every layout, Kaggle folder and zip, cache, discovery, bad input."""
+
+import os
+import zipfile
+
+import numpy as np
+import pytest
+
+from conftest import learnable_images, write_kaggle_folder, write_kaggle_zip, write_npz
+from hw2jax import UserError
+from hw2jax.data import intel
+
+
+def quiet(_):
+  pass
+
+
+# ---------------------------------------------------------------- npz
+
+
+def test_npz_hwc_loads_as_is(npz_path):
+  data = intel.load_npz(npz_path)
+  raw = np.load(npz_path)
+  assert data.sizes() == {"train": 96, "val": 24, "test": 24}
+  np.testing.assert_array_equal(data.train_images, raw["train_images"])
+  assert data.train_images.dtype == np.uint8 and data.train_labels.dtype == np.int32
+
+
+def test_npz_chw_is_detected_and_transposed(tmp_path):
+  xs, ys = learnable_images(12)
+  chw = xs.transpose(0, 3, 1, 2)
+  path = write_npz(tmp_path / "d.npz", train_images=chw, train_labels=ys, n_train=12)
+  data = intel.load_npz(path)
+  np.testing.assert_array_equal(data.train_images, xs)
+
+
+@pytest.mark.parametrize("layout", ["hwc", "chw"])
+def test_npz_flat_follows_layout_flag(tmp_path, layout):
+  xs, ys = learnable_images(12)
+  flat = (xs if layout == "hwc" else xs.transpose(0, 3, 1, 2)).reshape(12, -1)
+  path = write_npz(tmp_path / "d.npz", train_images=flat, train_labels=ys, n_train=12)
+  np.testing.assert_array_equal(intel.load_npz(path, layout=layout).train_images, xs)
+  other = "chw" if layout == "hwc" else "hwc"
+  assert not np.array_equal(intel.load_npz(path, layout=other).train_images, xs)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(val_labels=None), "lacks keys val_labels"),
+    (dict(train_images=np.zeros((5, 32, 32, 3), np.uint8), train_labels=np.zeros(5, np.int64)),
+     "has shape (5, 32, 32, 3)"),
+    (dict(train_images=np.zeros((4, 48, 48, 3), np.float32), train_labels=np.zeros(4, np.int64)),
+     "dtype float32"),
+    (dict(train_labels=np.full(96, 6)), "labels in 6..6; expected 0..5"),
+    (dict(train_labels=np.full(96, -1)), "expected 0..5"),
+    (dict(train_labels=np.zeros(95, np.int64)), "96 images but train_labels has 95"),
+    (dict(test_labels=np.zeros((24, 6))), "expected a 1-D integer array"),
+])
+def test_npz_bad_content_is_one_clear_line(tmp_path, overrides, message):
+  path = write_npz(tmp_path / "bad.npz", **overrides)
+  with pytest.raises(UserError, match=None) as e:
+    intel.load_npz(path)
+  assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_npz_int_pixels_in_range_are_accepted(tmp_path):
+  xs, ys = learnable_images(6)
+  path = write_npz(tmp_path / "d.npz", train_images=xs.astype(np.int64), train_labels=ys,
+                   n_train=6)
+  np.testing.assert_array_equal(intel.load_npz(path).train_images, xs)
+
+
+def test_corrupt_npz(tmp_path):
+  path = tmp_path / "corrupt.npz"
+  path.write_bytes(b"PK\x03\x04 this is not a real archive")
+  with pytest.raises(UserError, match="not a readable npz"):
+    intel.load_npz(path)
+
+
+def test_bad_layout_value(npz_path):
+  with pytest.raises(UserError, match="--layout"):
+    intel.load_npz(npz_path, layout="nchw")
+
+
+# ---------------------------------------------------------------- Kaggle folder and zip
+
+
+@pytest.mark.parametrize("kind", ["folder", "zip", "zip_with_prefix"])
+def test_kaggle_layouts_load_the_same(tmp_path, kind):
+  if kind == "folder":
+    src = write_kaggle_folder(tmp_path / "intel")
+  else:
+    prefix = "archive/" if kind == "zip_with_prefix" else ""
+    src = write_kaggle_zip(tmp_path / "intel.zip", prefix=prefix)
+  logs = []
+  data = intel.load_kaggle(src, log=logs.append)
+  # 30 labelled train images (one corrupt JPEG + one text file skipped), 12 test images.
+  assert data.skipped == 2
+  assert any("skipped 2 unreadable" in line for line in logs)
+  assert data.sizes() == {"train": 27, "val": 3, "test": 12}
+  assert data.train_images.shape[1:] == (48, 48, 3) and data.train_images.dtype == np.uint8
+  assert sorted(np.bincount(data.test_labels).tolist()) == [2] * 6
+  # Uniform images of colour 20 * class survive the resize, odd sizes included.
+  for images, labels in (data.split("train"), data.split("test")):
+    np.testing.assert_allclose(images.mean(axis=(1, 2, 3)), 20 * labels, atol=2)
+
+
+def test_validation_split_is_ten_percent_seeded_and_disjoint(tmp_path):
+  src = write_kaggle_zip(tmp_path / "intel.zip", n_per_class_train=17)
+  a = intel.load_kaggle(src, log=quiet, cache_dir=tmp_path / "c1")
+  b = intel.load_kaggle(src, log=quiet, cache_dir=tmp_path / "c2")
+  n = 6 * 17
+  assert a.sizes()["val"] == int(np.ceil(0.1 * n)) and a.sizes()["train"] == n - a.sizes()["val"]
+  np.testing.assert_array_equal(a.val_labels, b.val_labels)
+  np.testing.assert_array_equal(a.val_images, b.val_images)
+  c = intel.load_kaggle(src, log=quiet, cache_dir=tmp_path / "c3", split_seed=1)
+  assert not np.array_equal(np.sort(a.val_images.reshape(len(a.val_images), -1).sum(1)),
+                            np.sort(c.val_images.reshape(len(c.val_images), -1).sum(1))) or \
+      not np.array_equal(a.val_labels, c.val_labels)
+
+
+def test_conversion_is_cached_and_invalidated_on_change(tmp_path, monkeypatch):
+  src = write_kaggle_zip(tmp_path / "intel.zip")
+  first = intel.load_kaggle(src, log=quiet)
+  calls = []
+  monkeypatch.setattr(intel, "decode_image", lambda b: calls.append(1))
+  logs = []
+  second = intel.load_kaggle(src, log=logs.append)
+  assert not calls and any("cached conversion" in line for line in logs)
+  np.testing.assert_array_equal(first.train_images, second.train_images)
+  assert second.skipped == first.skipped
+  monkeypatch.undo()
+  os.utime(src, ns=(1, 1))
+  logs = []
+  intel.load_kaggle(src, log=logs.append)
+  assert any("converting" in line for line in logs)
+
+
+def test_damaged_cache_is_rebuilt(tmp_path):
+  src = write_kaggle_zip(tmp_path / "intel.zip")
+  cache = tmp_path / "cache"
+  intel.load_kaggle(src, log=quiet, cache_dir=cache)
+  for f in cache.glob("*.npz"):
+    f.write_bytes(b"garbage")
+  logs = []
+  data = intel.load_kaggle(src, log=logs.append, cache_dir=cache)
+  assert data.sizes()["test"] == 12 and any("ignoring unreadable cache" in line for line in logs)
+
+
+def test_unknown_class_folder(tmp_path):
+  src = write_kaggle_folder(tmp_path / "intel")
+  (src / "seg_train/seg_train/volcano").mkdir()
+  (src / "seg_train/seg_train/volcano/1.jpg").write_bytes(b"x")
+  with pytest.raises(UserError, match="unknown class folder 'volcano'"):
+    intel.load_kaggle(src, log=quiet)
+
+
+def test_zip_without_layout_and_corrupt_zip(tmp_path):
+  path = tmp_path / "other.zip"
+  with zipfile.ZipFile(path, "w") as zf:
+    zf.writestr("photos/1.jpg", b"x")
+  with pytest.raises(UserError, match="not the Kaggle Intel layout"):
+    intel.load_kaggle(path, log=quiet)
+  bad = tmp_path / "bad.zip"
+  bad.write_bytes(b"not a zip")
+  with pytest.raises(UserError, match="not a readable zip"):
+    intel.load_kaggle(bad, log=quiet)
+
+
+# ---------------------------------------------------------------- discovery
+
+
+def test_discovery_order(tmp_path, monkeypatch):
+  explicit = write_npz(tmp_path / "explicit.npz")
+  env_dir = tmp_path / "env"
+  env_dir.mkdir()
+  env_npz = write_npz(env_dir / "intel_landscapes.v2.npz")
+  cwd = tmp_path / "cwd"
+  (cwd / "data").mkdir(parents=True)
+  local = write_kaggle_zip(cwd / "data" / "intel-image-classification.zip")
+  mount = write_kaggle_folder(tmp_path / "kaggle_mount")
+  monkeypatch.setattr(intel, "KAGGLE_MOUNT", mount)
+  env = {"HW2JAX_DATA": str(env_dir)}
+  assert intel.discover(explicit, environ=env, cwd=cwd) == explicit
+  assert intel.discover(None, environ=env, cwd=cwd) == env_npz
+  assert intel.discover(None, environ={}, cwd=cwd) == local
+  assert intel.discover(None, environ={}, cwd=tmp_path / "nowhere") == mount
+
+
+def test_discovery_finds_npz_and_folder_in_data(tmp_path, monkeypatch):
+  monkeypatch.setattr(intel, "KAGGLE_MOUNT", tmp_path / "absent")
+  (tmp_path / "a/data").mkdir(parents=True)
+  npz = write_npz(tmp_path / "a/data/intel_landscapes.v2.npz")
+  assert intel.discover(None, environ={}, cwd=tmp_path / "a") == npz
+  write_kaggle_folder(tmp_path / "b/data")
+  assert intel.discover(None, environ={}, cwd=tmp_path / "b") == tmp_path / "b/data"
+
+
+def test_nothing_found_lists_every_option(tmp_path, monkeypatch):
+  monkeypatch.setattr(intel, "KAGGLE_MOUNT", tmp_path / "absent")
+  with pytest.raises(UserError) as e:
+    intel.discover(None, environ={}, cwd=tmp_path)
+  message = str(e.value)
+  for part in ("--data_path", "$HW2JAX_DATA", "./data/", str(tmp_path / "absent"),
+               "kaggle datasets download -d puneet6060/intel-image-classification"):
+    assert part in message
+  assert "\n" not in message
+
+
+@pytest.mark.parametrize("setup, message", [
+    ("missing", "does not exist"),
+    ("txt", "neither an .npz, a .zip nor a folder"),
+    ("empty_dir", "holds no Intel data"),
+    ("two_npz", "several candidates"),
+])
+def test_bad_data_paths(tmp_path, setup, message):
+  target = tmp_path / "x"
+  if setup == "txt":
+    target = tmp_path / "x.txt"
+    target.write_text("hi")
+  elif setup == "empty_dir":
+    target.mkdir()
+  elif setup == "two_npz":
+    target.mkdir()
+    write_npz(target / "a.npz")
+    write_npz(target / "b.npz")
+  with pytest.raises(UserError, match=message):
+    intel.discover(target, environ={})
+
+
+def test_env_path_that_does_not_exist(tmp_path):
+  with pytest.raises(UserError, match=r"\$HW2JAX_DATA"):
+    intel.discover(None, environ={"HW2JAX_DATA": str(tmp_path / "gone")}, cwd=tmp_path)
+
+
+def test_load_dispatches_on_source(tmp_path, npz_path):
+  assert intel.load(npz_path, log=quiet).source.startswith("npz")
+  assert intel.load(write_kaggle_zip(tmp_path / "k.zip"), log=quiet).source.startswith("zip")
