@@ -7,6 +7,7 @@ from typing import Callable, Sequence
 
 from absl import app, flags, logging
 
+from hw2jax.cache import enable_compilation_cache
 from hw2jax.errors import UserError
 
 EXIT_USAGE = 2
@@ -35,6 +36,7 @@ def run(main: Callable[[Sequence[str]], None]) -> None:
       logging.set_verbosity(logging.WARNING)
     if len(argv) > 1:
       fail(f"unexpected arguments {' '.join(argv[1:])}; flags look like --name=value")
+    enable_compilation_cache()
     try:
       main(argv)
     except UserError as e:

@@ -20,6 +20,7 @@ from typing import Callable, Iterable, Mapping
 import numpy as np
 from PIL import Image
 
+from hw2jax import cache
 from hw2jax.errors import UserError
 
 CLASSES = ("buildings", "forest", "glacier", "mountain", "sea", "street")
@@ -347,13 +348,7 @@ def _decode_all(read: Callable[[str], bytes], entries: list[_Entry],
 
 
 def _cache_root(cache_dir, environ) -> Path:
-  environ = os.environ if environ is None else environ
-  if cache_dir is not None:
-    return Path(cache_dir)
-  if environ.get("HW2JAX_CACHE"):
-    return Path(environ["HW2JAX_CACHE"])
-  base = environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-  return Path(base) / "hw2jax"
+  return Path(cache_dir) if cache_dir is not None else cache.cache_root(environ) / "intel"
 
 
 def _read_cache(path: Path, log) -> IntelData | None:

@@ -1,0 +1,1 @@
+"""Speed benchmarks: JAX against PyTorch baselines on the same device, in one run."""
