@@ -1,0 +1,110 @@
+r"""One training epoch of the course CNN: JAX (this project) against the course's PyTorch loop.
+
+  python -m benchmarks.cnn_speed                          # 12,630 images, batch 8, both models
+  python -m benchmarks.cnn_speed --n_images=800 --epochs=2
+  python -m benchmarks.cnn_speed --data_path=../shared/data/intel48_kaggle_layout.zip
+
+Both run on the same device in the same process (JAX's default device; PyTorch on CUDA when
+available). Times exclude compilation/warm-up (the first epoch of each); the median of the timed
+epochs is reported with the PyTorch/JAX ratio. --out appends one JSON line per model.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import flags
+
+from hw2jax import classifier, cli, cnn, training
+from hw2jax.data import intel
+from hw2jax.errors import UserError
+
+flags.DEFINE_list("models", ["vanilla", "bn_gap"], "Models to time: vanilla, bn_gap.")
+flags.DEFINE_integer("n_images", 12_630, "Training images per epoch (the course's train split).")
+flags.DEFINE_integer("batch_size", 8, "Batch size (the course's 8).")
+flags.DEFINE_integer("epochs", 3, "Timed epochs per framework (after one warm-up epoch).")
+flags.DEFINE_string("data_path", None, "Intel data to time on; default random images.")
+flags.DEFINE_enum("epoch_mode", "auto", ["auto", "scan", "loop"], "JAX epoch runner.")
+flags.DEFINE_bool("torch", True, "Also time the PyTorch loop.")
+flags.DEFINE_string("out", None, "Append the results as JSON lines to this file.")
+FLAGS = flags.FLAGS
+
+
+def images_and_labels(n: int, data_path: str | None) -> tuple[np.ndarray, np.ndarray]:
+  if data_path:
+    data = intel.load(data_path)
+    images, labels = data.train_images, data.train_labels
+    reps = -(-n // len(labels))
+    return np.tile(images, (reps, 1, 1, 1))[:n], np.tile(labels, reps)[:n]
+  rng = np.random.default_rng(0)
+  return (rng.integers(0, 256, (n, 48, 48, 3), dtype=np.uint8),
+          rng.integers(0, 6, n).astype(np.int32))
+
+
+def jax_epoch_seconds(images, labels, *, batch_norm: bool, batch_size: int, epochs: int,
+                      epoch_mode: str) -> tuple[list[float], float, str]:
+  """(timed epoch seconds, first-epoch seconds incl. compilation, epoch mode used)."""
+  model = cnn.CNN(batch_norm=batch_norm)
+  trainer = training.Trainer(classifier.loss_fn, classifier.eval_fn, batch_size=batch_size,
+                             epoch_mode=epoch_mode)
+  state = training.create_train_state(model, (jnp.zeros((1, 48, 48, 3), jnp.uint8),),
+                                      training.make_optimizer("sgd"), 42, learning_rate=0.01,
+                                      train=False)
+  data = training.to_device(classifier.as_dataset(images, labels.astype(np.int32)))
+  start = time.perf_counter()
+  state, _ = trainer.train_epoch(state, data, 0)       # host floats: the epoch has finished
+  first = time.perf_counter() - start
+  times = []
+  for epoch in range(1, epochs + 1):
+    start = time.perf_counter()
+    state, _ = trainer.train_epoch(state, data, epoch)
+    times.append(time.perf_counter() - start)
+  return times, first, trainer.mode
+
+
+def main(argv):
+  del argv
+  for name in FLAGS.models:
+    if name not in ("vanilla", "bn_gap"):
+      raise UserError(f"--models: unknown model {name!r}; use vanilla, bn_gap")
+  if FLAGS.n_images < 1 or FLAGS.epochs < 1 or FLAGS.batch_size < 1:
+    raise UserError("--n_images, --epochs and --batch_size must be at least 1")
+  images, labels = images_and_labels(FLAGS.n_images, FLAGS.data_path)
+  device = jax.devices()[0]
+  print(f"JAX {jax.__version__} on {device.platform}:{device.device_kind}; {FLAGS.n_images} "
+        f"images, batch {FLAGS.batch_size}, SGD", flush=True)
+  for name in FLAGS.models:
+    times, first, mode = jax_epoch_seconds(images, labels, batch_norm=name == "bn_gap",
+                                           batch_size=FLAGS.batch_size, epochs=FLAGS.epochs,
+                                           epoch_mode=FLAGS.epoch_mode)
+    result = {"model": name, "n_images": FLAGS.n_images, "batch_size": FLAGS.batch_size,
+              "device": f"{device.platform}:{device.device_kind}", "jax_epoch_mode": mode,
+              "jax_epoch_s": statistics.median(times), "jax_epochs_s": times,
+              "jax_first_epoch_s": first}
+    line = (f"{name:8s} JAX ({mode}) {result['jax_epoch_s']:.3f} s/epoch "
+            f"(first epoch with compilation {first:.1f} s)")
+    if FLAGS.torch:
+      from benchmarks import torch_baselines
+      import torch
+      t = torch_baselines.cnn_epoch_seconds(images, labels, batch_norm=name == "bn_gap",
+                                            batch_size=FLAGS.batch_size,
+                                            epochs=FLAGS.epochs + 1)
+      result.update(torch_version=torch.__version__,
+                    torch_device="cuda" if torch.cuda.is_available() else "cpu",
+                    torch_epoch_s=statistics.median(t[1:]), torch_epochs_s=t[1:])
+      result["speedup"] = result["torch_epoch_s"] / result["jax_epoch_s"]
+      line += (f" | PyTorch {result['torch_epoch_s']:.3f} s/epoch | JAX is "
+               f"{result['speedup']:.2f}x faster")
+    print(line, flush=True)
+    if FLAGS.out:
+      with open(FLAGS.out, "a") as f:
+        f.write(json.dumps(result) + "\n")
+
+
+if __name__ == "__main__":
+  cli.run(main)

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Every check that needs a GPU, in one run: tests on the GPU, benchmarks, full training runs.
+#   OUT=gpu_results bash benchmarks/gpu_checks.sh [tests] [cnn_bench] [cnn_runs]
+# (no argument = all). Results land in $OUT as few files: log.txt (everything printed),
+# *.jsonl / *.md results and runs.tar.gz (summaries, metrics and plots; no checkpoints).
+# Data: the Intel zip is read from $INTEL_ZIP (default .device_data/intel48_kaggle_layout.zip,
+# a git-ignored copy of ../shared/data/intel48_kaggle_layout.zip).
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+OUT="${OUT:-gpu_results}"
+mkdir -p "$OUT"
+OUT="$(cd "$OUT" && pwd)"
+INTEL_ZIP="${INTEL_ZIP:-.device_data/intel48_kaggle_layout.zip}"
+CNN_EPOCHS="${CNN_EPOCHS:-40}"          # smaller only to try the script itself on a CPU
+PY="${PYTHON:-python3}"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+export HW2JAX_CACHE="${HW2JAX_CACHE:-/tmp/hw2jax-cache}"
+RUNS=/tmp/hw2jax-gpu-runs
+steps=("$@")
+[[ ${#steps[@]} -eq 0 ]] && steps=(tests cnn_bench cnn_runs)
+log() { echo "== $(date +%T) $*" | tee -a "$OUT/log.txt"; }
+run() { log "$*"; "$@" 2>&1 | tee -a "$OUT/log.txt"; local rc=${PIPESTATUS[0]}; log "exit $rc"; }
+
+log "device: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null)"
+run "$PY" -c 'import jax, flax, optax, orbax.checkpoint as o; print("jax", jax.__version__, "flax", flax.__version__, "optax", optax.__version__, jax.devices())'
+
+for step in "${steps[@]}"; do
+  case "$step" in
+    tests)
+      # The suite on the GPU backend (CPU-only subprocess tests pin JAX_PLATFORMS=cpu themselves).
+      run "$PY" -m pytest -q -x -p no:cacheprovider tests -m "not slow" --durations=10
+      ;;
+    cnn_bench)
+      run "$PY" -m benchmarks.cnn_speed --epochs=5 --out="$OUT/cnn_speed.jsonl"
+      ;;
+    cnn_runs)
+      [[ -f "$INTEL_ZIP" ]] || { log "missing $INTEL_ZIP: copy ../shared/data/intel48_kaggle_layout.zip there"; continue; }
+      start=$(date +%s)
+      run "$PY" -m experiments.cnn --data_path="$INTEL_ZIP" --lr=0.1,0.01,0.001 \
+          --epochs="$CNN_EPOCHS" --workdir="$RUNS/vanilla" --fresh
+      run "$PY" -m experiments.cnn --data_path="$INTEL_ZIP" --model=bn_gap --lr=0.01 \
+          --epochs="$CNN_EPOCHS" --workdir="$RUNS/bn_gap" --fresh
+      log "wall time of the four ${CNN_EPOCHS}-epoch runs (incl. data loading, compilation): $(( $(date +%s) - start )) s"
+      cat "$RUNS/vanilla/table_2_1.md" > "$OUT/cnn_table_2_1.md"
+      "$PY" - "$RUNS" >> "$OUT/cnn_table_2_1.md" <<'EOF'
+import json, sys
+s = json.load(open(f"{sys.argv[1]}/bn_gap/summary.json"))
+f = s["final"]
+print(f"| bn_gap | 0.01 | {f['val_accuracy']:.4f} | {f['test_accuracy']:.4f} | 0.7279 | 0.7440 | "
+      f"{s['status']} | bn_gap/curves.png |")
+EOF
+      tar --exclude=checkpoints -czf "$OUT/runs.tar.gz" -C "$RUNS" .
+      ;;
+    *) log "unknown step $step";;
+  esac
+done
+log "done"
