@@ -12,13 +12,20 @@ A task plugs in two pure functions (see `hw2jax.classifier` for the CNN's):
   eval_fn(apply_fn, variables, batch, mask) -> sums
 where `mask` (B,) is 1 for real examples, `model_state` the `batch_stats` collection ({} if none)
 and `sums` holds at least 'count' (the number of examples or tokens the loss averages over).
+
+Variable-length data (P2G words) comes as `Buckets`: several datasets padded to different
+lengths. An epoch still visits every example once: each bucket gets its own permutation cut into
+batches (batches never mix buckets), the batches are grouped into chunks of `bucket_chunk`
+consecutive batches of one bucket, and the chunks of all buckets run in an order shuffled per
+epoch. A chunk is one jitted `lax.scan` in 'scan' mode and a Python loop of jitted steps in 'loop'
+mode; both follow the same schedule, so they agree like single datasets do.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -133,7 +140,7 @@ def batch_plan(key: jax.Array | None, n: int, batch_size: int) -> tuple[jax.Arra
 
 def gather(data, idx: jax.Array):
   """The batch `idx` (B,) of every array in `data` (a pytree with a leading example axis)."""
-  return jax.tree_util.tree_map(lambda a: jnp.take(a, idx, axis=0), data)
+  return jax.tree_util.tree_map(lambda a: jnp.take(a, idx, axis=0, mode="clip"), data)
 
 
 def epoch_key(state: TrainState, epoch: int) -> jax.Array:
@@ -148,6 +155,28 @@ def _zeros_like_sums(shape_tree):
   return jax.tree_util.tree_map(lambda s: jnp.zeros((), jnp.float32), shape_tree)
 
 
+class Buckets(tuple):
+  """One dataset stored as several pytrees of different padded shapes (length buckets).
+
+  `Trainer.train_epoch` and `Trainer.evaluate` accept it wherever they accept a single dataset.
+  """
+
+
+def bucket_plan(key: jax.Array, n: int, batch_size: int, chunk: int
+                ) -> tuple[jax.Array, jax.Array]:
+  """`batch_plan` of one bucket, padded with empty batches (mask 0) to a whole number of chunks:
+  (num_chunks * chunk, batch_size) indices and mask."""
+  idx, mask = batch_plan(key, n, batch_size)
+  pad = -idx.shape[0] % chunk
+  return (jnp.pad(idx, ((0, pad), (0, 0))), jnp.pad(mask, ((0, pad), (0, 0))))
+
+
+def bucket_schedule(key: jax.Array, num_chunks: Sequence[int]) -> np.ndarray:
+  """The epoch's chunk order: bucket b appears num_chunks[b] times, in a seeded random order."""
+  ids = np.repeat(np.arange(len(num_chunks)), num_chunks)
+  return ids[np.asarray(jax.random.permutation(key, len(ids)))]
+
+
 class Trainer:
   """Jitted train/eval programs for one task; each traces once per data shape.
 
@@ -156,9 +185,13 @@ class Trainer:
   """
 
   def __init__(self, loss_fn: Callable, eval_fn: Callable, *, batch_size: int,
-               eval_batch_size: int = 1000, epoch_mode: str = "auto"):
+               eval_batch_size: int = 1000, epoch_mode: str = "auto", bucket_chunk: int = 8):
+    """`bucket_chunk`: batches per chunk when training on `Buckets` (see the module docstring)."""
+    if bucket_chunk < 1:
+      raise ValueError(f"bucket_chunk must be >= 1, got {bucket_chunk}")
     self.loss_fn, self.eval_fn = loss_fn, eval_fn
     self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+    self.bucket_chunk = bucket_chunk
     self.mode = resolve_mode(epoch_mode)
     # Donating the state saves memory on accelerators; on CPU it makes each step ~40% slower.
     donate = jax.default_backend() != "cpu"
@@ -166,7 +199,9 @@ class Trainer:
     self.loop_eval_step = jax.jit(self._loop_eval_step)
     self.scan_epoch = jax.jit(self._scan_epoch, donate_argnums=(0,) if donate else ())
     self.scan_eval = jax.jit(self._scan_eval)
+    self.scan_chunk = jax.jit(self._scan_chunk, donate_argnums=(0, 1) if donate else ())
     self.plan = jax.jit(batch_plan, static_argnums=(1, 2))
+    self.chunk_plan = jax.jit(bucket_plan, static_argnums=(1, 2, 3))
     self.zero_train_sums = jax.jit(self._zero_train_sums)
     self.zero_eval_sums = jax.jit(self._zero_eval_sums)
 
@@ -222,6 +257,21 @@ class Trainer:
     (state, acc), _ = jax.lax.scan(body, (state, acc), (idx, mask))
     return state, acc
 
+  def _scan_chunk(self, state, acc, pos, data, idx, mask):
+    """`bucket_chunk` consecutive rows of a bucket's plan from row `pos`; empty rows (the padding
+    of the bucket's last chunk) leave state and sums untouched."""
+    rows = lambda a: jax.lax.dynamic_slice_in_dim(a, pos, self.bucket_chunk)
+
+    def body(carry, xs):
+      idx_row, mask_row = xs
+      carry = jax.lax.cond(jnp.any(mask_row),
+                           lambda c: self._train_step(*c, data, idx_row, mask_row),
+                           lambda c: c, carry)
+      return carry, None
+
+    (state, acc), _ = jax.lax.scan(body, (state, acc), (rows(idx), rows(mask)))
+    return state, acc, pos + self.bucket_chunk
+
   def _scan_eval(self, state, data, idx, mask):
     acc = self._zero_eval_sums(state, data)
     acc, _ = jax.lax.scan(lambda a, xs: (self._eval_step(state, a, data, *xs), None), acc,
@@ -232,6 +282,8 @@ class Trainer:
 
   def train_epoch(self, state: TrainState, data, epoch: int) -> tuple[TrainState, dict]:
     """One pass over every example of `data` in a permutation seeded by (state.key, epoch)."""
+    if isinstance(data, Buckets):
+      return self._train_buckets(state, data, epoch)
     n = _num_examples(data)
     idx, mask = self.plan(epoch_key(state, epoch), n, self.batch_size)
     if self.mode == "scan":
@@ -242,8 +294,37 @@ class Trainer:
         state, acc, pos = self.loop_step(state, acc, pos, data, idx, mask)
     return state, summarize(acc)
 
+  def _train_buckets(self, state: TrainState, buckets: Buckets, epoch: int
+                     ) -> tuple[TrainState, dict]:
+    """One epoch over `Buckets`: chunks of every bucket's permutation in a shuffled order."""
+    key = epoch_key(state, epoch)
+    chunk = self.bucket_chunk
+    sizes = [_num_examples(d) for d in buckets]
+    plans = [self.chunk_plan(jax.random.fold_in(key, b), n, self.batch_size, chunk)
+             for b, n in enumerate(sizes)]
+    steps = [num_batches(n, self.batch_size) for n in sizes]
+    schedule = bucket_schedule(jax.random.fold_in(key, len(buckets)),
+                               [p[0].shape[0] // chunk for p in plans])
+    acc = self.zero_train_sums(state, buckets[0])
+    pos = [jnp.zeros((), jnp.int32) for _ in buckets]
+    done = [0] * len(buckets)
+    for b in schedule:
+      if self.mode == "scan":
+        state, acc, pos[b] = self.scan_chunk(state, acc, pos[b], buckets[b], *plans[b])
+      else:
+        for _ in range(min(chunk, steps[b] - done[b])):
+          state, acc, pos[b] = self.loop_step(state, acc, pos[b], buckets[b], *plans[b])
+      done[b] += chunk
+    return state, summarize(acc)
+
   def evaluate(self, state: TrainState, data) -> dict:
     """Eval-mode metrics over every example of `data`, in batches of `eval_batch_size`."""
+    if isinstance(data, Buckets):
+      sums = [self._eval_sums(state, d) for d in data]
+      return summarize(functools.reduce(_add, sums))
+    return summarize(self._eval_sums(state, data))
+
+  def _eval_sums(self, state: TrainState, data):
     n = _num_examples(data)
     idx, mask = self.plan(None, n, self.eval_batch_size)
     if self.mode == "scan":
@@ -252,7 +333,7 @@ class Trainer:
       acc, pos = self.zero_eval_sums(state, data), jnp.zeros((), jnp.int32)
       for _ in range(idx.shape[0]):
         acc, pos = self.loop_eval_step(state, acc, pos, data, idx, mask)
-    return summarize(acc)
+    return acc
 
 
 def summarize(acc) -> dict:

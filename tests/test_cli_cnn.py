@@ -93,3 +93,14 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, args, fragments):
   (tmp_path / "bad.npz").write_bytes(b"garbage")
   np.savez(tmp_path / "nokeys.npz", images=np.zeros((2, 48, 48, 3), np.uint8))
   assert_clean_failure(run_cli("experiments.cnn", *args, cwd=tmp_path), *fragments)
+
+
+def test_data_is_discovered_in_dot_data(tmp_path):
+  from conftest import write_kaggle_zip
+  (tmp_path / "data").mkdir()
+  write_kaggle_zip(tmp_path / "data" / "intel-image-classification.zip")
+  proc = run_cli("experiments.cnn", "--epochs=1", "--channels=4,8,16", "--workdir=run",
+                 cwd=tmp_path)
+  assert proc.returncode == 0, proc.stderr
+  assert "skipped 2 unreadable or non-image files" in proc.stdout
+  assert "-> train 27, val 3, test 12" in proc.stdout
