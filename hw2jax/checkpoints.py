@@ -13,6 +13,7 @@ from typing import Any, Callable
 import jax
 import orbax.checkpoint as ocp
 
+from hw2jax.errors import UserError
 from hw2jax.training import TrainState
 
 
@@ -31,7 +32,9 @@ class Checkpoints:
     self._managers = {
         name: ocp.CheckpointManager(
             self.root / name, item_names=("state", "meta"),
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+            # A run killed mid-save leaves <epoch>.orbax-checkpoint-tmp*: removed on start.
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                                 cleanup_tmp_directories=True))
         for name, keep in (("latest", keep_latest), ("best", 1))}
 
   def save(self, epoch: int, state: TrainState, meta: dict[str, Any], *, best: bool) -> None:
@@ -46,11 +49,16 @@ class Checkpoints:
 
   def restore(self, template: TrainState, which: str = "latest"
               ) -> tuple[TrainState, dict[str, Any]] | None:
-    """The newest readable checkpoint of `which`, restored onto `template`'s structure."""
+    """The newest readable checkpoint of `which`, restored onto `template`'s structure.
+
+    None when there is no checkpoint. If there are checkpoints but none can be read, a
+    UserError: silently starting over would throw the user's training away.
+    """
     manager = self._managers[which]
     manager.wait_until_finished()
     abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, _state_tree(template))
-    for epoch in sorted(manager.all_steps(), reverse=True):
+    epochs = sorted(manager.all_steps(), reverse=True)
+    for epoch in epochs:
       try:
         restored = manager.restore(epoch, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
@@ -60,6 +68,10 @@ class Checkpoints:
         continue
       tree = restored["state"]
       return template.replace(**tree), dict(restored["meta"])
+    if epochs:
+      raise UserError(f"none of the checkpoints in {self.root / which} (epochs "
+                      f"{', '.join(map(str, sorted(epochs)))}) can be read; move them away or "
+                      "use --fresh to start over")
     return None
 
   def wait(self) -> None:

@@ -254,3 +254,14 @@ def test_divergence_stops_the_run_cleanly(model, trainer, data, tmp_path):
   again = run_fit(model, trainer, data, tmp_path, epochs=4, lr=1e6)
   assert again.diverged_at == 1 and len(again.history) == 1
   json.dumps(runlog.finite(record), allow_nan=False)
+
+
+def test_all_checkpoints_unreadable_is_an_error_not_a_fresh_start(model, trainer, data,
+                                                                   tmp_path):
+  run_fit(model, trainer, data, tmp_path, epochs=2)
+  for f in (tmp_path / "checkpoints" / "latest").rglob("*"):
+    if f.is_file():
+      f.write_bytes(b"\x00garbage")
+  from hw2jax import UserError
+  with pytest.raises(UserError, match="none of the checkpoints"):
+    run_fit(model, trainer, data, tmp_path, epochs=3)
