@@ -108,3 +108,34 @@ def run_cli(module: str, *args: str, cwd: Path, timeout: int = 600):
   import subprocess
   return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=cli_env(cwd),
                         capture_output=True, text=True, timeout=timeout)
+
+
+# -- P2G: a tiny learnable phoneme-to-spelling language ----------------------------------------
+
+P2G_SPELLINGS = {"t͡ʃ": "ch", "iː": "ee", "æ": "a", "k": "c", "s": "s", "ɹ": "r", "ə": "e",
+                 "p": "p", "l": "l", "ʃ": "sh", "ŋ": "ng", "ɒ": "ó"}
+
+
+def p2g_pairs(n: int, seed: int = 0, max_len: int = 5) -> list[tuple[str, str]]:
+  """n (phonemes, spelling) lines of a deterministic sound-to-letter code: multi-character
+  phonemes, a multi-letter spelling per phoneme, an accented letter, capitalised every 7th."""
+  rng = np.random.default_rng(seed)
+  symbols = sorted(P2G_SPELLINGS)
+  out = []
+  for i in range(n):
+    phones = [symbols[j] for j in rng.integers(0, len(symbols), rng.integers(2, max_len + 1))]
+    spelling = "".join(P2G_SPELLINGS[p] for p in phones)
+    out.append((" ".join(phones), spelling.capitalize() if i % 7 == 0 else spelling))
+  return out
+
+
+def write_p2g_folder(root: Path, n_train: int = 48, n_valid: int = 12, n_test: int = 12,
+                     seed: int = 0) -> Path:
+  """train.tsv / valid.tsv / test.tsv of `p2g_pairs` in `root`."""
+  root.mkdir(parents=True, exist_ok=True)
+  pairs = p2g_pairs(n_train + n_valid + n_test, seed)
+  cuts = {"train": pairs[:n_train], "valid": pairs[n_train:n_train + n_valid],
+          "test": pairs[n_train + n_valid:]}
+  for name, rows in cuts.items():
+    (root / f"{name}.tsv").write_text("".join(f"{p}\t{w}\n" for p, w in rows), encoding="utf-8")
+  return root

