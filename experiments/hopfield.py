@@ -1,0 +1,79 @@
+r"""Q1: modern Hopfield networks — the homework's claims checked, image retrieval, capacity.
+
+  python -m experiments.hopfield --check                   # the table of Q1 claims only
+  python -m experiments.hopfield                           # check + retrieval + capacity
+  python -m experiments.hopfield --parts=retrieval --data_path=data/intel.npz --betas=0.001,0.03
+
+Retrieval stores Intel training images when --data_path or discovery ($HW2JAX_DATA, ./data/,
+the Kaggle mount) finds them, else random +-1 patterns (--patterns forces one). Writes
+summary.json, check.md and PNG figures into --workdir; a previous run's files there are moved to
+<workdir>/archive/<time>/ first.
+"""
+
+import sys
+
+from absl import flags
+
+from hw2jax import cli, q1
+
+_D = q1.Config()
+flags.DEFINE_bool("check", False, "Only the table of Q1 claims (same as --parts=check).")
+flags.DEFINE_list("parts", list(q1.PARTS), "Parts to run: check, retrieval, capacity.")
+flags.DEFINE_integer("seed", _D.seed, "Seed of every random pattern, query and problem.")
+flags.DEFINE_integer("check_trials", _D.check_trials, "Random problems per claim in the check.")
+flags.DEFINE_enum("patterns", _D.patterns, list(q1.PATTERN_SOURCES),
+                  "Retrieval patterns: auto (Intel when found, else random), intel, random.")
+flags.DEFINE_string("data_path", None,
+                    "Intel npz, Kaggle zip or folder. Default: $HW2JAX_DATA, ./data/, "
+                    "/kaggle/input/intel-image-classification.")
+flags.DEFINE_integer("num_patterns", _D.num_patterns, "Stored patterns N for retrieval.")
+flags.DEFINE_list("betas", [f"{b:g}" for b in _D.betas], "Retrieval inverse temperatures.")
+flags.DEFINE_list("queries", list(_D.queries), "Query kinds: mask (bottom half), noise.")
+flags.DEFINE_float("noise", _D.noise, "Std of the Gaussian noise of noisy queries (patterns "
+                   "have unit variance per entry).")
+flags.DEFINE_integer("steps", _D.steps, "CCCP steps of the retrieval figures (lax.scan).")
+flags.DEFINE_float("eps", _D.eps, "Stop of the while-loop variant: change of the association "
+                   "matrix (Frobenius norm), as update_steps_eps.")
+flags.DEFINE_integer("max_steps", _D.max_steps, "Step cap of the while-loop variant.")
+flags.DEFINE_integer("num_show", _D.num_show, "Queries shown in the retrieval figures.")
+flags.DEFINE_float("recall_tol", _D.recall_tol,
+                   "Recalled: ||q_T - x|| / ||x|| below this (retrieval and capacity).")
+flags.DEFINE_integer("capacity_dim", _D.capacity_dim, "D of the recall-vs-N panel.")
+flags.DEFINE_list("capacity_dims", [str(d) for d in _D.capacity_dims],
+                  "Dimensions of the capacity-vs-D panel.")
+flags.DEFINE_list("capacity_betas", [f"{b:g}" for b in _D.capacity_betas],
+                  "Inverse temperatures of the capacity experiment.")
+flags.DEFINE_integer("capacity_max_patterns", _D.capacity_max_patterns,
+                     "Largest N tried (powers of 2 from 2).")
+flags.DEFINE_integer("capacity_queries", _D.capacity_queries, "Queries per (N, D).")
+flags.DEFINE_float("capacity_noise", _D.capacity_noise,
+                   "Noise std per coordinate of capacity queries (patterns have |x| = sqrt(D)).")
+flags.DEFINE_integer("capacity_steps", _D.capacity_steps, "Updates per capacity query.")
+flags.DEFINE_float("failure_prob", _D.failure_prob, "p of Theorem 3's bound.")
+flags.DEFINE_string("workdir", "runs/hopfield", "Output folder.")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  del argv
+  parts = ("check",) if FLAGS.check else tuple(FLAGS.parts)
+  config = q1.Config(
+      parts=parts, seed=FLAGS.seed, check_trials=FLAGS.check_trials, patterns=FLAGS.patterns,
+      num_patterns=FLAGS.num_patterns, betas=tuple(cli.parse_floats(FLAGS.betas, "betas")),
+      queries=tuple(FLAGS.queries), noise=FLAGS.noise, steps=FLAGS.steps, eps=FLAGS.eps,
+      max_steps=FLAGS.max_steps, num_show=FLAGS.num_show, recall_tol=FLAGS.recall_tol,
+      capacity_dim=FLAGS.capacity_dim,
+      capacity_dims=tuple(cli.parse_ints(FLAGS.capacity_dims, "capacity_dims")),
+      capacity_betas=tuple(cli.parse_floats(FLAGS.capacity_betas, "capacity_betas")),
+      capacity_max_patterns=FLAGS.capacity_max_patterns, capacity_queries=FLAGS.capacity_queries,
+      capacity_noise=FLAGS.capacity_noise, capacity_steps=FLAGS.capacity_steps,
+      failure_prob=FLAGS.failure_prob).validate()
+  summary = q1.run(config, FLAGS.workdir, data_path=FLAGS.data_path)
+  print(f"outputs in {FLAGS.workdir}", flush=True)
+  if "check" in summary and not summary["check"]["all_ok"]:
+    print("some Q1 checks FAILED (see the table)", file=sys.stderr, flush=True)
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+  cli.run(main)

@@ -1,0 +1,78 @@
+"""experiments.hopfield end to end in subprocesses: the check table, figures, fallback, errors."""
+
+import json
+
+import pytest
+
+from conftest import run_cli, write_npz
+
+pytestmark = pytest.mark.slow
+
+TINY = ["--num_patterns=6", "--num_show=2", "--betas=0.0003,0.03", "--steps=3", "--max_steps=20",
+        "--capacity_dims=4,8", "--capacity_dim=8", "--capacity_betas=0.5,2",
+        "--capacity_max_patterns=32", "--capacity_queries=8"]
+
+
+def assert_clean_failure(proc, *fragments):
+  assert proc.returncode == 2, proc.stdout + proc.stderr
+  assert "Traceback" not in proc.stderr
+  errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+  assert len(errors) == 1, proc.stderr
+  for fragment in fragments:
+    assert fragment in errors[0], errors[0]
+
+
+def test_check_prints_the_table_of_claims_without_any_data(tmp_path):
+  proc = run_cli("experiments.hopfield", "--check", cwd=tmp_path)
+  assert proc.returncode == 0, proc.stderr
+  table = [line for line in proc.stdout.splitlines() if line.startswith(("Q1.", "control"))]
+  assert len(table) == 8 and all(line.endswith("yes") for line in table), proc.stdout
+  out = tmp_path / "runs/hopfield"
+  summary = json.loads((out / "summary.json").read_text())
+  assert summary["check"]["all_ok"] and set(summary) >= {"check", "config", "device"}
+  assert "retrieval" not in summary and (out / "check.md").read_text().count("yes") == 8
+
+
+def test_retrieval_and_capacity_figures_random_then_intel(tmp_path):
+  first = run_cli("experiments.hopfield", "--parts=retrieval,capacity", "--workdir=out", *TINY,
+                  cwd=tmp_path)
+  assert first.returncode == 0, first.stderr
+  assert "no Intel data found" in first.stdout and "recall" in first.stdout
+  out = tmp_path / "out"
+  for name in ("summary.json", "retrieval_mask.png", "retrieval_noise.png", "energy.png",
+               "capacity.png"):
+    assert (out / name).is_file(), name
+  summary = json.loads((out / "summary.json").read_text())
+  retrieval = summary["retrieval"]
+  assert retrieval["source"].startswith("random") and retrieval["dim"] == 48 * 48 * 3
+  for kind in ("mask", "noise"):
+    assert retrieval["results"][kind]["0.03"]["recall_rate"] == 1.0
+    assert retrieval["results"][kind]["0.0003"]["recall_rate"] == 0.0     # metastable average
+    for r in retrieval["results"][kind].values():
+      assert r["energy_max_relative_increase"] <= 1e-5
+  capacity = summary["capacity"]
+  assert capacity["num_patterns"] == [2, 4, 8, 16, 32] and capacity["dims"] == [4, 8]
+  assert set(capacity["per_beta"]) == {"0.5", "2"}
+
+  data = write_npz(tmp_path / "tiny.npz", n_train=12, n_val=2, n_test=2)
+  second = run_cli("experiments.hopfield", "--parts=retrieval", "--queries=noise",
+                   f"--data_path={data}", "--workdir=out", *TINY, cwd=tmp_path)
+  assert second.returncode == 0, second.stderr
+  assert "moved the previous run's outputs" in second.stdout
+  archived = list((out / "archive").iterdir())
+  assert len(archived) == 1 and (archived[0] / "capacity.png").is_file()
+  summary = json.loads((out / "summary.json").read_text())
+  assert "Intel" in summary["retrieval"]["source"] and "capacity" not in summary
+  assert (out / "retrieval_noise.png").is_file() and not (out / "retrieval_mask.png").exists()
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["--betas=0.1,abc"], ["--betas=0.1,abc must be numbers"]),
+    (["--parts=check,plots"], ["--parts=check,plots"]),
+    (["--parts=retrieval", "--data_path=missing.npz"], ["missing.npz does not exist"]),
+    (["--parts=retrieval", "--patterns=intel"], ["no Intel image data found"]),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, args, fragments):
+  proc = run_cli("experiments.hopfield", "--workdir=out", *args, cwd=tmp_path)
+  assert_clean_failure(proc, *fragments)
+  assert not (tmp_path / "out" / "summary.json").exists()

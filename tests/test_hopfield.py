@@ -1,0 +1,397 @@
+"""Q1 as checks: energy, CCCP retrieval (scan / while), the attention identity, Flax layers.
+
+The proofs of Q1 become measurements on random problems (`q1.measure_claims`, one compiled
+program); deliberately wrong updates and Hessians must fail the same checks, so the checks can
+tell right from wrong.
+"""
+
+import math
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import write_npz
+from hw2jax import hopfield as hf, q1, training
+from hw2jax.errors import UserError
+
+
+def key(i=0):
+  return training.prng_key(i)
+
+
+def store(n=16, d=8, b=5, seed=0):
+  kx, kq = jax.random.split(key(seed))
+  return jax.random.normal(kx, (n, d)), jax.random.normal(kq, (b, d))
+
+
+STATIC = dict(stored_pattern_as_static=True, state_pattern_as_static=True,
+              pattern_projection_as_static=True, normalize_stored_pattern=False,
+              normalize_stored_pattern_affine=False, normalize_state_pattern=False,
+              normalize_state_pattern_affine=False, normalize_pattern_projection=False,
+              normalize_pattern_projection_affine=False, disable_out_projection=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Energy
+
+
+def test_lse_and_energy_are_stable_for_large_beta_and_dot_products():
+  z = jnp.array([1e4, 1e4 - 1.0, -1e4])
+  for beta in (1e-3, 1.0, 1e3):
+    expected = 1e4 + math.log(1.0 + math.exp(-beta)) / beta
+    np.testing.assert_allclose(float(hf.lse(beta, z)), expected, rtol=1e-6)
+  X = 100.0 * jnp.eye(4)
+  q = 100.0 * jnp.ones(4)
+  e = hf.energy(X, q, 1e3)
+  assert np.isfinite(float(e))
+  # E(q) = 1/2 |q|^2 + log N / beta + 1/2 M^2 - lse: here lse = 1e4 + log(4) / beta exactly.
+  np.testing.assert_allclose(float(e), 0.5 * 4e4 + 0.5 * 1e4 - 1e4, rtol=1e-6)
+
+
+def test_energy_parts_match_their_definitions():
+  X, Q = store()
+  beta = 0.7
+  Xn, Qn = np.asarray(X, np.float64), np.asarray(Q, np.float64)
+  m2 = np.max(np.sum(Xn ** 2, axis=1))
+  e1 = 0.5 * np.sum(Qn ** 2, axis=1) + np.log(len(Xn)) / beta + 0.5 * m2
+  e2 = -np.log(np.sum(np.exp(beta * Qn @ Xn.T), axis=1)) / beta
+  np.testing.assert_allclose(hf.energy_e1(X, Q, beta), e1, rtol=1e-5)
+  np.testing.assert_allclose(hf.energy_e2(X, Q, beta), e2, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(hf.energy(X, Q, beta), e1 + e2, rtol=1e-5, atol=1e-5)
+  chex.assert_shape(hf.energy(X, Q[0], beta), ())
+
+
+# ----------------------------------------------------------------------------------------------
+# The Q1 claims, and negative controls
+
+
+@pytest.fixture(scope="module")
+def claims():
+  return {k: float(v) for k, v in q1.measure_claims(key(7), 64).items()}
+
+
+def test_q1_claims_hold_on_random_problems(claims):
+  """Hessian E1 = I (D = 2, 8, 32); Hessian of -E2 = beta X^T (diag p - pp^T) X and PSD; the
+  CCCP step zeroes the gradient of the linearised problem; the energy never increases along
+  64 x 6 trajectories of 10 steps; the step equals attention (beta = 1/sqrt D, K = V = X)."""
+  assert claims["e1_hessian_minus_identity"] <= 1e-6
+  assert claims["e2_hessian_vs_formula"] <= 1e-5
+  assert claims["neg_e2_min_eigenvalue_rel"] >= -1e-5
+  assert claims["cccp_minimiser_residual"] <= 1e-5
+  assert claims["energy_max_increase"] <= q1.ENERGY_TOL
+  assert claims["attention_max_difference"] <= 1e-5
+
+
+def test_wrong_updates_fail_the_same_checks(claims):
+  """The checks can fail: a sign error breaks monotonicity and the minimiser condition; a
+  forgotten beta breaks the minimiser condition (its step minimises a different problem)."""
+  assert claims["sign_energy_max_increase"] > 100 * q1.ENERGY_TOL
+  assert claims["sign_cccp_minimiser_residual"] > 100 * q1.TOL
+  assert claims["nobeta_cccp_minimiser_residual"] > 100 * q1.TOL
+
+
+def test_wrong_hessians_are_told_apart():
+  """E2 itself is not convex, and the formula without the -pp^T term is not its Hessian."""
+  X, Q = store(n=6, d=4)
+  beta = 1.3
+
+  @jax.jit
+  @jax.vmap
+  def measure(q):
+    h = jax.hessian(lambda v: hf.energy_e2(X, v, beta))(q)
+    p = jax.nn.softmax(beta * X @ q)
+    wrong = beta * X.T @ jnp.diag(p) @ X
+    return jnp.linalg.eigvalsh(h)[0], jnp.max(jnp.abs(-h - wrong))
+
+  min_eig, diff = measure(Q)
+  assert float(jnp.min(min_eig)) < -1e-2
+  assert float(jnp.min(diff)) > 1e-2
+
+
+def test_check_table_lists_every_claim_and_passes():
+  rows = [q1._row("a", "m", 1e-7, 1e-4), q1._row("b", "m", -1e-7, -1e-4, above=True),
+          q1._row("c", "m", 1.0, 1e-5, above=True), q1._row("d", "m", 1.0, 1e-4)]
+  assert [r.ok for r in rows] == [True, True, True, False]
+  table = q1.format_table(rows, 3)
+  assert table.count("yes") == 3 and "NO" in table
+
+
+# ----------------------------------------------------------------------------------------------
+# Retrieval
+
+
+@jax.jit
+def _scan_and_loop(X, Q, beta):
+  final, traj = hf.retrieve(X, Q, beta, 4, trajectory=True)
+  loop = Q
+  for _ in range(4):
+    loop = hf.update(X, loop, beta)
+  return final, traj, loop, hf.retrieve(X, Q, beta, 4)
+
+
+def test_retrieve_is_repeated_update_with_trajectory_and_energies():
+  X, Q = store()
+  final, traj, loop, plain = _scan_and_loop(X, Q, 0.5)
+  chex.assert_shape(traj.states, (5, 5, 8))
+  chex.assert_shape(traj.energies, (5, 5))
+  np.testing.assert_allclose(final, loop, rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(plain, final, rtol=1e-6, atol=1e-6)
+  np.testing.assert_array_equal(traj.states[0], Q)
+  np.testing.assert_array_equal(traj.states[-1], final)
+  np.testing.assert_allclose(traj.energies, hf.energy(X, traj.states, 0.5), rtol=1e-5)
+  e = np.asarray(traj.energies)
+  assert np.all(np.diff(e, axis=0) <= 1e-5 * (1 + np.abs(e[:-1])))
+
+
+_until = jax.jit(hf.retrieve_until, static_argnames=("max_steps",))
+_retrieve = jax.jit(hf.retrieve, static_argnames=("steps", "trajectory"))
+
+
+def test_while_loop_variant_agrees_with_scan():
+  X, Q = store()
+  capped, steps = _until(X, Q, 0.5, eps=0.0, max_steps=6)
+  assert int(steps) == 6
+  np.testing.assert_allclose(capped, _retrieve(X, Q, 0.5, steps=6), rtol=1e-6, atol=1e-6)
+  converged, steps = _until(X, Q, 0.5, eps=1e-5, max_steps=500)
+  assert 1 < int(steps) < 500
+  np.testing.assert_allclose(converged, _retrieve(X, Q, 0.5, steps=int(steps)), rtol=1e-5,
+                             atol=1e-5)
+  # Converged: one more update hardly moves the states (a fixed point).
+  np.testing.assert_allclose(hf.update(X, converged, 0.5), converged, atol=1e-4)
+
+
+def test_well_separated_patterns_are_retrieved_in_one_step_from_masked_and_noisy_queries():
+  rng = np.random.default_rng(0)
+  X = rng.choice([-1.0, 1.0], (8, 64)).astype(np.float32)
+  masked = X.copy()
+  masked[:, 32:] = 0.0
+  flips = rng.random(X.shape) < 0.2
+  noisy = np.where(flips, -X, X)
+  for queries in (masked, noisy):
+    out = hf.update(jnp.asarray(X), jnp.asarray(queries), 1.0)
+    np.testing.assert_allclose(out, X, atol=1e-4)
+
+
+def test_stored_patterns_are_fixed_points_and_small_beta_averages():
+  rng = np.random.default_rng(1)
+  X = jnp.asarray(rng.choice([-1.0, 1.0], (6, 32)).astype(np.float32))
+  np.testing.assert_allclose(hf.update(X, X, 2.0), X, atol=1e-6)
+  # beta -> 0: every query goes to the global fixed point, the mean of the patterns.
+  mean = jnp.mean(X, axis=0)
+  np.testing.assert_allclose(hf.update(X, X, 1e-6), jnp.broadcast_to(mean, X.shape), atol=1e-3)
+  np.testing.assert_allclose(hf.update(X, mean, 1e-6), mean, atol=1e-3)
+
+
+def test_matrix_and_column_forms_equal_attention():
+  X, Q = store(d=16)
+  beta = 1.0 / 4.0
+  a = hf.update(X, Q, beta)
+  np.testing.assert_allclose(a, hf.attention(Q, X, X, beta), rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(a, hf.update_columns(X, Q.T, beta).T, rtol=1e-5, atol=1e-6)
+  dpa = jax.nn.dot_product_attention(Q[None, :, None], X[None, :, None], X[None, :, None])
+  np.testing.assert_allclose(a, dpa[0, :, 0], rtol=1e-5, atol=1e-6)
+  # One row at a time is the same as all rows at once.
+  np.testing.assert_allclose(hf.update(X, Q[2], beta), a[2], rtol=1e-6, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------
+# Flax layers
+
+
+def _apply(module, variables, inputs, **kwargs):
+  return jax.jit(lambda v, x: module.apply(v, x, **kwargs))(variables, inputs)
+
+
+def _init(module, inputs, seed=0):
+  """module.init, jitted (eager Flax initialisation runs op by op and is slow on CPU)."""
+  return jax.jit(module.init)(key(seed), inputs)
+
+
+@pytest.mark.parametrize("steps_max", [0, 3])
+def test_static_hopfield_equals_the_pure_retrieval_exactly(steps_max):
+  X, Q = store()
+  module = hf.Hopfield(scaling=0.7, update_steps_max=steps_max, update_steps_eps=0.0, **STATIC)
+  inputs = (X[None], Q[None], X[None])
+  assert not jax.tree_util.tree_leaves(jax.eval_shape(lambda: module.init(key(), inputs)))
+  out = _apply(module, {}, inputs)[0]
+  pure = _retrieve(X, Q, 0.7, steps=steps_max + 1)
+  np.testing.assert_array_equal(np.asarray(out), np.asarray(pure))
+
+
+def test_static_hopfield_stops_like_update_steps_eps():
+  X, Q = store()
+  module = hf.Hopfield(scaling=0.5, update_steps_max=99, update_steps_eps=1e-4, **STATIC)
+  inputs = (X[None], Q[None], X[None])
+  out, assoc, steps = _apply(module, {}, inputs, return_association=True)
+  expected, taken = _until(X, Q, 0.5, eps=1e-4, max_steps=100)
+  assert int(steps[0]) + 1 == int(taken) < 100
+  np.testing.assert_allclose(out[0], expected, rtol=1e-6, atol=1e-6)
+  chex.assert_shape(assoc, (1, 1, 5, 16))
+  unbounded = hf.Hopfield(scaling=0.5, update_steps_max=None, update_steps_eps=1e-4, **STATIC)
+  np.testing.assert_allclose(_apply(unbounded, {}, inputs)[0], expected, rtol=1e-6, atol=1e-6)
+
+
+def test_default_scaling_is_one_when_static_else_inverse_sqrt_head_dim():
+  assert hf.Hopfield(**STATIC).beta(16) == 1.0
+  assert hf.Hopfield().beta(16) == 0.25
+  assert hf.Hopfield(scaling=3.0).beta(16) == 3.0
+
+
+def test_projected_multi_head_hopfield_matches_a_hand_computation():
+  kx, kq = jax.random.split(key(3))
+  stored, state = jax.random.normal(kx, (2, 7, 6)), jax.random.normal(kq, (2, 3, 6))
+  module = hf.Hopfield(num_heads=2, hidden_size=4, pattern_size=5, output_size=9)
+  variables = _init(module, (stored, state, stored), 4)
+  p = variables["params"]
+  chex.assert_shape(p["state_projection"]["kernel"], (6, 8))
+  chex.assert_shape(p["pattern_projection"]["kernel"], (6, 10))
+  chex.assert_shape(p["out_projection"]["kernel"], (10, 9))
+  out = _apply(module, variables, (stored, state, stored))
+  chex.assert_shape(out, (2, 3, 9))
+
+  def norm(x, scope):
+    mu, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+    return (x - mu) / jnp.sqrt(var + hf.NORM_EPS) * scope["scale"] + scope["bias"]
+
+  def dense(x, scope):
+    return x @ scope["kernel"] + scope["bias"]
+
+  q = dense(norm(state, p["norm_state_pattern"]), p["state_projection"])
+  k = dense(norm(stored, p["norm_stored_pattern"]), p["stored_projection"])
+  v = dense(norm(stored, p["norm_pattern_projection"]), p["pattern_projection"])
+  heads = []
+  for h in range(2):
+    qh, kh, vh = q[..., 4 * h:4 * h + 4], k[..., 4 * h:4 * h + 4], v[..., 5 * h:5 * h + 5]
+    w = jax.nn.softmax(jnp.einsum("bld,bsd->bls", qh, kh) / 2.0, axis=-1)
+    heads.append(jnp.einsum("bls,bse->ble", w, vh))
+  expected = dense(jnp.concatenate(heads, axis=-1), p["out_projection"])
+  np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_padding_mask_equals_leaving_the_patterns_out():
+  X, Q = store(n=10)
+  module = hf.Hopfield(scaling=0.5, update_steps_max=2, update_steps_eps=0.0, **STATIC)
+  padded = jnp.concatenate([X, 50.0 * jnp.ones((4, 8))])
+  mask = jnp.arange(14)[None] >= 10
+  out = _apply(module, {}, (padded[None], Q[None], padded[None]),
+               stored_pattern_padding_mask=mask)
+  np.testing.assert_allclose(out[0], _retrieve(X, Q, 0.5, steps=3), rtol=1e-5, atol=1e-5)
+
+
+def test_dropout_acts_on_the_association_matrix_only_in_training():
+  X, Q = store(n=6)
+  module = hf.Hopfield(dropout=0.5, scaling=0.5, **STATIC)
+  inputs = (X[None], Q[None], X[None])
+  clean = _apply(module, {}, inputs)
+  np.testing.assert_array_equal(_apply(module, {}, inputs, deterministic=True), clean)
+  dropped = jax.jit(lambda x: module.apply({}, x, deterministic=False,
+                                           rngs={"dropout": key(5)}))(inputs)
+  assert not np.allclose(dropped, clean)
+  assoc = jax.nn.softmax(0.5 * Q @ X.T)
+  # Each output is a sum of kept, rescaled association weights times patterns.
+  kept = jnp.linalg.lstsq(X.T, dropped[0].T)[0].T
+  assert np.all(np.isclose(kept, 0.0, atol=1e-3) | np.isclose(kept, 2 * assoc, atol=1e-3))
+
+
+def test_iterated_hopfield_is_differentiable():
+  kx, kq = jax.random.split(key(6))
+  stored, state = jax.random.normal(kx, (2, 7, 6)), jax.random.normal(kq, (2, 3, 6))
+  module = hf.Hopfield(num_heads=2, update_steps_max=3, update_steps_eps=1e-4)
+  variables = _init(module, (stored, state, stored), 7)
+  grads = jax.jit(jax.grad(lambda v: jnp.sum(module.apply(v, (stored, state, stored)) ** 2)))(
+      variables)
+  leaves = jax.tree_util.tree_leaves(grads)
+  assert all(np.all(np.isfinite(g)) for g in leaves)
+  assert any(np.any(g != 0) for g in leaves)
+
+
+def test_hopfield_pooling_learns_its_query_unless_frozen():
+  stored = jax.random.normal(key(8), (3, 7, 6))
+  pool = hf.HopfieldPooling(quantity=2, num_heads=2)
+  variables = _init(pool, stored, 9)
+  chex.assert_shape(variables["params"]["pooling_weights"], (2, 6))
+  out = _apply(pool, variables, stored)
+  chex.assert_shape(out, (3, 12))
+  grad = lambda m: jax.jit(jax.grad(lambda v: jnp.sum(m.apply(v, stored) ** 2)))(variables)
+  assert np.any(np.asarray(grad(pool)["params"]["pooling_weights"]) != 0)
+  frozen = hf.HopfieldPooling(quantity=2, num_heads=2, trainable=False)
+  np.testing.assert_array_equal(grad(frozen)["params"]["pooling_weights"], 0.0)
+
+
+def test_hopfield_layer_looks_states_up_in_learned_patterns():
+  state = jax.random.normal(key(10), (2, 5, 6))
+  layer = hf.HopfieldLayer(quantity=11, output_size=3)
+  variables = _init(layer, state, 11)
+  chex.assert_shape(variables["params"]["lookup_weights"], (11, 6))
+  assert "target_weights" not in variables["params"]
+  chex.assert_shape(_apply(layer, variables, state), (2, 5, 3))
+  separated = hf.HopfieldLayer(quantity=11, lookup_weights_as_separated=True,
+                               pattern_projection_size=4)
+  variables = _init(separated, state, 12)
+  chex.assert_shape(variables["params"]["target_weights"], (11, 4))
+  chex.assert_shape(_apply(separated, variables, state), (2, 5, 6))
+
+
+def test_static_patterns_must_fit_the_head_size():
+  X, Q = store()
+  module = hf.Hopfield(hidden_size=4, **STATIC)
+  with pytest.raises(ValueError, match="head size 4"):
+    module.init(key(), (X[None], Q[None], X[None]))
+
+
+# ----------------------------------------------------------------------------------------------
+# Experiment library
+
+
+def test_theorem3_reproduces_the_papers_numbers():
+  """Ramsauer et al.: c = 3.1546 for beta=1, K=3, d=20 and c = 1.3718 for beta=1, K=1, d=75
+  (p = 0.001), both meeting the condition on c."""
+  a = q1.theorem3_bound(20, 1.0, 3.0, 0.001)
+  b = q1.theorem3_bound(75, 1.0, 1.0, 0.001)
+  assert round(a["c"], 4) == 3.1546 and a["bound"] is not None
+  assert round(b["c"], 4) == 1.3719
+  assert b["bound"] == pytest.approx(math.sqrt(0.001) * b["c"] ** 18.5)
+  assert q1.theorem3_bound(8, 1.0, 1.0, 0.001)["bound"] is None
+
+
+def test_capacity_from_curve():
+  ns = [2, 4, 8, 16]
+  assert q1.capacity_from_curve(ns, [1.0, 1.0, 1.0, 0.95]) == (16.0, True)
+  assert q1.capacity_from_curve(ns, [0.5, 0.0, 0.0, 0.0]) == (None, False)
+  n, censored = q1.capacity_from_curve(ns, [1.0, 1.0, 0.8, 0.0])
+  assert not censored and n == pytest.approx(math.exp(0.5 * math.log(4) + 0.5 * math.log(8)))
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("betas", (0.1, -1.0), "--betas=0.1,-1 must be positive"),
+    ("parts", ("check", "plots"), "--parts=check,plots"),
+    ("queries", ("blur",), "--queries=blur"),
+    ("num_show", 99, "--num_show=99"),
+    ("capacity_dims", (1,), "--capacity_dims=1"),
+])
+def test_config_rejects_bad_values(field, value, message):
+  import dataclasses
+  with pytest.raises(UserError, match=message):
+    dataclasses.replace(q1.Config(), **{field: value}).validate()
+
+
+def test_patterns_fall_back_to_random_and_use_intel_when_found(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  logged = []
+  config = q1.Config(num_patterns=5)
+  random = q1.load_patterns(config, log=logged.append)
+  assert "random" in random.source and "no Intel data found" in logged[0]
+  assert set(np.unique(random.X)) == {-1.0, 1.0} and random.X.shape == (5, 48 * 48 * 3)
+  with pytest.raises(UserError, match="no Intel image data found"):
+    q1.load_patterns(q1.Config(patterns="intel"), log=logged.append)
+  npz = write_npz(tmp_path / "tiny.npz", n_train=12, n_val=2, n_test=2)
+  images = q1.load_patterns(config, str(npz), log=logged.append)
+  assert "Intel" in images.source and images.shape == (48, 48, 3)
+  np.testing.assert_allclose(np.linalg.norm(images.X, axis=1), math.sqrt(48 * 48 * 3), rtol=1e-4)
+  with pytest.raises(UserError, match="only 12"):
+    q1.load_patterns(q1.Config(num_patterns=13), str(npz), log=logged.append)
+  masked = q1.make_queries(images, "mask", 1.0, 0)
+  assert np.all(masked.reshape(5, 48, 48, 3)[:, 24:] == 0)
