@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import linen as nn
 import pytest
 
 from conftest import learnable_images
@@ -265,3 +266,85 @@ def test_all_checkpoints_unreadable_is_an_error_not_a_fresh_start(model, trainer
   from hw2jax import UserError
   with pytest.raises(UserError, match="none of the checkpoints"):
     run_fit(model, trainer, data, tmp_path, epochs=3)
+
+
+# ---------------------------------------------------------------- length buckets
+
+
+class _Scale(nn.Module):
+  """y_hat = w * sum(x): enough to see which examples an epoch visited, and in what order."""
+
+  @nn.compact
+  def __call__(self, x):
+    return self.param("w", nn.initializers.ones, ()) * x.sum(-1)
+
+
+def _bucket_sums(apply_fn, params, batch, mask):
+  err = (apply_fn({"params": params}, batch["x"]) - batch["y"]) ** 2
+  ids = batch["id"].astype(jnp.float32)
+  return {"loss": jnp.sum(err * mask), "count": jnp.sum(mask), "id": jnp.sum(ids * mask),
+          "id2": jnp.sum(ids ** 2 * mask)}
+
+
+def _bucket_loss(apply_fn, params, model_state, batch, mask, rng):
+  sums = _bucket_sums(apply_fn, params, batch, mask)
+  return sums["loss"] / jnp.maximum(sums["count"], 1.0), (model_state, sums)
+
+
+def _bucket_eval(apply_fn, variables, batch, mask):
+  return _bucket_sums(apply_fn, variables["params"], batch, mask)
+
+
+def _buckets(sizes=(13, 7, 30), widths=(2, 3, 5)):
+  rng = np.random.default_rng(0)
+  out, start = [], 0
+  for n, w in zip(sizes, widths):
+    x = rng.normal(size=(n, w)).astype(np.float32)
+    out.append(training.to_device({"x": x, "y": 0.5 * x.sum(-1),
+                                   "id": np.arange(start, start + n, dtype=np.int32)}))
+    start += n
+  return training.Buckets(out)
+
+
+def _bucket_state(lr=0.01):
+  tx = training.make_optimizer("sgd")
+  return training.create_train_state(_Scale(), (jnp.zeros((1, 2)),), tx, 0, learning_rate=lr)
+
+
+@pytest.mark.parametrize("mode", ["loop", "scan"])
+def test_bucket_epoch_visits_every_example_once(mode):
+  buckets = _buckets()
+  n = 50
+  trainer = training.Trainer(_bucket_loss, _bucket_eval, batch_size=4, eval_batch_size=8,
+                             epoch_mode=mode, bucket_chunk=3)    # partial chunks in every bucket
+  state = _bucket_state()
+  for epoch in range(2):
+    state, m = trainer.train_epoch(state, buckets, epoch)
+    assert m["count"] == n
+    assert m["id"] == pytest.approx((n - 1) / 2)
+    assert m["id2"] == pytest.approx((n - 1) * (2 * n - 1) / 6)
+  assert int(state.step) == 2 * (4 + 2 + 8)        # batches of 4, never mixing buckets
+  val = trainer.evaluate(state, buckets)
+  assert val["count"] == n and val["id"] == pytest.approx((n - 1) / 2)
+
+
+def test_bucket_epochs_agree_between_scan_and_loop_and_are_seeded():
+  buckets = _buckets()
+  params = {}
+  for mode in ("scan", "loop", "loop"):
+    trainer = training.Trainer(_bucket_loss, _bucket_eval, batch_size=4, epoch_mode=mode,
+                               bucket_chunk=2)
+    state, _ = trainer.train_epoch(_bucket_state(), buckets, 0)
+    params.setdefault(mode, []).append(state.params["w"])
+  np.testing.assert_allclose(params["scan"][0], params["loop"][0], rtol=1e-6)
+  assert params["loop"][0] == params["loop"][1]
+
+
+def test_bucket_schedule_shuffles_chunks_of_all_buckets():
+  a = training.bucket_schedule(training.prng_key(0), [3, 1, 5])
+  b = training.bucket_schedule(training.prng_key(1), [3, 1, 5])
+  assert sorted(a.tolist()) == [0, 0, 0, 1, 2, 2, 2, 2, 2]
+  assert a.tolist() != b.tolist()
+  idx, mask = training.bucket_plan(training.prng_key(0), 10, 4, 2)
+  chex.assert_shape((idx, mask), (4, 4))                 # 3 batches + 1 empty to fill the chunk
+  assert not bool(mask[3].any()) and int(mask.sum()) == 10
