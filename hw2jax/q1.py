@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hw2jax import hopfield as hf, runlog, training
+from hw2jax import hopfield as hf, runlog
 from hw2jax.data import intel
 from hw2jax.errors import UserError
 
@@ -122,21 +122,23 @@ def _join(xs) -> str:
 # Part 1: the Q1 claims as measurements
 
 
-def _problems(key, trials: int, n: int, d: int, batch: int):
+def random_problems(rng: np.random.Generator, trials: int, n: int, d: int, batch: int
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """`trials` random problems: X (T, n, d) ~ N(0, 1), states Q (T, batch, d) ~ N(0, 4/d) (so
   x^T q ~ N(0, 4)) and beta (T,) log-uniform in [0.1, 10], from nearly uniform to nearly one-hot
-  softmax weights. Drawn as whole arrays: random draws inside vmap compile far slower on CPU."""
-  kx, kq, kb = jax.random.split(key, 3)
-  beta = jnp.exp(jax.random.uniform(kb, (trials,), minval=math.log(0.1), maxval=math.log(10.0)))
-  q = 2.0 / math.sqrt(d) * jax.random.normal(kq, (trials, batch, d))
-  return jax.random.normal(kx, (trials, n, d)), q, beta
+  softmax weights. Drawn on the host: random draws inside jit compile slowly on CPU."""
+  X = rng.standard_normal((trials, n, d), np.float32)
+  Q = (2.0 / math.sqrt(d) * rng.standard_normal((trials, batch, d))).astype(np.float32)
+  beta = np.exp(rng.uniform(math.log(0.1), math.log(10.0), trials)).astype(np.float32)
+  return X, Q, beta
 
 
-def hessian_checks(key, d: int, trials: int) -> dict:
-  """Q1.1 over `trials` random (X, q, beta) in dimension d: the maximum of max|Hess E1 - I|; of
-  max|Hess(-E2) - beta X^T (diag p - p p^T) X| / (beta M^2); and the minimum of
-  lambda_min(Hess(-E2)) / (beta M^2) (>= 0 up to rounding: E2 is concave). beta M^2 bounds the
-  norm of Hess(-E2) = beta Cov_p(x), so both are relative to the largest the Hessian can be."""
+def hessian_checks(X, Q, beta) -> dict:
+  """Q1.1 over random problems (X (T, N, D), Q (T, 1, D), beta (T,)): the maximum of
+  max|Hess E1 - I|; of max|Hess(-E2) - beta X^T (diag p - p p^T) X| / (beta M^2); and the
+  minimum of lambda_min(Hess(-E2)) / (beta M^2) (>= 0 up to rounding: E2 is concave). beta M^2
+  bounds the norm of Hess(-E2) = beta Cov_p(x), so both are relative to the largest it can be."""
+  d = X.shape[-1]
 
   def one(X, Q, beta):
     q = Q[0]
@@ -148,16 +150,17 @@ def hessian_checks(key, d: int, trials: int) -> dict:
     return (jnp.max(jnp.abs(h1 - jnp.eye(d))), jnp.max(jnp.abs(h2 - formula)) / scale,
             eig[0] / scale)
 
-  e1, e2, eig = jax.vmap(one)(*_problems(key, trials, 12, d, 1))
+  e1, e2, eig = jax.vmap(one)(X, Q, beta)
   return {"e1_hessian_minus_identity": jnp.max(e1), "e2_hessian_vs_formula": jnp.max(e2),
           "neg_e2_min_eigenvalue_rel": jnp.min(eig)}
 
 
-def cccp_checks(key, trials: int, steps: int = 10, step_fn=hf.update) -> dict:
-  """Q1.2 over `trials` random problems (N=12, D=8, 6 states each, `steps` steps of `step_fn`):
-  the largest ||grad E1(q_{t+1}) + grad E2(q_t)|| / (1 + ||q_{t+1}||) (zero iff q_{t+1} minimises
-  the linearised problem E1(q) + E2(q_t) + grad E2(q_t)^T (q - q_t)) and the largest energy
-  increase E(q_{t+1}) - E(q_t) relative to 1 + |E(q_t)| (<= rounding: E never increases)."""
+def cccp_checks(X, Q, beta, steps: int = 10, step_fn=hf.update) -> dict:
+  """Q1.2 over random problems (X (T, N, D), Q (T, B, D), beta (T,)), `steps` steps of
+  `step_fn`: the largest ||grad E1(q_{t+1}) + grad E2(q_t)|| / (1 + ||q_{t+1}||) (zero iff
+  q_{t+1} minimises the linearised problem E1(q) + E2(q_t) + grad E2(q_t)^T (q - q_t)) and the
+  largest energy increase E(q_{t+1}) - E(q_t) relative to 1 + |E(q_t)| (<= rounding: E never
+  increases)."""
   grad_e1 = jax.grad(lambda X, q, b: hf.energy_e1(X, q, b), argnums=1)
   grad_e2 = jax.grad(lambda X, q, b: hf.energy_e2(X, q, b), argnums=1)
 
@@ -170,14 +173,15 @@ def cccp_checks(key, trials: int, steps: int = 10, step_fn=hf.update) -> dict:
     increase = (e[1:] - e[:-1]) / (1.0 + jnp.abs(e[:-1]))
     return jnp.max(residual), jnp.max(increase)
 
-  residual, increase = jax.vmap(one)(*_problems(key, trials, 12, 8, 6))
+  residual, increase = jax.vmap(one)(X, Q, beta)
   return {"cccp_minimiser_residual": jnp.max(residual), "energy_max_increase": jnp.max(increase)}
 
 
-def attention_checks(key, d: int, trials: int) -> dict:
-  """Q1.3 with beta = 1/sqrt(D), K = V = X (N=16) and 8 queries: the largest difference,
-  relative to max|result|, between the Hopfield step of all queries (transposed) and
-  `jax.nn.dot_product_attention`, a hand-written softmax attention and the column form."""
+def attention_checks(X, Q) -> dict:
+  """Q1.3 with beta = 1/sqrt(D), K = V = X (T, N, D) and queries Q (T, B, D): the largest
+  difference, relative to max|result|, between the Hopfield step of all queries (transposed)
+  and `jax.nn.dot_product_attention`, a hand-written softmax attention and the column form."""
+  d = X.shape[-1]
 
   def one(X, Q):
     ours = hf.update(X, Q, 1.0 / math.sqrt(d))
@@ -189,8 +193,6 @@ def attention_checks(key, d: int, trials: int) -> dict:
     cols = hf.update_columns(X, Q.T, 1.0 / math.sqrt(d)).T
     return tuple(jnp.max(jnp.abs(ours - other)) / scale for other in (dpa[0, :, 0], hand, cols))
 
-  kx, kq = jax.random.split(key)
-  X, Q = jax.random.normal(kx, (trials, 16, d)), jax.random.normal(kq, (trials, 8, d))
   dpa, hand, cols = jax.vmap(one)(X, Q)
   return {"vs_dot_product_attention": jnp.max(dpa), "vs_handwritten_attention": jnp.max(hand),
           "vs_column_form": jnp.max(cols)}
@@ -218,24 +220,31 @@ class CheckRow(NamedTuple):
 CHECK_DIMS = (2, 8, 32)
 
 
-@functools.partial(jax.jit, static_argnames=("trials", "dims"))
-def measure_claims(key, trials: int, dims: tuple[int, ...] = CHECK_DIMS) -> dict:
+def claim_problems(seed: int, trials: int, dims: Sequence[int] = CHECK_DIMS) -> dict:
+  """The random problems of `measure_claims` (numpy arrays): per dimension in `dims` for the
+  Hessians (N=12) and attention (N=16, 8 queries); N=12, D=8, 6 states for each CCCP check."""
+  rng = np.random.default_rng(seed)
+  return {"hessian": [random_problems(rng, trials, 12, d, 1) for d in dims],
+          "attention": [random_problems(rng, trials, 16, d, 8)[:2] for d in dims],
+          **{name: random_problems(rng, trials, 12, 8, 6) for name in ("cccp", "sign", "nobeta")}}
+
+
+@jax.jit
+def measure_claims(problems: dict) -> dict:
   """Every measurement of `check` in one compiled program (compilation dominates on CPU).
 
-  Returns {claim metric: value}, the Hessian and attention metrics worst over `dims`, and the
+  Returns {metric: value}: the Hessian and attention metrics worst over the dimensions, and the
   CCCP metrics of the right update and of the two deliberately wrong ones ('sign_', 'nobeta_').
   """
-  keys = jax.random.split(key, 2 * len(dims) + 3)
-  hess = [hessian_checks(keys[i], d, trials) for i, d in enumerate(dims)]
-  att = [attention_checks(keys[len(dims) + i], d, trials) for i, d in enumerate(dims)]
+  hess = [hessian_checks(*p) for p in problems["hessian"]]
+  att = [attention_checks(*p) for p in problems["attention"]]
   out = {k: jnp.max(jnp.stack([h[k] for h in hess])) for k in hess[0]}
   out["neg_e2_min_eigenvalue_rel"] = jnp.min(jnp.stack([h["neg_e2_min_eigenvalue_rel"]
                                                         for h in hess]))
   out["attention_max_difference"] = jnp.max(jnp.stack([a[k] for a in att for k in a]))
-  out.update(cccp_checks(keys[-3], trials))
-  for prefix, step_fn, k in (("sign_", wrong_sign_update, keys[-2]),
-                             ("nobeta_", no_beta_update, keys[-1])):
-    out.update({prefix + name: v for name, v in cccp_checks(k, trials, step_fn=step_fn).items()})
+  out.update(cccp_checks(*problems["cccp"]))
+  for name, step_fn in (("sign", wrong_sign_update), ("nobeta", no_beta_update)):
+    out.update({f"{name}_{k}": v for k, v in cccp_checks(*problems[name], step_fn=step_fn).items()})
   return out
 
 
@@ -245,8 +254,8 @@ def check(config: Config, log: Callable[[str], None] = print) -> tuple[list[Chec
   Two negative controls run the same checks on deliberately wrong updates: they must fail,
   which shows that the checks can tell a right CCCP step from a wrong one.
   """
-  m = {k: float(v) for k, v in
-       measure_claims(training.prng_key(config.seed), config.check_trials).items()}
+  problems = claim_problems(config.seed, config.check_trials)
+  m = {k: float(v) for k, v in measure_claims(problems).items()}
   dims = ",".join(map(str, CHECK_DIMS))
   rows = [
       _row(f"Q1.1 E1 convex: Hessian of E1 = I (D={dims})", "max|H - I|",
@@ -483,23 +492,32 @@ def theorem3_bound(d: int, beta: float, K: float, p: float) -> dict:
   return {"c": c, "c_needed": needed, "bound": bound}
 
 
-@functools.partial(jax.jit, static_argnames=("n", "d_max", "queries", "steps"))
-def _recall_rates(key, d, betas, noise, tol, *, n: int, d_max: int, queries: int, steps: int):
-  """Recall rate per beta (K,) of `queries` of n random patterns on the sphere of radius
-  sqrt(d), padded with zeros to d_max (which changes no dot product, so one program serves
-  every d). A query is a stored pattern plus N(0, noise^2) noise in its d coordinates; it is
-  recalled when ||q_T - x|| / ||x|| < tol after `steps` updates."""
-  kx, ki, kn = jax.random.split(key, 3)
-  live = (jnp.arange(d_max) < d).astype(jnp.float32)
-  X = jax.random.normal(kx, (n, d_max)) * live
-  X = X / jnp.linalg.norm(X, axis=1, keepdims=True) * jnp.sqrt(d.astype(jnp.float32))
-  idx = jax.random.choice(ki, n, (queries,), replace=False)
-  target = X[idx]
-  Q = target + noise * jax.random.normal(kn, target.shape) * live
+def sphere_patterns(rng: np.random.Generator, n: int, d: int, d_max: int, queries: int,
+                    noise: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Stores of n random patterns uniform on the sphere of radius sqrt(d), zero-padded to d_max
+  (which changes no dot product or norm, so one compiled program serves every d), and noisy
+  copies of their patterns as queries, about `queries` in all. Small n gets several independent
+  stores (R = queries // n), so that the rate averages over pattern sets, not over one draw.
+  Returns X (R, n, d_max), targets and queries (R, B, d_max) with B = min(n, queries)."""
+  stores, per_store = max(1, queries // n), min(n, queries)
+  X = np.zeros((stores, n, d_max), np.float32)
+  X[..., :d] = rng.standard_normal((stores, n, d))
+  X *= math.sqrt(d) / np.linalg.norm(X, axis=-1, keepdims=True)
+  idx = np.stack([rng.choice(n, per_store, replace=False) for _ in range(stores)])
+  target = np.take_along_axis(X, idx[..., None], axis=1)
+  Q = target.copy()
+  Q[..., :d] += noise * rng.standard_normal((stores, per_store, d))
+  return X, target, Q
+
+
+@functools.partial(jax.jit, static_argnames=("steps",))
+def recall_rates(X, target, Q, betas, tol, *, steps: int) -> jax.Array:
+  """Recall rate per beta (K,): the fraction of queries Q (R, B, D) with ||q_T - x|| / ||x||
+  < tol after `steps` updates against their stores X (R, N, D), x the target (R, B, D)."""
 
   def rate(beta):
-    out = hf.retrieve(X, Q, beta, steps)
-    err = jnp.linalg.norm(out - target, axis=1) / jnp.linalg.norm(target, axis=1)
+    out = jax.vmap(lambda x, q: hf.retrieve(x, q, beta, steps))(X, Q)
+    err = jnp.linalg.norm(out - target, axis=-1) / jnp.linalg.norm(target, axis=-1)
     return jnp.mean(err < tol)
 
   return jax.lax.map(rate, betas)
@@ -524,7 +542,7 @@ def capacity(config: Config, workdir: Path, log: Callable[[str], None] = print) 
   dims = sorted(set(config.capacity_dims) | {config.capacity_dim})
   ns = [2 ** k for k in range(1, int(math.log2(config.capacity_max_patterns)) + 1)]
   betas = jnp.asarray(config.capacity_betas, jnp.float32)
-  key = training.prng_key(config.seed + 2)
+  rng = np.random.default_rng(config.seed + 2)
   log(f"capacity: random patterns on the sphere |x| = sqrt(D), D in {_join(dims)}, N up to "
       f"{ns[-1]}, betas {_join(config.capacity_betas)}, {config.capacity_queries} noisy queries "
       f"(noise std {config.capacity_noise:g} per coordinate), {config.capacity_steps} update(s)")
@@ -532,10 +550,9 @@ def capacity(config: Config, workdir: Path, log: Callable[[str], None] = print) 
   for d in dims:
     rates[d] = {}
     for n in ns:
-      r = _recall_rates(jax.random.fold_in(jax.random.fold_in(key, d), n), jnp.int32(d), betas,
-                        jnp.float32(config.capacity_noise), jnp.float32(config.recall_tol),
-                        n=n, d_max=max(dims), queries=min(n, config.capacity_queries),
-                        steps=config.capacity_steps)
+      X, target, Q = sphere_patterns(rng, n, d, max(dims), config.capacity_queries,
+                                     config.capacity_noise)
+      r = recall_rates(X, target, Q, betas, config.recall_tol, steps=config.capacity_steps)
       rates[d][n] = [float(x) for x in np.asarray(r)]
     log(f"  D={d:<3d} recall at N={ns[0]}..{ns[-1]}: " + "  ".join(
         f"beta {b:g}: " + "".join(_spark(rates[d][n][j]) for n in ns)

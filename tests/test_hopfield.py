@@ -58,10 +58,13 @@ def test_energy_parts_match_their_definitions():
   m2 = np.max(np.sum(Xn ** 2, axis=1))
   e1 = 0.5 * np.sum(Qn ** 2, axis=1) + np.log(len(Xn)) / beta + 0.5 * m2
   e2 = -np.log(np.sum(np.exp(beta * Qn @ Xn.T), axis=1)) / beta
-  np.testing.assert_allclose(hf.energy_e1(X, Q, beta), e1, rtol=1e-5)
-  np.testing.assert_allclose(hf.energy_e2(X, Q, beta), e2, rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(hf.energy(X, Q, beta), e1 + e2, rtol=1e-5, atol=1e-5)
-  chex.assert_shape(hf.energy(X, Q[0], beta), ())
+  parts = jax.jit(lambda X, Q: (hf.energy_e1(X, Q, beta), hf.energy_e2(X, Q, beta),
+                                 hf.energy(X, Q, beta), hf.energy(X, Q[0], beta)))
+  got_e1, got_e2, got_e, single = parts(X, Q)
+  np.testing.assert_allclose(got_e1, e1, rtol=1e-5)
+  np.testing.assert_allclose(got_e2, e2, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(got_e, e1 + e2, rtol=1e-5, atol=1e-5)
+  chex.assert_shape(single, ())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -70,7 +73,7 @@ def test_energy_parts_match_their_definitions():
 
 @pytest.fixture(scope="module")
 def claims():
-  return {k: float(v) for k, v in q1.measure_claims(key(7), 64).items()}
+  return {k: float(v) for k, v in q1.measure_claims(q1.claim_problems(7, 64)).items()}
 
 
 def test_q1_claims_hold_on_random_problems(claims):
@@ -187,14 +190,20 @@ def test_stored_patterns_are_fixed_points_and_small_beta_averages():
 
 def test_matrix_and_column_forms_equal_attention():
   X, Q = store(d=16)
-  beta = 1.0 / 4.0
-  a = hf.update(X, Q, beta)
-  np.testing.assert_allclose(a, hf.attention(Q, X, X, beta), rtol=1e-6, atol=1e-6)
-  np.testing.assert_allclose(a, hf.update_columns(X, Q.T, beta).T, rtol=1e-5, atol=1e-6)
-  dpa = jax.nn.dot_product_attention(Q[None, :, None], X[None, :, None], X[None, :, None])
-  np.testing.assert_allclose(a, dpa[0, :, 0], rtol=1e-5, atol=1e-6)
+
+  @jax.jit
+  def forms(X, Q):
+    beta = 1.0 / 4.0
+    dpa = jax.nn.dot_product_attention(Q[None, :, None], X[None, :, None], X[None, :, None])
+    return (hf.update(X, Q, beta), hf.attention(Q, X, X, beta),
+            hf.update_columns(X, Q.T, beta).T, dpa[0, :, 0], hf.update(X, Q[2], beta))
+
+  a, att, cols, dpa, row = forms(X, Q)
+  np.testing.assert_allclose(a, att, rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(a, cols, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(a, dpa, rtol=1e-5, atol=1e-6)
   # One row at a time is the same as all rows at once.
-  np.testing.assert_allclose(hf.update(X, Q[2], beta), a[2], rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(row, a[2], rtol=1e-6, atol=1e-6)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -206,8 +215,10 @@ def _apply(module, variables, inputs, **kwargs):
 
 
 def _init(module, inputs, seed=0):
-  """module.init, jitted (eager Flax initialisation runs op by op and is slow on CPU)."""
-  return jax.jit(module.init)(key(seed), inputs)
+  """(variables, output) of module.init_with_output, jitted: one compilation for both (eager
+  Flax runs op by op, which is slow on CPU)."""
+  out, variables = jax.jit(module.init_with_output)(key(seed), inputs)
+  return variables, out
 
 
 @pytest.mark.parametrize("steps_max", [0, 3])
@@ -244,31 +255,32 @@ def test_projected_multi_head_hopfield_matches_a_hand_computation():
   kx, kq = jax.random.split(key(3))
   stored, state = jax.random.normal(kx, (2, 7, 6)), jax.random.normal(kq, (2, 3, 6))
   module = hf.Hopfield(num_heads=2, hidden_size=4, pattern_size=5, output_size=9)
-  variables = _init(module, (stored, state, stored), 4)
-  p = variables["params"]
+  variables, out = _init(module, (stored, state, stored), 4)
+  p = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), variables["params"])
   chex.assert_shape(p["state_projection"]["kernel"], (6, 8))
   chex.assert_shape(p["pattern_projection"]["kernel"], (6, 10))
   chex.assert_shape(p["out_projection"]["kernel"], (10, 9))
-  out = _apply(module, variables, (stored, state, stored))
   chex.assert_shape(out, (2, 3, 9))
 
   def norm(x, scope):
     mu, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
-    return (x - mu) / jnp.sqrt(var + hf.NORM_EPS) * scope["scale"] + scope["bias"]
+    return (x - mu) / np.sqrt(var + hf.NORM_EPS) * scope["scale"] + scope["bias"]
 
   def dense(x, scope):
     return x @ scope["kernel"] + scope["bias"]
 
+  stored, state = np.asarray(stored, np.float64), np.asarray(state, np.float64)
   q = dense(norm(state, p["norm_state_pattern"]), p["state_projection"])
   k = dense(norm(stored, p["norm_stored_pattern"]), p["stored_projection"])
   v = dense(norm(stored, p["norm_pattern_projection"]), p["pattern_projection"])
   heads = []
   for h in range(2):
     qh, kh, vh = q[..., 4 * h:4 * h + 4], k[..., 4 * h:4 * h + 4], v[..., 5 * h:5 * h + 5]
-    w = jax.nn.softmax(jnp.einsum("bld,bsd->bls", qh, kh) / 2.0, axis=-1)
-    heads.append(jnp.einsum("bls,bse->ble", w, vh))
-  expected = dense(jnp.concatenate(heads, axis=-1), p["out_projection"])
-  np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+    logits = np.einsum("bld,bsd->bls", qh, kh) / 2.0           # beta = 1/sqrt(head dim 4)
+    w = np.exp(logits - logits.max(-1, keepdims=True))
+    heads.append(np.einsum("bls,bse->ble", w / w.sum(-1, keepdims=True), vh))
+  expected = dense(np.concatenate(heads, axis=-1), p["out_projection"])
+  np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5)
 
 
 def test_padding_mask_equals_leaving_the_patterns_out():
@@ -300,7 +312,7 @@ def test_iterated_hopfield_is_differentiable():
   kx, kq = jax.random.split(key(6))
   stored, state = jax.random.normal(kx, (2, 7, 6)), jax.random.normal(kq, (2, 3, 6))
   module = hf.Hopfield(num_heads=2, update_steps_max=3, update_steps_eps=1e-4)
-  variables = _init(module, (stored, state, stored), 7)
+  variables, _ = _init(module, (stored, state, stored), 7)
   grads = jax.jit(jax.grad(lambda v: jnp.sum(module.apply(v, (stored, state, stored)) ** 2)))(
       variables)
   leaves = jax.tree_util.tree_leaves(grads)
@@ -311,28 +323,28 @@ def test_iterated_hopfield_is_differentiable():
 def test_hopfield_pooling_learns_its_query_unless_frozen():
   stored = jax.random.normal(key(8), (3, 7, 6))
   pool = hf.HopfieldPooling(quantity=2, num_heads=2)
-  variables = _init(pool, stored, 9)
-  chex.assert_shape(variables["params"]["pooling_weights"], (2, 6))
-  out = _apply(pool, variables, stored)
-  chex.assert_shape(out, (3, 12))
-  grad = lambda m: jax.jit(jax.grad(lambda v: jnp.sum(m.apply(v, stored) ** 2)))(variables)
-  assert np.any(np.asarray(grad(pool)["params"]["pooling_weights"]) != 0)
   frozen = hf.HopfieldPooling(quantity=2, num_heads=2, trainable=False)
-  np.testing.assert_array_equal(grad(frozen)["params"]["pooling_weights"], 0.0)
+  variables, out = _init(pool, stored, 9)
+  chex.assert_shape(variables["params"]["pooling_weights"], (2, 6))
+  chex.assert_shape(out, (3, 12))
+  grad = lambda m, v: jax.grad(lambda v: jnp.sum(m.apply(v, stored) ** 2))(v)
+  learned, fixed = jax.jit(lambda v: (grad(pool, v), grad(frozen, v)))(variables)
+  assert np.any(np.asarray(learned["params"]["pooling_weights"]) != 0)
+  np.testing.assert_array_equal(fixed["params"]["pooling_weights"], 0.0)
 
 
 def test_hopfield_layer_looks_states_up_in_learned_patterns():
   state = jax.random.normal(key(10), (2, 5, 6))
   layer = hf.HopfieldLayer(quantity=11, output_size=3)
-  variables = _init(layer, state, 11)
+  variables, out = _init(layer, state, 11)
   chex.assert_shape(variables["params"]["lookup_weights"], (11, 6))
   assert "target_weights" not in variables["params"]
-  chex.assert_shape(_apply(layer, variables, state), (2, 5, 3))
+  chex.assert_shape(out, (2, 5, 3))
   separated = hf.HopfieldLayer(quantity=11, lookup_weights_as_separated=True,
                                pattern_projection_size=4)
-  variables = _init(separated, state, 12)
+  variables, out = _init(separated, state, 12)
   chex.assert_shape(variables["params"]["target_weights"], (11, 4))
-  chex.assert_shape(_apply(separated, variables, state), (2, 5, 6))
+  chex.assert_shape(out, (2, 5, 6))
 
 
 def test_static_patterns_must_fit_the_head_size():
