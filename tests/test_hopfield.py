@@ -40,12 +40,14 @@ STATIC = dict(stored_pattern_as_static=True, state_pattern_as_static=True,
 
 def test_lse_and_energy_are_stable_for_large_beta_and_dot_products():
   z = jnp.array([1e4, 1e4 - 1.0, -1e4])
-  for beta in (1e-3, 1.0, 1e3):
-    expected = 1e4 + math.log(1.0 + math.exp(-beta)) / beta
-    np.testing.assert_allclose(float(hf.lse(beta, z)), expected, rtol=1e-6)
+  betas = jnp.array([1e-3, 1.0, 1e3])
+  got = jax.jit(jax.vmap(hf.lse, in_axes=(0, None)))(betas, z)
+  for beta, value in zip((1e-3, 1.0, 1e3), got):
+    np.testing.assert_allclose(float(value), 1e4 + math.log(1.0 + math.exp(-beta)) / beta,
+                               rtol=1e-6)
   X = 100.0 * jnp.eye(4)
   q = 100.0 * jnp.ones(4)
-  e = hf.energy(X, q, 1e3)
+  e = jax.jit(hf.energy)(X, q, 1e3)
   assert np.isfinite(float(e))
   # E(q) = 1/2 |q|^2 + log N / beta + 1/2 M^2 - lse: here lse = 1e4 + log(4) / beta exactly.
   np.testing.assert_allclose(float(e), 0.5 * 4e4 + 0.5 * 1e4 - 1e4, rtol=1e-6)
@@ -308,43 +310,36 @@ def test_dropout_acts_on_the_association_matrix_only_in_training():
   assert np.all(np.isclose(kept, 0.0, atol=1e-3) | np.isclose(kept, 2 * assoc, atol=1e-3))
 
 
-def test_iterated_hopfield_is_differentiable():
-  kx, kq = jax.random.split(key(6))
-  stored, state = jax.random.normal(kx, (2, 7, 6)), jax.random.normal(kq, (2, 3, 6))
-  module = hf.Hopfield(num_heads=2, update_steps_max=3, update_steps_eps=1e-4)
-  variables, _ = _init(module, (stored, state, stored), 7)
-  grads = jax.jit(jax.grad(lambda v: jnp.sum(module.apply(v, (stored, state, stored)) ** 2)))(
-      variables)
-  leaves = jax.tree_util.tree_leaves(grads)
-  assert all(np.all(np.isfinite(g)) for g in leaves)
-  assert any(np.any(g != 0) for g in leaves)
-
-
-def test_hopfield_pooling_learns_its_query_unless_frozen():
+def test_hopfield_pooling_learns_its_query_through_the_iterations_unless_frozen():
+  """Gradients flow through the iterated association (a masked scan with update_steps_eps),
+  into every parameter, except into a frozen query."""
   stored = jax.random.normal(key(8), (3, 7, 6))
-  pool = hf.HopfieldPooling(quantity=2, num_heads=2)
-  frozen = hf.HopfieldPooling(quantity=2, num_heads=2, trainable=False)
+  knobs = dict(quantity=2, num_heads=2, update_steps_max=3, update_steps_eps=1e-4)
+  pool, frozen = hf.HopfieldPooling(**knobs), hf.HopfieldPooling(**knobs, trainable=False)
   variables, out = _init(pool, stored, 9)
   chex.assert_shape(variables["params"]["pooling_weights"], (2, 6))
   chex.assert_shape(out, (3, 12))
   grad = lambda m, v: jax.grad(lambda v: jnp.sum(m.apply(v, stored) ** 2))(v)
   learned, fixed = jax.jit(lambda v: (grad(pool, v), grad(frozen, v)))(variables)
-  assert np.any(np.asarray(learned["params"]["pooling_weights"]) != 0)
+  for g in jax.tree_util.tree_leaves(learned):
+    assert np.all(np.isfinite(g)) and np.any(np.asarray(g) != 0)
   np.testing.assert_array_equal(fixed["params"]["pooling_weights"], 0.0)
 
 
 def test_hopfield_layer_looks_states_up_in_learned_patterns():
   state = jax.random.normal(key(10), (2, 5, 6))
   layer = hf.HopfieldLayer(quantity=11, output_size=3)
-  variables, out = _init(layer, state, 11)
+  out, variables = jax.eval_shape(lambda: layer.init_with_output(key(11), state))
   chex.assert_shape(variables["params"]["lookup_weights"], (11, 6))
   assert "target_weights" not in variables["params"]
   chex.assert_shape(out, (2, 5, 3))
   separated = hf.HopfieldLayer(quantity=11, lookup_weights_as_separated=True,
                                pattern_projection_size=4)
   variables, out = _init(separated, state, 12)
+  chex.assert_shape(variables["params"]["lookup_weights"], (11, 6))
   chex.assert_shape(variables["params"]["target_weights"], (11, 4))
   chex.assert_shape(out, (2, 5, 6))
+  assert np.all(np.isfinite(out))
 
 
 def test_static_patterns_must_fit_the_head_size():
@@ -407,3 +402,13 @@ def test_patterns_fall_back_to_random_and_use_intel_when_found(tmp_path, monkeyp
     q1.load_patterns(q1.Config(num_patterns=13), str(npz), log=logged.append)
   masked = q1.make_queries(images, "mask", 1.0, 0)
   assert np.all(masked.reshape(5, 48, 48, 3)[:, 24:] == 0)
+
+
+def test_a_new_run_moves_the_previous_outputs_aside(tmp_path):
+  (tmp_path / "summary.json").write_text("{}")
+  (tmp_path / "capacity.png").write_bytes(b"png")
+  (tmp_path / "notes.txt").write_text("mine")
+  archived = q1.archive_previous(tmp_path)
+  assert sorted(p.name for p in archived.iterdir()) == ["capacity.png", "summary.json"]
+  assert (tmp_path / "notes.txt").read_text() == "mine" and not (tmp_path / "summary.json").exists()
+  assert q1.archive_previous(tmp_path) is None
