@@ -7,7 +7,8 @@ Training: one epoch of the same model (attention by default), batch 64, Adam 0.0
   PyTorch as the course wrote it: a DataLoader-style loop padding each batch to its longest word,
   nn.LSTM(bidirectional) over pack_padded_sequence, the decoder LSTM over the whole target,
   zero_grad / backward / step per batch.
-  JAX: hw2jax's Trainer over length buckets ('scan' chunks on GPU/TPU, a loop on CPU).
+  JAX: hw2jax's Trainer over length buckets (one lax.scan per epoch on GPU/TPU, a loop of
+  jitted steps on CPU).
   Both report the mean of --epochs timed epochs after one untimed warm-up epoch (compilation).
 Decoding: --decode_words test words, greedy + k nucleus samples (p 0.8) each.
   PyTorch as the course: one word at a time (batch 1), one step at a time, stopping at EOS.
@@ -42,7 +43,6 @@ flags.DEFINE_integer("k", 3, "Nucleus samples per word.")
 flags.DEFINE_float("topp", 0.8, "Nucleus p.")
 flags.DEFINE_integer("buckets", 4, "JAX length buckets.")
 flags.DEFINE_integer("unroll", 1, "JAX scan unroll of the LSTM recurrences.")
-flags.DEFINE_integer("bucket_chunk", 8, "JAX batches per scanned chunk (scan mode).")
 flags.DEFINE_enum("epoch_mode", "auto", ["auto", "scan", "loop"], "JAX epoch runner.")
 flags.DEFINE_bool("torch", True, "Also run the PyTorch baseline.")
 flags.DEFINE_string("out", None, "Write the results as JSON here.")
@@ -61,8 +61,7 @@ def jax_side(data: phonemes.P2GData, words: list) -> dict:
   buckets = training.Buckets(
       training.to_device(b) for b in phonemes.bucketed(data.train, data.src_vocab,
                                                        data.tgt_vocab, config.buckets))
-  trainer = training.Trainer(seq2seq.loss_fn, seq2seq.eval_fn, batch_size=config.batch_size,
-                             epoch_mode=config.epoch_mode, bucket_chunk=FLAGS.bucket_chunk)
+  trainer = q3.make_trainer(config)
   state = q3.new_state(config, model)
   t0 = time.perf_counter()
   state, _ = trainer.train_epoch(state, buckets, 0)

@@ -26,7 +26,7 @@ class Decoded:
   """Decoder output. Leading axes: (B,) greedy, (B, k) samples, (B, N) beams (best first)."""
   tokens: jax.Array                 # (..., L) int32: ids after SOS, EOS included, PAD after
   scores: jax.Array                 # (...,) float32: sum of log-probabilities of the tokens
-  attention: jax.Array | None = None  # (..., L, S) weights per step (greedy/sampling with attention)
+  attention: jax.Array | None = None  # (..., L, S) per-step weights (with attention only)
 
 
 def _encode(model: Seq2Seq, params, src, src_len):
@@ -174,7 +174,10 @@ def strings(tokens, vocab) -> list:
   tokens = np.asarray(tokens)
   if tokens.ndim == 1:
     return vocab.decode(tokens)
-  return [strings(t, vocab) for t in tokens]
+  flat = vocab.decode_rows(tokens.reshape(-1, tokens.shape[-1]))
+  for size in reversed(tokens.shape[1:-1]):
+    flat = [flat[i:i + size] for i in range(0, len(flat), size)]
+  return flat
 
 
 def in_batches(fn, src: np.ndarray, src_len: np.ndarray, batch_size: int,

@@ -15,10 +15,11 @@ and `sums` holds at least 'count' (the number of examples or tokens the loss ave
 
 Variable-length data (P2G words) comes as `Buckets`: several datasets padded to different
 lengths. An epoch still visits every example once: each bucket gets its own permutation cut into
-batches (batches never mix buckets), the batches are grouped into chunks of `bucket_chunk`
-consecutive batches of one bucket, and the chunks of all buckets run in an order shuffled per
-epoch. A chunk is one jitted `lax.scan` in 'scan' mode and a Python loop of jitted steps in 'loop'
-mode; both follow the same schedule, so they agree like single datasets do.
+batches (batches never mix buckets) and the batches of all buckets run in one order shuffled per
+epoch, as a course DataLoader would shuffle them. In 'scan' mode the epoch is still ONE jitted
+`lax.scan`, whose body picks the batch's bucket with `lax.switch` (one compiled branch per
+bucket shape); in 'loop' mode each step is the jitted step of its bucket. Both follow the same
+schedule, so they agree like single datasets do.
 """
 
 from __future__ import annotations
@@ -162,19 +163,18 @@ class Buckets(tuple):
   """
 
 
-def bucket_plan(key: jax.Array, n: int, batch_size: int, chunk: int
-                ) -> tuple[jax.Array, jax.Array]:
-  """`batch_plan` of one bucket, padded with empty batches (mask 0) to a whole number of chunks:
-  (num_chunks * chunk, batch_size) indices and mask."""
-  idx, mask = batch_plan(key, n, batch_size)
-  pad = -idx.shape[0] % chunk
-  return (jnp.pad(idx, ((0, pad), (0, 0))), jnp.pad(mask, ((0, pad), (0, 0))))
+def bucket_schedule(key: jax.Array, num_batches: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+  """The epoch's batch order over all buckets: (bucket, row of that bucket's plan) per step.
 
-
-def bucket_schedule(key: jax.Array, num_chunks: Sequence[int]) -> np.ndarray:
-  """The epoch's chunk order: bucket b appears num_chunks[b] times, in a seeded random order."""
-  ids = np.repeat(np.arange(len(num_chunks)), num_chunks)
-  return ids[np.asarray(jax.random.permutation(key, len(ids)))]
+  Bucket b appears num_batches[b] times in a seeded random order; its rows are taken in order
+  (its plan is already a random permutation), so a per-bucket counter can follow them.
+  """
+  which = np.repeat(np.arange(len(num_batches)), num_batches)
+  which = which[np.asarray(jax.random.permutation(key, len(which)))]
+  rows = np.zeros_like(which)
+  for b in range(len(num_batches)):
+    rows[which == b] = np.arange(num_batches[b])
+  return which.astype(np.int32), rows.astype(np.int32)
 
 
 class Trainer:
@@ -185,13 +185,9 @@ class Trainer:
   """
 
   def __init__(self, loss_fn: Callable, eval_fn: Callable, *, batch_size: int,
-               eval_batch_size: int = 1000, epoch_mode: str = "auto", bucket_chunk: int = 8):
-    """`bucket_chunk`: batches per chunk when training on `Buckets` (see the module docstring)."""
-    if bucket_chunk < 1:
-      raise ValueError(f"bucket_chunk must be >= 1, got {bucket_chunk}")
+               eval_batch_size: int = 1000, epoch_mode: str = "auto"):
     self.loss_fn, self.eval_fn = loss_fn, eval_fn
     self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
-    self.bucket_chunk = bucket_chunk
     self.mode = resolve_mode(epoch_mode)
     # Donating the state saves memory on accelerators; on CPU it makes each step ~40% slower.
     donate = jax.default_backend() != "cpu"
@@ -199,9 +195,8 @@ class Trainer:
     self.loop_eval_step = jax.jit(self._loop_eval_step)
     self.scan_epoch = jax.jit(self._scan_epoch, donate_argnums=(0,) if donate else ())
     self.scan_eval = jax.jit(self._scan_eval)
-    self.scan_chunk = jax.jit(self._scan_chunk, donate_argnums=(0, 1) if donate else ())
+    self.scan_buckets = jax.jit(self._scan_buckets, donate_argnums=(0,) if donate else ())
     self.plan = jax.jit(batch_plan, static_argnums=(1, 2))
-    self.chunk_plan = jax.jit(bucket_plan, static_argnums=(1, 2, 3))
     self.zero_train_sums = jax.jit(self._zero_train_sums)
     self.zero_eval_sums = jax.jit(self._zero_eval_sums)
 
@@ -257,20 +252,21 @@ class Trainer:
     (state, acc), _ = jax.lax.scan(body, (state, acc), (idx, mask))
     return state, acc
 
-  def _scan_chunk(self, state, acc, pos, data, idx, mask):
-    """`bucket_chunk` consecutive rows of a bucket's plan from row `pos`; empty rows (the padding
-    of the bucket's last chunk) leave state and sums untouched."""
-    rows = lambda a: jax.lax.dynamic_slice_in_dim(a, pos, self.bucket_chunk)
+  def _scan_buckets(self, state, buckets: tuple, plans: tuple, which, rows):
+    """A whole epoch over buckets as one scan: step i trains on row rows[i] of bucket which[i]'s
+    plan, through `lax.switch` over one branch per bucket (each with its own shapes)."""
+    acc = self._zero_train_sums(state, buckets[0])
+
+    def branch(data, plan):
+      return lambda carry, row: self._train_step(*carry, data, plan[0][row], plan[1][row])
+
+    branches = [branch(data, plan) for data, plan in zip(buckets, plans)]
 
     def body(carry, xs):
-      idx_row, mask_row = xs
-      carry = jax.lax.cond(jnp.any(mask_row),
-                           lambda c: self._train_step(*c, data, idx_row, mask_row),
-                           lambda c: c, carry)
-      return carry, None
+      return jax.lax.switch(xs[0], branches, carry, xs[1]), None
 
-    (state, acc), _ = jax.lax.scan(body, (state, acc), (rows(idx), rows(mask)))
-    return state, acc, pos + self.bucket_chunk
+    (state, acc), _ = jax.lax.scan(body, (state, acc), (which, rows))
+    return state, acc
 
   def _scan_eval(self, state, data, idx, mask):
     acc = self._zero_eval_sums(state, data)
@@ -296,25 +292,20 @@ class Trainer:
 
   def _train_buckets(self, state: TrainState, buckets: Buckets, epoch: int
                      ) -> tuple[TrainState, dict]:
-    """One epoch over `Buckets`: chunks of every bucket's permutation in a shuffled order."""
+    """One epoch over `Buckets`: every bucket's permuted batches, in one shuffled order."""
     key = epoch_key(state, epoch)
-    chunk = self.bucket_chunk
     sizes = [_num_examples(d) for d in buckets]
-    plans = [self.chunk_plan(jax.random.fold_in(key, b), n, self.batch_size, chunk)
-             for b, n in enumerate(sizes)]
-    steps = [num_batches(n, self.batch_size) for n in sizes]
-    schedule = bucket_schedule(jax.random.fold_in(key, len(buckets)),
-                               [p[0].shape[0] // chunk for p in plans])
+    plans = tuple(self.plan(jax.random.fold_in(key, b), n, self.batch_size)
+                  for b, n in enumerate(sizes))
+    which, rows = bucket_schedule(jax.random.fold_in(key, len(buckets)),
+                                  [num_batches(n, self.batch_size) for n in sizes])
+    if self.mode == "scan":
+      state, acc = self.scan_buckets(state, tuple(buckets), plans, which, rows)
+      return state, summarize(acc)
     acc = self.zero_train_sums(state, buckets[0])
     pos = [jnp.zeros((), jnp.int32) for _ in buckets]
-    done = [0] * len(buckets)
-    for b in schedule:
-      if self.mode == "scan":
-        state, acc, pos[b] = self.scan_chunk(state, acc, pos[b], buckets[b], *plans[b])
-      else:
-        for _ in range(min(chunk, steps[b] - done[b])):
-          state, acc, pos[b] = self.loop_step(state, acc, pos[b], buckets[b], *plans[b])
-      done[b] += chunk
+    for b in which:
+      state, acc, pos[b] = self.loop_step(state, acc, pos[b], buckets[b], *plans[b])
     return state, summarize(acc)
 
   def evaluate(self, state: TrainState, data) -> dict:

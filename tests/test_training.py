@@ -316,7 +316,7 @@ def test_bucket_epoch_visits_every_example_once(mode):
   buckets = _buckets()
   n = 50
   trainer = training.Trainer(_bucket_loss, _bucket_eval, batch_size=4, eval_batch_size=8,
-                             epoch_mode=mode, bucket_chunk=3)    # partial chunks in every bucket
+                             epoch_mode=mode)
   state = _bucket_state()
   for epoch in range(2):
     state, m = trainer.train_epoch(state, buckets, epoch)
@@ -332,19 +332,17 @@ def test_bucket_epochs_agree_between_scan_and_loop_and_are_seeded():
   buckets = _buckets()
   params = {}
   for mode in ("scan", "loop", "loop"):
-    trainer = training.Trainer(_bucket_loss, _bucket_eval, batch_size=4, epoch_mode=mode,
-                               bucket_chunk=2)
+    trainer = training.Trainer(_bucket_loss, _bucket_eval, batch_size=4, epoch_mode=mode)
     state, _ = trainer.train_epoch(_bucket_state(), buckets, 0)
     params.setdefault(mode, []).append(state.params["w"])
   np.testing.assert_allclose(params["scan"][0], params["loop"][0], rtol=1e-6)
   assert params["loop"][0] == params["loop"][1]
 
 
-def test_bucket_schedule_shuffles_chunks_of_all_buckets():
-  a = training.bucket_schedule(training.prng_key(0), [3, 1, 5])
-  b = training.bucket_schedule(training.prng_key(1), [3, 1, 5])
-  assert sorted(a.tolist()) == [0, 0, 0, 1, 2, 2, 2, 2, 2]
-  assert a.tolist() != b.tolist()
-  idx, mask = training.bucket_plan(training.prng_key(0), 10, 4, 2)
-  chex.assert_shape((idx, mask), (4, 4))                 # 3 batches + 1 empty to fill the chunk
-  assert not bool(mask[3].any()) and int(mask.sum()) == 10
+def test_bucket_schedule_shuffles_the_batches_of_all_buckets():
+  which, rows = training.bucket_schedule(training.prng_key(0), [3, 1, 5])
+  other, _ = training.bucket_schedule(training.prng_key(1), [3, 1, 5])
+  assert sorted(which.tolist()) == [0, 0, 0, 1, 2, 2, 2, 2, 2]
+  assert which.tolist() != other.tolist()
+  for b, n in enumerate([3, 1, 5]):                      # each bucket's rows in order
+    assert rows[which == b].tolist() == list(range(n))

@@ -78,6 +78,16 @@ class Vocab:
       out.append(self.symbols[i] if UNK < i < len(self.symbols) else UNK_CHAR)
     return "".join(out)
 
+  def decode_rows(self, ids: np.ndarray) -> list[str]:
+    """`decode` of every row of (R, L) ids, vectorised (thousands of decoded words at once)."""
+    ids = np.asarray(ids)
+    table = np.array(["", "", "", UNK_CHAR, *self.symbols[4:], UNK_CHAR], dtype=object)
+    ids = np.where((ids >= 0) & (ids < len(self.symbols)), ids, len(self.symbols))
+    eos = ids == EOS
+    ends = np.where(eos.any(axis=1), eos.argmax(axis=1), ids.shape[1])
+    chars = table[ids]
+    return ["".join(row[:n]) for row, n in zip(chars, ends)]
+
   def unknown(self, seq: Iterable[str]) -> list[str]:
     """The symbols of `seq` this vocabulary does not know, in order of first appearance."""
     return list(dict.fromkeys(s for s in seq if s not in self))
