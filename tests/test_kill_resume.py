@@ -15,7 +15,7 @@ from conftest import cli_env, run_cli, write_npz
 from hw2jax import checkpoints, q2, training
 
 pytestmark = pytest.mark.slow
-EPOCHS = 10
+EPOCHS = 16
 
 
 def command(data, workdir):
@@ -28,21 +28,28 @@ def checkpoint_being_written(workdir):
   return root.exists() and any("orbax-checkpoint-tmp" in p.name for p in root.glob("*/*"))
 
 
-def kill_at_random_moments(cmd, cwd, workdir, rng, max_kills, full_run_seconds):
-  """Starts `cmd` until it finishes by itself, killing it up to `max_kills` times: alternately as
-  soon as a checkpoint is being written, and at a random moment. Returns the kill points hit."""
+def epochs_logged(workdir):
+  path = workdir / "metrics.jsonl"
+  return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def kill_at_random_moments(cmd, cwd, workdir, rng, max_kills):
+  """Starts `cmd` until it finishes by itself, killing it up to `max_kills` times: alternately
+  as soon as a checkpoint is being written, and at a random moment of the next epoch. Returns the
+  kill points hit."""
   kinds = []
   while True:
     proc = subprocess.Popen(cmd, cwd=cwd, env=cli_env(cwd), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     if len(kinds) < max_kills:
-      mid_save = len(kinds) % 2 == 0
-      wait = full_run_seconds * (1.0 if mid_save else rng.uniform(0.3, 0.9))
-      deadline = time.monotonic() + wait
-      while proc.poll() is None and time.monotonic() < deadline:
+      mid_save, logged = len(kinds) % 2 == 0, epochs_logged(workdir)
+      while proc.poll() is None:
         if mid_save and checkpoint_being_written(workdir):
           break
-        time.sleep(0.002)
+        if not mid_save and epochs_logged(workdir) > logged:
+          time.sleep(rng.uniform(0.0, 0.3))
+          break
+        time.sleep(0.0005)
       if proc.poll() is None:
         writing = checkpoint_being_written(workdir)
         proc.send_signal(signal.SIGKILL)
@@ -61,14 +68,13 @@ def strip(path):
 
 
 def test_sigkill_and_rerun_equals_an_uninterrupted_run(tmp_path):
-  data = write_npz(tmp_path / "tiny.npz", n_train=240, n_val=12, n_test=12)
-  start = time.monotonic()
+  data = write_npz(tmp_path / "tiny.npz", n_train=96, n_val=12, n_test=12)
   ref = run_cli("experiments.cnn", *command(data, "ref")[3:], cwd=tmp_path)
   assert ref.returncode == 0, ref.stderr
   kinds = kill_at_random_moments(command(data, "killed"), tmp_path, tmp_path / "killed",
-                                 random.Random(0), 6, time.monotonic() - start)
+                                 random.Random(0), max_kills=6)
   print("kill points:", kinds)
-  assert len(kinds) >= 3 and "during checkpoint write" in kinds
+  assert len(kinds) >= 4 and "during checkpoint write" in kinds
   assert strip(tmp_path / "killed/metrics.jsonl") == strip(tmp_path / "ref/metrics.jsonl")
   a = json.loads((tmp_path / "ref/summary.json").read_text())
   b = json.loads((tmp_path / "killed/summary.json").read_text())
