@@ -8,6 +8,7 @@ parameters) or GAP -> Dense 1024 -> ReLU -> BatchNorm -> Dropout -> Dense 512 ->
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Sequence
 
@@ -31,6 +32,30 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
   b, h, w, c = x.shape
   x = x[:, :h - h % 2, :w - w % 2]
   return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+def dropout_keep_masks(key: jax.Array, rate: float, shapes: Sequence[tuple[int, ...]]
+                       ) -> list[jax.Array]:
+  """Keep-masks for every dropout site of a step, drawn with ONE random-bits call.
+
+  Each element keeps with probability thr / 65536, thr = round((1 - rate) * 65536), from 16 random
+  bits (two per 32-bit word): half the random words of `nn.Dropout` and one RNG kernel instead of
+  one per site. `apply_dropout` rescales by the exact keep probability, so E[output] = input.
+  """
+  sizes = [math.prod(s) for s in shapes]
+  words = jax.random.bits(key, ((sum(sizes) + 1) // 2,), jnp.uint32)
+  halves = jax.lax.bitcast_convert_type(words, jnp.uint16).reshape(-1)
+  keep = halves < keep_threshold(rate)
+  offsets = [0] + list(itertools.accumulate(sizes))
+  return [keep[a:b].reshape(s) for a, b, s in zip(offsets, offsets[1:], shapes)]
+
+
+def keep_threshold(rate: float) -> int:
+  return int(round((1.0 - rate) * 65536))
+
+
+def apply_dropout(x: jax.Array, keep: jax.Array, rate: float) -> jax.Array:
+  return jnp.where(keep, x * (65536.0 / keep_threshold(rate)), 0.0).astype(x.dtype)
 
 
 def torch_uniform(fan_in: int) -> nn.initializers.Initializer:
@@ -79,11 +104,27 @@ class CNN(nn.Module):
     return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
                         name=name)(x, mask=mask if train else None)
 
+  def _keep_masks(self, image_shape) -> list[jax.Array]:
+    """Dropout masks of the step: after each conv block and after the first dense layer."""
+    b, h, w, _ = image_shape
+    shapes = []
+    for c in self.channels:
+      if self.maxpool:
+        h, w = h // 2, w // 2
+      shapes.append((b, h, w, c))
+    shapes.append((b, self.hidden[0]))
+    return dropout_keep_masks(self.make_rng("dropout"), self.dropout, shapes)
+
   @nn.compact
   def __call__(self, images: jax.Array, *, train: bool, mask: jax.Array | None = None
                ) -> jax.Array:
     if self.init_scheme not in ("torch", "flax"):
       raise ValueError(f"init_scheme must be 'torch' or 'flax', got {self.init_scheme!r}")
+    if not 0.0 <= self.dropout < 1.0:
+      raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+    keep = iter(self._keep_masks(images.shape) if train and self.dropout > 0 else [])
+    dropout = lambda h: apply_dropout(h, next(keep), self.dropout) if train and self.dropout > 0 \
+        else h
     x = images.astype(jnp.float32) * PIXEL_SCALE
     for i, features in enumerate(self.channels):
       x = self._conv(x, features, name=f"conv{i}")
@@ -92,7 +133,7 @@ class CNN(nn.Module):
       x = nn.relu(x)
       if self.maxpool:
         x = max_pool_2x2(x)
-      x = nn.Dropout(self.dropout, deterministic=not train)(x)
+      x = dropout(x)
     if self.batch_norm:
       x = jnp.mean(x, axis=(1, 2))                     # global average pooling: (B, C)
     else:
@@ -100,7 +141,7 @@ class CNN(nn.Module):
     x = nn.relu(self._dense(x, self.hidden[0], name="fc0"))
     if self.batch_norm:
       x = self._bn(x, train, mask, name="bn_fc0")
-    x = nn.Dropout(self.dropout, deterministic=not train)(x)
+    x = dropout(x)
     for j, features in enumerate(self.hidden[1:], 1):
       x = nn.relu(self._dense(x, features, name=f"fc{j}"))
     return self._dense(x, self.num_classes, name="logits")

@@ -137,3 +137,18 @@ def test_torch_init_bounds():
 def test_max_pool_2x2_equals_flax_max_pool():
   x = jax.random.normal(training.prng_key(0), (2, 9, 12, 3))
   np.testing.assert_array_equal(cnn.max_pool_2x2(x), nn.max_pool(x, (2, 2), strides=(2, 2)))
+
+
+def test_dropout_masks_keep_the_right_fraction_and_preserve_the_mean():
+  shapes = [(64, 24, 24, 8), (64, 100), (3,)]
+  masks = cnn.dropout_keep_masks(training.prng_key(0), 0.1, shapes)
+  assert [m.shape for m in masks] == shapes and all(m.dtype == jnp.bool_ for m in masks)
+  big = masks[0]
+  assert float(big.mean()) == pytest.approx(0.9, abs=0.003)
+  assert cnn.keep_threshold(0.1) / 65536 == pytest.approx(0.9, abs=1e-5)
+  # Sites draw different bits: their masks are not copies of each other.
+  assert not np.array_equal(np.asarray(big).ravel()[:6400], np.asarray(masks[1]).ravel())
+  x = jnp.ones(big.shape)
+  assert float(cnn.apply_dropout(x, big, 0.1).mean()) == pytest.approx(1.0, abs=0.005)
+  other = cnn.dropout_keep_masks(training.prng_key(1), 0.1, shapes)[0]
+  assert not np.array_equal(big, other)
