@@ -11,10 +11,8 @@ in experiments/hopfield.py only parses flags into a `Config` and calls `run`.
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import functools
 import math
-import shutil
 from pathlib import Path
 from typing import Callable, NamedTuple, Sequence
 
@@ -23,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hw2jax import hopfield as hf, runlog
+from hw2jax import workdir as workdir_lib
 from hw2jax.data import intel
 from hw2jax.errors import UserError
 
@@ -645,18 +644,6 @@ def _plot_capacity(rates, ns, dims, per_beta, config: Config, path: Path) -> Non
 # The run
 
 
-def archive_previous(workdir: Path, names: Sequence[str] = RUN_FILES) -> Path | None:
-  """Moves a previous run's outputs to <workdir>/archive/<time>/ (nothing is deleted)."""
-  present = [workdir / n for n in names if (workdir / n).exists()]
-  if not present:
-    return None
-  target = workdir / "archive" / datetime.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-  target.mkdir(parents=True)
-  for p in present:
-    shutil.move(str(p), str(target / p.name))
-  return target
-
-
 def run(config: Config, workdir: str | Path, data_path: str | None = None,
         log: Callable[[str], None] = print) -> dict:
   """Runs `config.parts` and writes summary.json (+ check.md and PNGs) into `workdir`.
@@ -667,7 +654,7 @@ def run(config: Config, workdir: str | Path, data_path: str | None = None,
   patterns = load_patterns(config, data_path, log=log) if "retrieval" in config.parts else None
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  archived = archive_previous(workdir)
+  archived = workdir_lib.archive(workdir, RUN_FILES)
   if archived:
     log(f"moved the previous run's outputs to {archived}")
   summary = {"config": config.to_json(), "device": _device_name(), "jax_version": jax.__version__}

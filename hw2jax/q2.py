@@ -8,9 +8,7 @@ flags into a `Config` and calls these.
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import math
-import shutil
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -18,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from hw2jax import classifier, cnn, fit as fit_lib, runlog, training
+from hw2jax import workdir as workdir_lib
 from hw2jax.data import intel
 from hw2jax.errors import UserError
 
@@ -27,12 +26,9 @@ SEED_REPORT = {("vanilla", 0.1): (0.5533, 0.5734), ("vanilla", 0.01): (0.6907, 0
                ("vanilla", 0.001): (0.6203, 0.6353), ("bn_gap", 0.01): (0.7440, 0.7279)}
 EXPECTED_PARAMS = {"vanilla": 5_340_742, "bn_gap": 755_718}
 CURVES = "curves.png"
-CONFIG = "config.json"
 TABLE = "table_2_1.md"
 # What a run leaves in its workdir; --fresh moves these aside (nothing else is touched).
-RUN_FILES = (runlog.METRICS, runlog.SUMMARY, CONFIG, CURVES, "checkpoints", TABLE, "sweep.json")
-# Config fields that may change between a run and its resumption.
-RESUMABLE = ("epochs", "epoch_mode", "eval_batch_size")
+RUN_FILES = (runlog.METRICS, runlog.SUMMARY, CURVES, "checkpoints", TABLE, "sweep.json")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,45 +105,6 @@ def make_trainer(config: Config) -> training.Trainer:
                           eval_batch_size=config.eval_batch_size, epoch_mode=config.epoch_mode)
 
 
-def prepare_workdir(workdir: str | Path, config: Config, data_source: str, *, fresh: bool,
-                    log: Callable[[str], None] = print) -> Path:
-  """Creates the run's workdir, or checks that the run it holds has the same settings.
-
-  With `fresh`, the previous run's files move to <workdir>/archive/<time>/ (nothing is deleted).
-  """
-  workdir = Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  wanted = {"config": config.to_json(), "data": data_source}
-  if fresh:
-    archived = archive_run(workdir)
-    if archived:
-      log(f"--fresh: moved the previous run's files to {archived}")
-  elif (workdir / CONFIG).exists():
-    have = runlog.read_json(workdir / CONFIG)
-    diffs = [f"{k}={have['config'].get(k)!r} (now {v!r})" for k, v in wanted["config"].items()
-             if k not in RESUMABLE and have.get("config", {}).get(k) != v]
-    if have.get("data") != data_source:
-      diffs.append(f"data {have.get('data')} (now {data_source})")
-    if diffs:
-      raise UserError(f"{workdir} holds a run with other settings: {'; '.join(diffs)}. Use "
-                      "another --workdir, or --fresh to archive that run and start over")
-  runlog.write_json(workdir / CONFIG, wanted)
-  return workdir
-
-
-def archive_run(workdir: Path, names: Sequence[str] = RUN_FILES) -> Path | None:
-  present = [workdir / n for n in names if (workdir / n).exists()]
-  present += sorted(p for p in workdir.glob("lr_*") if p.is_dir())
-  if not present:
-    return None
-  stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-  target = workdir / "archive" / stamp
-  target.mkdir(parents=True)
-  for p in present:
-    shutil.move(str(p), str(target / p.name))
-  return target
-
-
 def train_and_evaluate(config: Config, data: intel.IntelData, workdir: str | Path, *,
                        fresh: bool = False, arrays: dict | None = None,
                        trainer: training.Trainer | None = None,
@@ -158,7 +115,8 @@ def train_and_evaluate(config: Config, data: intel.IntelData, workdir: str | Pat
   Returns the summary that is also written to <workdir>/summary.json.
   """
   config.validate()
-  workdir = prepare_workdir(workdir, config, data.source, fresh=fresh, log=log)
+  workdir = workdir_lib.prepare(workdir, config.to_json(), data.source, fresh=fresh,
+                                run_files=RUN_FILES, log=log)
   arrays = arrays or device_data(data)
   trainer = trainer or make_trainer(config)
   model = config.build_model()
@@ -228,7 +186,7 @@ def sweep(config: Config, learning_rates: Sequence[float], data: intel.IntelData
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   if fresh:
-    archived = archive_run(workdir)
+    archived = workdir_lib.archive(workdir, (*RUN_FILES, workdir_lib.CONFIG), globs=("lr_*",))
     if archived:
       log(f"--fresh: moved the previous sweep's files to {archived}")
   arrays = device_data(data)

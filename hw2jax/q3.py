@@ -20,7 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hw2jax import decoding, fit as fit_lib, metrics, q2, runlog, seq2seq, training
+from hw2jax import decoding, fit as fit_lib, metrics, runlog, seq2seq, training
+from hw2jax import workdir as workdir_lib
 from hw2jax.data import phonemes
 from hw2jax.errors import UserError
 
@@ -31,7 +32,7 @@ SEED_REPORT = {"noattention": {"cer": 0.2992, "wer": 0.7970},
 COURSE_VOCAB = (107, 93)
 EXPECTED_PARAMS = {False: 256_093, True: 321_757}        # Flax, course vocabularies
 EXPECTED_TORCH_PARAMS = {False: 257_117, True: 322_781}  # PyTorch's convention
-CONFIG, VOCAB, TABLES = "config.json", "vocab.json", "tables.md"
+CONFIG, VOCAB, TABLES = workdir_lib.CONFIG, "vocab.json", "tables.md"
 PREDICTIONS = "test_predictions.tsv"
 CER_PLOT, ATTENTION_PLOT = "cer.png", "attention.png"
 RUN_FILES = (runlog.METRICS, runlog.SUMMARY, CONFIG, VOCAB, TABLES, PREDICTIONS, CER_PLOT,
@@ -214,17 +215,6 @@ def sample_scores(samples: Sequence[Sequence[str]], golds: Sequence[str]) -> dic
   return {**scores(flat, repeated), "wer_at_k": metrics.wer_at_k(samples, golds)}
 
 
-def prepare_workdir(workdir: str | Path, config: Config, data_source: str, *, fresh: bool,
-                    log: Callable[[str], None] = print) -> Path:
-  """Q2's workdir rules for a P2G run: reuse it only for the same settings and data; with
-  `fresh`, first move every file of the previous run to <workdir>/archive/<time>/."""
-  if fresh:
-    archived = q2.archive_run(Path(workdir), RUN_FILES)
-    if archived:
-      log(f"--fresh: moved the previous run's files to {archived}")
-  return q2.prepare_workdir(workdir, config, data_source, fresh=False, log=log)
-
-
 def train_and_evaluate(config: Config, data: phonemes.P2GData, workdir: str | Path, *,
                        decoding_options: Decoding = Decoding(), fresh: bool = False,
                        log: Callable[[str], None] = print) -> dict:
@@ -232,7 +222,8 @@ def train_and_evaluate(config: Config, data: phonemes.P2GData, workdir: str | Pa
   writes summary.json, tables.md, test_predictions.tsv and the plots; returns the summary."""
   config.validate()
   decoding_options.validate()
-  workdir = prepare_workdir(workdir, config, data.source, fresh=fresh, log=log)
+  workdir = workdir_lib.prepare(workdir, config.to_json(), data.source, fresh=fresh,
+                                run_files=RUN_FILES, log=log)
   runlog.write_json(workdir / VOCAB, {"source": list(data.src_vocab.symbols),
                                       "target": list(data.tgt_vocab.symbols)})
   model = config.build_model(len(data.src_vocab), len(data.tgt_vocab))

@@ -139,11 +139,11 @@ def plot_history(history: Sequence[dict], path: str | Path, *, title: str,
       ax.plot(epochs, ys, marker="o", markersize=3, label=label)
       if key == running_mean_of:
         ax.plot(epochs, running_mean(ys), linestyle="--",
-                label=f"{label}: running mean since epoch 1 (course skeleton's curve)")
+                label="training loss, running mean since epoch 1 (the course skeleton's curve)")
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="best")
   fig.suptitle(title)
   if note:
     fig.text(0.5, 0.005, note, ha="center", fontsize=7)
@@ -159,6 +159,8 @@ LABELS = {
     "val_loss": "validation loss",
     "val_accuracy": "validation accuracy",
     "train_accuracy": "training accuracy",
+    "val_cer": "validation CER (greedy)",
+    "val_wer": "validation WER (greedy)",
 }
 
 

@@ -126,19 +126,22 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, args, fragments):
 def test_workdir_reuse_and_fresh_archive(tmp_path):
   from hw2jax import q3
   from hw2jax.errors import UserError
+  from hw2jax import workdir
+  prepare = lambda config, data, fresh, log=print: workdir.prepare(
+      tmp_path, config.to_json(), data, fresh=fresh, run_files=q3.RUN_FILES, log=log)
   config = q3.Config(hidden_size=8)
-  q3.prepare_workdir(tmp_path, config, "tsv:a", fresh=False, log=lambda s: None)
+  prepare(config, "tsv:a", False, log=lambda s: None)
   for name in ("metrics.jsonl", "vocab.json", "test_predictions.tsv", "attention.png"):
     (tmp_path / name).write_text("old")
   (tmp_path / "checkpoints").mkdir()
   (tmp_path / "notes.txt").write_text("mine")
-  q3.prepare_workdir(tmp_path, q3.Config(hidden_size=8, epochs=30), "tsv:a", fresh=False)
+  prepare(q3.Config(hidden_size=8, epochs=30), "tsv:a", False)
   with pytest.raises(UserError, match="data tsv:a .now tsv:b."):
-    q3.prepare_workdir(tmp_path, config, "tsv:b", fresh=False)
+    prepare(config, "tsv:b", False)
   with pytest.raises(UserError, match="attention=False .now True."):
-    q3.prepare_workdir(tmp_path, q3.Config(hidden_size=8, attention=True), "tsv:a", fresh=False)
+    prepare(q3.Config(hidden_size=8, attention=True), "tsv:a", False)
   logs = []
-  q3.prepare_workdir(tmp_path, config, "tsv:b", fresh=True, log=logs.append)
+  prepare(config, "tsv:b", True, log=logs.append)
   (archive,) = (tmp_path / "archive").iterdir()
   assert sorted(p.name for p in archive.iterdir()) == sorted(
       ["config.json", "metrics.jsonl", "vocab.json", "test_predictions.tsv", "attention.png",

@@ -405,10 +405,11 @@ def test_patterns_fall_back_to_random_and_use_intel_when_found(tmp_path, monkeyp
 
 
 def test_a_new_run_moves_the_previous_outputs_aside(tmp_path):
+  from hw2jax import workdir
   (tmp_path / "summary.json").write_text("{}")
   (tmp_path / "capacity.png").write_bytes(b"png")
   (tmp_path / "notes.txt").write_text("mine")
-  archived = q1.archive_previous(tmp_path)
+  archived = workdir.archive(tmp_path, q1.RUN_FILES)
   assert sorted(p.name for p in archived.iterdir()) == ["capacity.png", "summary.json"]
   assert (tmp_path / "notes.txt").read_text() == "mine" and not (tmp_path / "summary.json").exists()
-  assert q1.archive_previous(tmp_path) is None
+  assert workdir.archive(tmp_path, q1.RUN_FILES) is None
