@@ -1,23 +1,27 @@
 #!/usr/bin/env bash
 # Every check that needs a GPU, in one run: tests on the GPU, benchmarks, full training runs.
-#   OUT=gpu_results bash benchmarks/gpu_checks.sh [tests] [cnn_bench] [cnn_runs]
+#   OUT=gpu_results bash benchmarks/gpu_checks.sh [tests] [cnn_bench] [cnn_runs] [p2g_bench]
+#       [p2g_runs] [hopfield]
 # (no argument = all). Results land in $OUT as few files: log.txt (everything printed),
 # *.jsonl / *.md results and runs.tar.gz (summaries, metrics and plots; no checkpoints).
-# Data: the Intel zip is read from $INTEL_ZIP (default .device_data/intel48_kaggle_layout.zip,
-# a git-ignored copy of ../shared/data/intel48_kaggle_layout.zip).
+# Data (../shared does not travel to a GPU machine): the Intel zip from $INTEL_ZIP (default
+# .device_data/intel48_kaggle_layout.zip) and the course P2G TSVs from $P2G_DIR (default
+# .device_data/p2g), git-ignored copies of ../shared/data/{intel48_kaggle_layout.zip,p2g}.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 OUT="${OUT:-gpu_results}"
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
 INTEL_ZIP="${INTEL_ZIP:-.device_data/intel48_kaggle_layout.zip}"
+P2G_DIR="${P2G_DIR:-.device_data/p2g}"
 CNN_EPOCHS="${CNN_EPOCHS:-40}"          # smaller only to try the script itself on a CPU
+P2G_EPOCHS="${P2G_EPOCHS:-20}"
 PY="${PYTHON:-python3}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 export HW2JAX_CACHE="${HW2JAX_CACHE:-/tmp/hw2jax-cache}"
 RUNS=/tmp/hw2jax-gpu-runs
 steps=("$@")
-[[ ${#steps[@]} -eq 0 ]] && steps=(tests cnn_bench cnn_runs)
+[[ ${#steps[@]} -eq 0 ]] && steps=(tests cnn_bench cnn_runs p2g_bench p2g_runs hopfield)
 log() { echo "== $(date +%T) $*" | tee -a "$OUT/log.txt"; }
 run() { log "$*"; "$@" 2>&1 | tee -a "$OUT/log.txt"; local rc=${PIPESTATUS[0]}; log "exit $rc"; }
 
@@ -50,6 +54,27 @@ print(f"| bn_gap | 0.01 | {f['val_accuracy']:.4f} | {f['test_accuracy']:.4f} | 0
       f"{s['status']} | bn_gap/curves.png |")
 EOF
       tar --exclude=checkpoints -czf "$OUT/runs.tar.gz" -C "$RUNS" .
+      ;;
+    p2g_bench)
+      [[ -d "$P2G_DIR" ]] || { log "missing $P2G_DIR: copy ../shared/data/p2g there"; continue; }
+      run "$PY" -m benchmarks.p2g_speed --data_path="$P2G_DIR" --out="$OUT/p2g_speed.json"
+      run "$PY" -m benchmarks.p2g_speed --data_path="$P2G_DIR" --torch=false --unroll=4
+      ;;
+    p2g_runs)
+      [[ -d "$P2G_DIR" ]] || { log "missing $P2G_DIR: copy ../shared/data/p2g there"; continue; }
+      start=$(date +%s)
+      run "$PY" -m experiments.p2g --data_path="$P2G_DIR" --epochs="$P2G_EPOCHS" --beam=5 \
+          --topp=0.8 --workdir="$RUNS/p2g_noattention" --fresh
+      run "$PY" -m experiments.p2g --data_path="$P2G_DIR" --epochs="$P2G_EPOCHS" --beam=5 \
+          --topp=0.8 --attention --workdir="$RUNS/p2g_attention" --fresh
+      log "wall time of the two P2G runs: $(( $(date +%s) - start )) s"
+      cat "$RUNS/p2g_noattention/tables.md" "$RUNS/p2g_attention/tables.md" > "$OUT/p2g_tables.md"
+      tar --exclude=checkpoints -czf "$OUT/runs.tar.gz" -C "$RUNS" .
+      ;;
+    hopfield)
+      run "$PY" -m experiments.hopfield --check --workdir="$RUNS/hopfield_check"
+      run "$PY" -m benchmarks.hopfield_speed --out="$OUT/hopfield_speed.jsonl"
+      run "$PY" -m benchmarks.hopfield_speed --dtype=bfloat16 --out="$OUT/hopfield_speed.jsonl"
       ;;
     *) log "unknown step $step";;
   esac
