@@ -40,6 +40,7 @@ flags.DEFINE_enum("epoch_mode", "auto", ["auto", "scan", "loop"],
                   "auto: one lax.scan per epoch on GPU/TPU, a Python loop of jitted steps on CPU.")
 flags.DEFINE_bool("fresh", False,
                   "Start over: move the workdir's previous run to <workdir>/archive/<time>/.")
+cli.define_distributed_flag()
 FLAGS = flags.FLAGS
 
 

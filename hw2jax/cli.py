@@ -26,6 +26,13 @@ def _parse_flags(argv: Sequence[str]) -> list[str]:
     fail(f"{e}. See --helpfull for the flags")
 
 
+def define_distributed_flag() -> None:
+  """--distributed, for CLIs that train: jax.distributed.initialize() before anything else."""
+  flags.DEFINE_bool("distributed", False,
+                    "Multi-host run (TPU pod slice, GPU cluster): call "
+                    "jax.distributed.initialize() first; see BUILD.md.")
+
+
 def run(main: Callable[[Sequence[str]], None]) -> None:
   """`absl.app.run(main)`, with bad flags and `UserError` reported as one line and exit code 2."""
 
@@ -36,8 +43,11 @@ def run(main: Callable[[Sequence[str]], None]) -> None:
       logging.set_verbosity(logging.WARNING)
     if len(argv) > 1:
       fail(f"unexpected arguments {' '.join(argv[1:])}; flags look like --name=value")
-    enable_compilation_cache()
     try:
+      if "distributed" in flags.FLAGS and flags.FLAGS.distributed:
+        from hw2jax import sharding
+        sharding.initialize_distributed()
+      enable_compilation_cache()
       main(argv)
     except UserError as e:
       fail(str(e))

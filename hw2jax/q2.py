@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from hw2jax import classifier, cnn, fit as fit_lib, runlog, training
-from hw2jax import workdir as workdir_lib
+from hw2jax import sharding, workdir as workdir_lib
 from hw2jax.data import intel
 from hw2jax.errors import UserError
 
@@ -94,15 +94,17 @@ def param_count(config: Config) -> int:
   return cnn.count_params(shapes["params"])
 
 
-def device_data(data: intel.IntelData) -> dict:
-  """Every split onto the device once: {'train'|'val'|'test': {'image', 'label'}}."""
-  return {split: training.to_device(classifier.as_dataset(*data.split(split)))
+def device_data(data: intel.IntelData, trainer: training.Trainer) -> dict:
+  """Every split onto the trainer's device(s) once: {'train'|'val'|'test': {'image', 'label'}}."""
+  return {split: trainer.put(classifier.as_dataset(*data.split(split)))
           for split in intel.SPLITS}
 
 
 def make_trainer(config: Config) -> training.Trainer:
+  """The config's trainer; data-parallel over all devices when there are several."""
   return training.Trainer(classifier.loss_fn, classifier.eval_fn, batch_size=config.batch_size,
-                          eval_batch_size=config.eval_batch_size, epoch_mode=config.epoch_mode)
+                          eval_batch_size=config.eval_batch_size, epoch_mode=config.epoch_mode,
+                          mesh=sharding.data_mesh())
 
 
 def train_and_evaluate(config: Config, data: intel.IntelData, workdir: str | Path, *,
@@ -115,15 +117,16 @@ def train_and_evaluate(config: Config, data: intel.IntelData, workdir: str | Pat
   Returns the summary that is also written to <workdir>/summary.json.
   """
   config.validate()
+  trainer = trainer or make_trainer(config)
   workdir = workdir_lib.prepare(workdir, config.to_json(), data.source, fresh=fresh,
                                 run_files=RUN_FILES, log=log)
-  arrays = arrays or device_data(data)
-  trainer = trainer or make_trainer(config)
+  arrays = arrays or device_data(data, trainer)
   model = config.build_model()
   tx = training.make_optimizer(config.optimizer, config.l2_decay)
   example = (jnp.zeros((1, 48, 48, 3), jnp.uint8),)
-  state = training.create_train_state(model, example, tx, config.seed,
-                                      learning_rate=config.learning_rate, train=False)
+  state = trainer.put(training.create_train_state(model, example, tx, config.seed,
+                                                  learning_rate=config.learning_rate,
+                                                  train=False))
   n_params = cnn.count_params(state.params)
 
   def evaluate(s):
@@ -189,8 +192,8 @@ def sweep(config: Config, learning_rates: Sequence[float], data: intel.IntelData
     archived = workdir_lib.archive(workdir, (*RUN_FILES, workdir_lib.CONFIG), globs=("lr_*",))
     if archived:
       log(f"--fresh: moved the previous sweep's files to {archived}")
-  arrays = device_data(data)
   trainer = make_trainer(config)
+  arrays = device_data(data, trainer)
   summaries = []
   for lr in learning_rates:
     run_config = dataclasses.replace(config, learning_rate=lr)

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hw2jax import decoding, fit as fit_lib, metrics, runlog, seq2seq, training
-from hw2jax import workdir as workdir_lib
+from hw2jax import sharding, workdir as workdir_lib
 from hw2jax.data import phonemes
 from hw2jax.errors import UserError
 
@@ -140,8 +140,10 @@ def describe_data_params(config: Config, vocab_sizes: tuple[int, int]) -> str:
 
 
 def make_trainer(config: Config) -> training.Trainer:
+  """The config's trainer; data-parallel over all devices when there are several."""
   return training.Trainer(seq2seq.loss_fn, seq2seq.eval_fn, batch_size=config.batch_size,
-                          eval_batch_size=config.eval_batch_size, epoch_mode=config.epoch_mode)
+                          eval_batch_size=config.eval_batch_size, epoch_mode=config.epoch_mode,
+                          mesh=sharding.data_mesh())
 
 
 def new_state(config: Config, model: seq2seq.Seq2Seq) -> training.TrainState:
@@ -222,19 +224,19 @@ def train_and_evaluate(config: Config, data: phonemes.P2GData, workdir: str | Pa
   writes summary.json, tables.md, test_predictions.tsv and the plots; returns the summary."""
   config.validate()
   decoding_options.validate()
+  trainer = make_trainer(config)
   workdir = workdir_lib.prepare(workdir, config.to_json(), data.source, fresh=fresh,
                                 run_files=RUN_FILES, log=log)
   runlog.write_json(workdir / VOCAB, {"source": list(data.src_vocab.symbols),
                                       "target": list(data.tgt_vocab.symbols)})
   model = config.build_model(len(data.src_vocab), len(data.tgt_vocab))
   train = training.Buckets(
-      training.to_device(b) for b in phonemes.bucketed(data.train, data.src_vocab,
-                                                       data.tgt_vocab, config.buckets))
-  val_tf = training.to_device(phonemes.encode(data.valid, data.src_vocab, data.tgt_vocab))
+      trainer.put(b) for b in phonemes.bucketed(data.train, data.src_vocab, data.tgt_vocab,
+                                                config.buckets))
+  val_tf = trainer.put(phonemes.encode(data.valid, data.src_vocab, data.tgt_vocab))
   splits = _splits(data)
   decoders = Decoders(model, data.tgt_vocab, config.eval_batch_size, decoding_options.max_len)
-  trainer = make_trainer(config)
-  state = new_state(config, model)
+  state = trainer.put(new_state(config, model))
   n_params = seq2seq.count_params(state.params)
 
   def evaluate(s):

@@ -14,8 +14,17 @@ METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 
 
+def primary() -> bool:
+  """Only process 0 of a multi-host run writes files and prints progress."""
+  import jax
+  return jax.process_index() == 0
+
+
 def write_json(path: str | Path, obj: Any) -> None:
-  """Writes JSON atomically (temp file + rename), so a killed run never leaves half a file."""
+  """Writes JSON atomically (temp file + rename), so a killed run never leaves half a file.
+  (Process 0 only.)"""
+  if not primary():
+    return
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
@@ -71,11 +80,15 @@ class RunLog:
     self._epoch_seconds: list[float] = []
 
   def reset(self, history: Sequence[dict]) -> None:
+    if not primary():
+      return
     tmp = self.path.with_name(f".{METRICS}.tmp{os.getpid()}")
     tmp.write_text("".join(json.dumps(finite(r), sort_keys=True) + "\n" for r in history))
     os.replace(tmp, self.path)
 
   def append(self, record: dict) -> None:
+    if not primary():
+      return
     with open(self.path, "a") as f:
       f.write(json.dumps(finite(record), sort_keys=True, default=_jsonable) + "\n")
 
@@ -95,7 +108,8 @@ class RunLog:
     parts.append(f"{seconds:.1f}s")
     parts.append(f"ETA {format_seconds(eta)}")
     line = "  ".join(parts)
-    self.printer(line)
+    if primary():
+      self.printer(line)
     return line
 
 
@@ -123,11 +137,13 @@ def plot_history(history: Sequence[dict], path: str | Path, *, title: str,
   `running_mean_of` adds the skeleton's running mean of that key as a dashed line, so a curve
   from the course can be compared like for like.
   """
+  path = Path(path)
+  if not primary():
+    return path
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  path = Path(path)
   fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
   epochs = [r["epoch"] for r in history]
   for ax, (ylabel, keys) in zip(axes[0], panels):

@@ -34,6 +34,9 @@ import numpy as np
 import optax
 from flax import struct
 from flax.training import train_state
+from jax.sharding import Mesh
+
+from hw2jax import sharding
 
 EPOCH_MODES = ("auto", "scan", "loop")
 # XLA's RngBitGenerator ('rbg') instead of threefry: the same statistical quality for dropout
@@ -185,8 +188,15 @@ class Trainer:
   """
 
   def __init__(self, loss_fn: Callable, eval_fn: Callable, *, batch_size: int,
-               eval_batch_size: int = 1000, epoch_mode: str = "auto"):
+               eval_batch_size: int = 1000, epoch_mode: str = "auto",
+               mesh: Mesh | None = None):
+    """`mesh`: data parallelism over its 'data' axis (see hw2jax.sharding); None: one device.
+    Put the state and datasets on it with `put`."""
     self.loss_fn, self.eval_fn = loss_fn, eval_fn
+    self.mesh = mesh
+    sharding.check_batch_size(batch_size, mesh)
+    if mesh is not None:       # evaluation batches also split evenly: round up
+      eval_batch_size = -(-eval_batch_size // mesh.devices.size) * mesh.devices.size
     self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
     self.mode = resolve_mode(epoch_mode)
     # Donating the state saves memory on accelerators; on CPU it makes each step ~40% slower.
@@ -200,11 +210,26 @@ class Trainer:
     self.zero_train_sums = jax.jit(self._zero_train_sums)
     self.zero_eval_sums = jax.jit(self._zero_eval_sums)
 
+  def put(self, tree):
+    """A state or dataset (numpy or device arrays) onto the trainer's devices: replicated on
+    every device of the mesh, or the default device."""
+    if self.mesh is None:
+      return jax.tree_util.tree_map(jax.device_put, tree)
+    return sharding.put_replicated(tree, self.mesh)
+
+  def _split(self, tree):
+    """Constrains batch-major arrays to be split along the mesh's 'data' axis."""
+    if self.mesh is None:
+      return tree
+    split = sharding.split_batch(self.mesh)
+    return jax.tree_util.tree_map(lambda x: jax.lax.with_sharding_constraint(x, split), tree)
+
   # -- pure pieces ------------------------------------------------------------------------------
 
   def _train_step(self, state: TrainState, acc, data, idx, mask):
     """One SGD step on batch `idx` (B,) with validity `mask` (B,); adds the batch sums to `acc`."""
-    batch = gather(data, idx)
+    idx, mask = self._split((idx, mask))
+    batch = self._split(gather(data, idx))
     dropout_rng = jax.random.fold_in(rng(state), state.step)
     loss_fn = functools.partial(self.loss_fn, state.apply_fn)
     grad_fn = jax.grad(loss_fn, has_aux=True)
@@ -226,7 +251,9 @@ class Trainer:
     variables = {"params": state.params}
     if state.batch_stats:
       variables["batch_stats"] = state.batch_stats
-    sums = self.eval_fn(state.apply_fn, variables, gather(data, idx), mask.astype(jnp.float32))
+    idx, mask = self._split((idx, mask))
+    batch = self._split(gather(data, idx))
+    sums = self.eval_fn(state.apply_fn, variables, batch, mask.astype(jnp.float32))
     return _add(acc, sums)
 
   def _zero_train_sums(self, state, data):
@@ -343,6 +370,6 @@ def _num_examples(data) -> int:
   return sizes.pop()
 
 
-def to_device(data, sharding=None):
+def to_device(data, placement=None):
   """Moves a pytree of numpy arrays onto the device once (optionally with a sharding)."""
-  return jax.tree_util.tree_map(lambda a: jax.device_put(np.asarray(a), sharding), data)
+  return jax.tree_util.tree_map(lambda a: jax.device_put(np.asarray(a), placement), data)

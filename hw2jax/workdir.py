@@ -20,6 +20,8 @@ def archive(workdir: str | Path, names: Iterable[str], globs: Sequence[str] = ()
   """Moves the run files `names` (and folders matching `globs`) of `workdir` to
   <workdir>/archive/<time>/; returns that folder, or None when there was nothing to move."""
   workdir = Path(workdir)
+  if not runlog.primary():
+    return None
   present = [workdir / n for n in dict.fromkeys(names) if (workdir / n).exists()]
   present += sorted(p for g in globs for p in workdir.glob(g) if p.is_dir())
   if not present:
