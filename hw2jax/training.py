@@ -103,6 +103,9 @@ def create_train_state(model, init_inputs: tuple, tx: optax.GradientTransformati
   state = TrainState.create(apply_fn=model.apply, params=params, tx=tx,
                             batch_stats=variables.get("batch_stats", {}),
                             key=jax.random.key_data(run_key))
+  # A strongly typed step counter: a restored checkpoint's step has the same type, so resuming
+  # reuses the compiled (and disk-cached) programs instead of compiling them again.
+  state = state.replace(step=jnp.zeros((), jnp.int32))
   if learning_rate is not None:
     state.opt_state.hyperparams["learning_rate"] = jnp.asarray(learning_rate, jnp.float32)
   return state
