@@ -3,6 +3,7 @@ r"""Q2: train the course CNN on Intel images (48x48, 6 classes).
   python -m experiments.cnn --lr=0.01                      # one run
   python -m experiments.cnn --lr=0.1,0.01,0.001            # Table 2.1 + one figure per rate
   python -m experiments.cnn --model=bn_gap --lr=0.01
+  python -m experiments.cnn --data_path=tfds:intel48 --tfds_manual_dir=data/intel.zip  # TFDS
 
 Writes metrics.jsonl, summary.json, curves.png and Orbax checkpoints into --workdir; rerunning
 the same command resumes from the latest checkpoint.
@@ -30,8 +31,15 @@ flags.DEFINE_list("channels", ["32", "64", "128"], "Channels of the conv blocks.
 flags.DEFINE_enum("init", "torch", ["torch", "flax"],
                   "torch: PyTorch's default initialisation, as the course; flax: lecun-normal.")
 flags.DEFINE_string("data_path", None,
-                    "Intel npz, Kaggle zip or folder. Default: $HW2JAX_DATA, ./data/, "
+                    "Intel npz, Kaggle zip or folder, or tfds:intel48 (a TFDS dataset in "
+                    "--tfds_data_dir). Default: $HW2JAX_DATA, ./data/, "
                     "/kaggle/input/intel-image-classification.")
+flags.DEFINE_string("tfds_data_dir", None,
+                    "TFDS data folder for --data_path=tfds:intel48. Default: $TFDS_DATA_DIR, "
+                    "else ~/tensorflow_datasets.")
+flags.DEFINE_string("tfds_manual_dir", None,
+                    "With --data_path=tfds:intel48 not yet prepared: prepare it (once) from this "
+                    "Intel npz, Kaggle zip or folder. Default: <tfds_data_dir>/downloads/manual/.")
 flags.DEFINE_enum("layout", "hwc", ["hwc", "chw"],
                   "How to read flattened (N, 6912) npz images; 4-D arrays are detected.")
 flags.DEFINE_string("workdir", None,
@@ -57,7 +65,8 @@ def main(argv):
     dataclasses.replace(config, learning_rate=lr).validate()
   n_params = q2.param_count(config)
   print(f"{config.model}: {n_params:,} trainable parameters (Table 2.3)", flush=True)
-  data = intel.load(FLAGS.data_path, layout=FLAGS.layout)
+  data = intel.load(FLAGS.data_path, layout=FLAGS.layout, tfds_data_dir=FLAGS.tfds_data_dir,
+                    tfds_manual_dir=FLAGS.tfds_manual_dir)
   if len(lrs) == 1:
     workdir = FLAGS.workdir or f"runs/cnn/{config.model}-lr{lrs[0]:g}"
     q2.train_and_evaluate(config, data, workdir, fresh=FLAGS.fresh)

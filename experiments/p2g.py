@@ -3,6 +3,7 @@ r"""Q3: phoneme-to-grapheme seq2seq (BiLSTM encoder, LSTM decoder, optional Bahd
   python -m experiments.p2g                                 # CMUdict (the embedded default)
   python -m experiments.p2g --data_path=data/p2g --attention --topp=0.8 --beam=5
   python -m experiments.p2g --attention --predict="t͡ʃ æ p l ə t, k æ t"
+  python -m experiments.p2g --data_path=tfds:p2g --tfds_manual_dir=data/p2g   # via TFDS
 
 Trains (resuming from --workdir's latest checkpoint), keeps the best-validation-CER checkpoint,
 then decodes the test set with it and prints the seed report's Tables 3.1-3.3. Writes
@@ -29,8 +30,14 @@ flags.DEFINE_integer("hidden_size", 128, "Embedding and decoder size (encoder: h
 flags.DEFINE_float("dropout", 0.3, "Dropout probability.")
 flags.DEFINE_integer("seed", 42, "Seed of initialisation, dropout, batch order and sampling.")
 flags.DEFINE_string("data_path", None, "Folder with train.tsv, valid.tsv, test.tsv "
-                    "('phonemes<TAB>spelling' lines). Default: CMUdict (10,000/1,000/1,000 "
-                    "words, fixed hash split).")
+                    "('phonemes<TAB>spelling' lines), or tfds:p2g (a TFDS dataset in "
+                    "--tfds_data_dir). Default: CMUdict (10,000/1,000/1,000 words, fixed hash "
+                    "split).")
+flags.DEFINE_string("tfds_data_dir", None, "TFDS data folder for --data_path=tfds:p2g. "
+                    "Default: $TFDS_DATA_DIR, else ~/tensorflow_datasets.")
+flags.DEFINE_string("tfds_manual_dir", None, "With --data_path=tfds:p2g not yet prepared: "
+                    "prepare it (once) from this folder of TSVs. Default: "
+                    "<tfds_data_dir>/downloads/manual/.")
 flags.DEFINE_integer("max_train_words", 0, "Train on only the first N training pairs "
                      "(0: all); for quick tries.")
 flags.DEFINE_integer("buckets", 4, "Length buckets of the training set (each one compiled "
@@ -60,7 +67,8 @@ def main(argv):
     q3.predict(workdir, phonemes.parse_words(FLAGS.predict), options)
     return
   print(q3.describe_params(config), flush=True)
-  data = phonemes.load(FLAGS.data_path, FLAGS.max_train_words)
+  data = phonemes.load(FLAGS.data_path, FLAGS.max_train_words,
+                       tfds_data_dir=FLAGS.tfds_data_dir, tfds_manual_dir=FLAGS.tfds_manual_dir)
   sizes = (len(data.src_vocab), len(data.tgt_vocab))
   if sizes != q3.COURSE_VOCAB:
     print(q3.describe_data_params(config, sizes), flush=True)

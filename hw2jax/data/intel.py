@@ -148,15 +148,35 @@ def _zip_has_layout(path: Path) -> bool:
 
 def load(data_path: str | os.PathLike | None = None, *, layout: str = "hwc",
          cache_dir: str | os.PathLike | None = None, log: Callable[[str], None] = print,
-         environ: Mapping[str, str] | None = None) -> IntelData:
-  """Finds (see `discover`) and loads the Intel data into numpy arrays."""
+         environ: Mapping[str, str] | None = None,
+         tfds_data_dir: str | os.PathLike | None = None,
+         tfds_manual_dir: str | os.PathLike | None = None) -> IntelData:
+  """Finds (see `discover`) and loads the Intel data into numpy arrays.
+
+  A `data_path` (or $HW2JAX_DATA) of the form 'tfds:intel48' reads the TFDS dataset in
+  `tfds_data_dir`, preparing it first from `tfds_manual_dir` if needed (see hw2jax.data.tfds).
+  """
+  spec = str(data_path) if data_path else (os.environ if environ is None else environ).get(
+      "HW2JAX_DATA", "")
+  if spec.startswith("tfds:"):
+    from hw2jax.data import tfds  # lazy: only tfds: paths need tensorflow-datasets
+    data = tfds.load_intel_tfds(spec, tfds_data_dir, manual_dir=tfds_manual_dir, layout=layout,
+                                log=log)
+  elif tfds_data_dir or tfds_manual_dir:
+    raise UserError("--tfds_data_dir and --tfds_manual_dir only apply to --data_path=tfds:intel48")
+  else:
+    data = _load_source(data_path, layout=layout, cache_dir=cache_dir, log=log, environ=environ)
+  log(f"intel data: {data.source} -> train {data.sizes()['train']}, val {data.sizes()['val']}, "
+      f"test {data.sizes()['test']}")
+  return data
+
+
+def _load_source(data_path, *, layout, cache_dir, log, environ) -> IntelData:
   path = discover(data_path, environ=environ)
   if path.is_file() and path.suffix.lower() == ".npz":
     data = load_npz(path, layout=layout)
   else:
     data = load_kaggle(path, cache_dir=cache_dir, log=log, environ=environ)
-  log(f"intel data: {data.source} -> train {data.sizes()['train']}, val {data.sizes()['val']}, "
-      f"test {data.sizes()['test']}")
   return data
 
 
