@@ -58,6 +58,7 @@ EOF
     p2g_bench)
       [[ -d "$P2G_DIR" ]] || { log "missing $P2G_DIR: copy ../shared/data/p2g there"; continue; }
       run "$PY" -m benchmarks.p2g_speed --data_path="$P2G_DIR" --out="$OUT/p2g_speed.json"
+      run "$PY" -m benchmarks.p2g_speed --data_path="$P2G_DIR" --torch=false --widths=1
       run "$PY" -m benchmarks.p2g_speed --data_path="$P2G_DIR" --torch=false --unroll=4
       ;;
     p2g_runs)

@@ -7,7 +7,7 @@ Training: one epoch of the same model (attention by default), batch 64, Adam 0.0
   PyTorch as the course wrote it: a DataLoader-style loop padding each batch to its longest word,
   nn.LSTM(bidirectional) over pack_padded_sequence, the decoder LSTM over the whole target,
   zero_grad / backward / step per batch.
-  JAX: hw2jax's Trainer over length buckets (one lax.scan per epoch on GPU/TPU, a loop of
+  JAX: hw2jax's Trainer over random batches padded to a few widths (one lax.scan per epoch on GPU/TPU, a loop of
   jitted steps on CPU).
   Both report the mean of --epochs timed epochs after one untimed warm-up epoch (compilation).
 Decoding: --decode_words test words, greedy + k nucleus samples (p 0.8) each.
@@ -27,7 +27,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from hw2jax import decoding, q3, seq2seq, training
+from hw2jax import decoding, q3, seq2seq
 from hw2jax.data import phonemes
 
 flags.DEFINE_string("data_path", None, "Course TSV folder (default: the CMUdict split).")
@@ -41,7 +41,7 @@ flags.DEFINE_integer("torch_decode_words", 0, "Test words PyTorch decodes one at
                      "--decode_words); its time is scaled to --decode_words.")
 flags.DEFINE_integer("k", 3, "Nucleus samples per word.")
 flags.DEFINE_float("topp", 0.8, "Nucleus p.")
-flags.DEFINE_integer("buckets", 4, "JAX length buckets.")
+flags.DEFINE_integer("widths", 3, "JAX padded widths of the training batches (as q3.Config).")
 flags.DEFINE_integer("unroll", 1, "JAX scan unroll of the LSTM recurrences.")
 flags.DEFINE_enum("epoch_mode", "auto", ["auto", "scan", "loop"], "JAX epoch runner.")
 flags.DEFINE_bool("torch", True, "Also run the PyTorch baseline.")
@@ -55,21 +55,19 @@ MAX_LEN = decoding.MAX_LEN
 
 def jax_side(data: phonemes.P2GData, words: list) -> dict:
   config = q3.Config(attention=FLAGS.attention, hidden_size=FLAGS.hidden_size,
-                     batch_size=FLAGS.batch_size, buckets=FLAGS.buckets, unroll=FLAGS.unroll,
+                     batch_size=FLAGS.batch_size, widths=FLAGS.widths, unroll=FLAGS.unroll,
                      epoch_mode=FLAGS.epoch_mode)
   model = config.build_model(len(data.src_vocab), len(data.tgt_vocab))
-  buckets = training.Buckets(
-      training.to_device(b) for b in phonemes.bucketed(data.train, data.src_vocab,
-                                                       data.tgt_vocab, config.buckets))
   trainer = q3.make_trainer(config)
-  state = q3.new_state(config, model)
+  train = q3.train_widths(config, data, trainer)
+  state = trainer.put(q3.new_state(config, model))
   t0 = time.perf_counter()
-  state, _ = trainer.train_epoch(state, buckets, 0)
+  state, _ = trainer.train_epoch(state, train, 0)
   warmup = time.perf_counter() - t0
   times = []
   for epoch in range(1, FLAGS.epochs + 1):
     t0 = time.perf_counter()
-    state, m = trainer.train_epoch(state, buckets, epoch)
+    state, m = trainer.train_epoch(state, train, epoch)
     times.append(time.perf_counter() - t0)
   key = q3.sampling_key(0)
 

@@ -40,8 +40,9 @@ flags.DEFINE_string("tfds_manual_dir", None, "With --data_path=tfds:p2g not yet 
                     "<tfds_data_dir>/downloads/manual/.")
 flags.DEFINE_integer("max_train_words", 0, "Train on only the first N training pairs "
                      "(0: all); for quick tries.")
-flags.DEFINE_integer("buckets", 4, "Length buckets of the training set (each one compiled "
-                     "program; fewer buckets, more padding).")
+flags.DEFINE_integer("widths", 3, "Padded widths of the training batches: batches are random "
+                     "(as in the course), each padded to the narrowest width that holds it; "
+                     "fewer widths: more padding, fewer compiled programs.")
 flags.DEFINE_string("workdir", None, "Output folder. Default: runs/p2g/<attention|noattention>.")
 flags.DEFINE_string("predict", None, "Spell these pronunciations (space-separated phonemes, "
                     "words separated by commas) with the workdir's best checkpoint.")
@@ -59,7 +60,7 @@ def main(argv):
   config = q3.Config(
       attention=FLAGS.attention, learning_rate=FLAGS.lr, batch_size=FLAGS.batch_size,
       epochs=FLAGS.epochs, hidden_size=FLAGS.hidden_size, dropout=FLAGS.dropout,
-      seed=FLAGS.seed, max_train_words=FLAGS.max_train_words, buckets=FLAGS.buckets,
+      seed=FLAGS.seed, max_train_words=FLAGS.max_train_words, widths=FLAGS.widths,
       epoch_mode=FLAGS.epoch_mode).validate()
   options = q3.Decoding(top_p=FLAGS.topp, k=FLAGS.k, beam=FLAGS.beam).validate()
   workdir = FLAGS.workdir or f"runs/p2g/{config.name()}"

@@ -51,7 +51,9 @@ class Config:
   dropout: float = 0.3
   seed: int = 42
   max_train_words: int = 0
-  buckets: int = 4
+  # Batches are random samples of the training set, like the course's loader; each is padded to
+  # the narrowest of `widths` padded widths that holds it (fewer: more padding, fewer programs).
+  widths: int = 3
   unroll: int = 1
   epoch_mode: str = "auto"
   eval_batch_size: int = 1000
@@ -67,7 +69,7 @@ class Config:
          "directions of half the size)"),
         (0 <= self.dropout < 1, f"--dropout={self.dropout} must be in [0, 1)"),
         (self.max_train_words >= 0, f"--max_train_words={self.max_train_words} must be >= 0"),
-        (self.buckets >= 1, f"--buckets={self.buckets} must be at least 1"),
+        (self.widths >= 1, f"--widths={self.widths} must be at least 1"),
         (self.unroll >= 1, f"--unroll={self.unroll} must be at least 1"),
         (self.eval_batch_size >= 1, f"eval batch size {self.eval_batch_size} must be >= 1"),
         (self.epoch_mode in training.EPOCH_MODES,
@@ -144,6 +146,14 @@ def make_trainer(config: Config) -> training.Trainer:
   return training.Trainer(seq2seq.loss_fn, seq2seq.eval_fn, batch_size=config.batch_size,
                           eval_batch_size=config.eval_batch_size, epoch_mode=config.epoch_mode,
                           mesh=sharding.data_mesh())
+
+
+def train_widths(config: Config, data: phonemes.P2GData, trainer: training.Trainer
+                 ) -> training.Widths:
+  """The training pairs at `config.widths` padded widths, on the trainer's device(s)."""
+  copies, need = phonemes.padded_widths(data.train, data.src_vocab, data.tgt_vocab,
+                                        config.widths, config.batch_size)
+  return training.Widths([trainer.put(c) for c in copies], need)
 
 
 def new_state(config: Config, model: seq2seq.Seq2Seq) -> training.TrainState:
@@ -230,9 +240,7 @@ def train_and_evaluate(config: Config, data: phonemes.P2GData, workdir: str | Pa
   runlog.write_json(workdir / VOCAB, {"source": list(data.src_vocab.symbols),
                                       "target": list(data.tgt_vocab.symbols)})
   model = config.build_model(len(data.src_vocab), len(data.tgt_vocab))
-  train = training.Buckets(
-      trainer.put(b) for b in phonemes.bucketed(data.train, data.src_vocab, data.tgt_vocab,
-                                                config.buckets))
+  train = train_widths(config, data, trainer)
   val_tf = trainer.put(phonemes.encode(data.valid, data.src_vocab, data.tgt_vocab))
   splits = _splits(data)
   decoders = Decoders(model, data.tgt_vocab, config.eval_batch_size, decoding_options.max_len)

@@ -13,20 +13,19 @@ A task plugs in two pure functions (see `hw2jax.classifier` for the CNN's):
 where `mask` (B,) is 1 for real examples, `model_state` the `batch_stats` collection ({} if none)
 and `sums` holds at least 'count' (the number of examples or tokens the loss averages over).
 
-Variable-length data (P2G words) comes as `Buckets`: several datasets padded to different
-lengths. An epoch still visits every example once: each bucket gets its own permutation cut into
-batches (batches never mix buckets) and the batches of all buckets run in one order shuffled per
-epoch, as a course DataLoader would shuffle them. In 'scan' mode the epoch is still ONE jitted
-`lax.scan`, whose body picks the batch's bucket with `lax.switch` (one compiled branch per
-bucket shape); in 'loop' mode each step is the jitted step of its bucket. Both follow the same
-schedule, so they agree like single datasets do.
+Variable-length data (P2G words) comes as `Widths`: the same examples padded to a few widths.
+An epoch draws random batches from all examples, exactly as for a single dataset, and trains
+each batch on the narrowest copy that holds all of its members; in 'scan' mode the epoch is one
+`lax.scan` choosing the copy with `lax.switch`, in 'loop' mode each width has its jitted step.
+Padding beyond a batch's longest member changes nothing, so this equals training on the widest
+copy, at the cost of the batch's own length.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -162,25 +161,19 @@ def _zeros_like_sums(shape_tree):
   return jax.tree_util.tree_map(lambda s: jnp.zeros((), jnp.float32), shape_tree)
 
 
-class Buckets(tuple):
-  """One dataset stored as several pytrees of different padded shapes (length buckets).
+class Widths(tuple):
+  """One dataset stored at several padded widths, narrowest first: every copy holds all N
+  examples in the same order (cut short where they do not fit), and `need` (N,) is the index of
+  the narrowest copy that holds each example whole. `Trainer.train_epoch` and
+  `Trainer.evaluate` accept it wherever they accept a single dataset."""
 
-  `Trainer.train_epoch` and `Trainer.evaluate` accept it wherever they accept a single dataset.
-  """
-
-
-def bucket_schedule(key: jax.Array, num_batches: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-  """The epoch's batch order over all buckets: (bucket, row of that bucket's plan) per step.
-
-  Bucket b appears num_batches[b] times in a seeded random order; its rows are taken in order
-  (its plan is already a random permutation), so a per-bucket counter can follow them.
-  """
-  which = np.repeat(np.arange(len(num_batches)), num_batches)
-  which = which[np.asarray(jax.random.permutation(key, len(which)))]
-  rows = np.zeros_like(which)
-  for b in range(len(num_batches)):
-    rows[which == b] = np.arange(num_batches[b])
-  return which.astype(np.int32), rows.astype(np.int32)
+  def __new__(cls, copies, need):
+    self = super().__new__(cls, copies)
+    self.need = np.asarray(need, np.int32)
+    sizes = {_num_examples(c) for c in self} | {len(self.need)}
+    if len(sizes) != 1:
+      raise ValueError(f"every copy and `need` must hold the same examples, got sizes {sizes}")
+    return self
 
 
 class Trainer:
@@ -208,7 +201,7 @@ class Trainer:
     self.loop_eval_step = jax.jit(self._loop_eval_step)
     self.scan_epoch = jax.jit(self._scan_epoch, donate_argnums=(0,) if donate else ())
     self.scan_eval = jax.jit(self._scan_eval)
-    self.scan_buckets = jax.jit(self._scan_buckets, donate_argnums=(0,) if donate else ())
+    self.scan_widths = jax.jit(self._scan_widths, donate_argnums=(0,) if donate else ())
     self.plan = jax.jit(batch_plan, static_argnums=(1, 2))
     self.zero_train_sums = jax.jit(self._zero_train_sums)
     self.zero_eval_sums = jax.jit(self._zero_eval_sums)
@@ -282,20 +275,18 @@ class Trainer:
     (state, acc), _ = jax.lax.scan(body, (state, acc), (idx, mask))
     return state, acc
 
-  def _scan_buckets(self, state, buckets: tuple, plans: tuple, which, rows):
-    """A whole epoch over buckets as one scan: step i trains on row rows[i] of bucket which[i]'s
-    plan, through `lax.switch` over one branch per bucket (each with its own shapes)."""
-    acc = self._zero_train_sums(state, buckets[0])
-
-    def branch(data, plan):
-      return lambda carry, row: self._train_step(*carry, data, plan[0][row], plan[1][row])
-
-    branches = [branch(data, plan) for data, plan in zip(buckets, plans)]
+  def _scan_widths(self, state, copies: tuple, idx, mask, which):
+    """A whole epoch over `Widths` as one scan: batch i (row i of the plan) trains on copy
+    which[i], through `lax.switch` over one branch per copy (each with its own shapes)."""
+    acc = self._zero_train_sums(state, copies[0])
+    branches = [functools.partial(lambda data, carry, i, m: self._train_step(*carry, data, i, m),
+                                  data) for data in copies]
 
     def body(carry, xs):
-      return jax.lax.switch(xs[0], branches, carry, xs[1]), None
+      k, i, m = xs
+      return jax.lax.switch(k, branches, carry, i, m), None
 
-    (state, acc), _ = jax.lax.scan(body, (state, acc), (which, rows))
+    (state, acc), _ = jax.lax.scan(body, (state, acc), (which, idx, mask))
     return state, acc
 
   def _scan_eval(self, state, data, idx, mask):
@@ -308,42 +299,28 @@ class Trainer:
 
   def train_epoch(self, state: TrainState, data, epoch: int) -> tuple[TrainState, dict]:
     """One pass over every example of `data` in a permutation seeded by (state.key, epoch)."""
-    if isinstance(data, Buckets):
-      return self._train_buckets(state, data, epoch)
+    widths = data if isinstance(data, Widths) else None
+    if widths is not None:
+      data = widths[-1]
     n = _num_examples(data)
     idx, mask = self.plan(epoch_key(state, epoch), n, self.batch_size)
+    if widths is not None:
+      which = batch_widths(widths.need, _host(idx), _host(mask))
+      if self.mode == "scan":
+        state, acc = self.scan_widths(state, tuple(widths), idx, mask, which)
+        return state, summarize(acc)
     if self.mode == "scan":
       state, acc = self.scan_epoch(state, data, idx, mask)
     else:
       acc, pos = self.zero_train_sums(state, data), jnp.zeros((), jnp.int32)
-      for _ in range(idx.shape[0]):
-        state, acc, pos = self.loop_step(state, acc, pos, data, idx, mask)
-    return state, summarize(acc)
-
-  def _train_buckets(self, state: TrainState, buckets: Buckets, epoch: int
-                     ) -> tuple[TrainState, dict]:
-    """One epoch over `Buckets`: every bucket's permuted batches, in one shuffled order."""
-    key = epoch_key(state, epoch)
-    sizes = [_num_examples(d) for d in buckets]
-    plans = tuple(self.plan(jax.random.fold_in(key, b), n, self.batch_size)
-                  for b, n in enumerate(sizes))
-    which, rows = bucket_schedule(jax.random.fold_in(key, len(buckets)),
-                                  [num_batches(n, self.batch_size) for n in sizes])
-    if self.mode == "scan":
-      state, acc = self.scan_buckets(state, tuple(buckets), plans, which, rows)
-      return state, summarize(acc)
-    acc = self.zero_train_sums(state, buckets[0])
-    pos = [jnp.zeros((), jnp.int32) for _ in buckets]
-    for b in which:
-      state, acc, pos[b] = self.loop_step(state, acc, pos[b], buckets[b], *plans[b])
+      for b in range(idx.shape[0]):
+        copy = data if widths is None else widths[which[b]]
+        state, acc, pos = self.loop_step(state, acc, pos, copy, idx, mask)
     return state, summarize(acc)
 
   def evaluate(self, state: TrainState, data) -> dict:
     """Eval-mode metrics over every example of `data`, in batches of `eval_batch_size`."""
-    if isinstance(data, Buckets):
-      sums = [self._eval_sums(state, d) for d in data]
-      return summarize(functools.reduce(_add, sums))
-    return summarize(self._eval_sums(state, data))
+    return summarize(self._eval_sums(state, data[-1] if isinstance(data, Widths) else data))
 
   def _eval_sums(self, state: TrainState, data):
     n = _num_examples(data)
@@ -355,6 +332,16 @@ class Trainer:
       for _ in range(idx.shape[0]):
         acc, pos = self.loop_eval_step(state, acc, pos, data, idx, mask)
     return acc
+
+
+def batch_widths(need: np.ndarray, idx: np.ndarray, mask: np.ndarray) -> np.ndarray:
+  """The copy each batch trains on: the widest `need` among its real members (host arrays)."""
+  return np.where(mask, need[idx], 0).max(axis=1).astype(np.int32)
+
+
+def _host(x: jax.Array) -> np.ndarray:
+  """A replicated device array on the host (also when it spans several processes)."""
+  return np.asarray(x if x.is_fully_addressable else x.addressable_data(0))
 
 
 def summarize(acc) -> dict:

@@ -7,7 +7,7 @@ import pytest
 from conftest import p2g_pairs, run_cli, write_p2g_folder
 
 pytestmark = pytest.mark.slow
-TINY = ["--hidden_size=8", "--batch_size=16", "--buckets=1"]
+TINY = ["--hidden_size=8", "--batch_size=16", "--widths=2"]
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""P2G data: TSV parsing and its errors, vocabularies, arrays, length buckets, CMUdict split."""
+"""P2G data: TSV parsing and its errors, vocabularies, arrays, padded widths, CMUdict split."""
 
 import itertools
 
@@ -147,21 +147,28 @@ def test_bucket_limits_are_optimal(k):
   assert cost == _brute_force_cost(lengths, k)
 
 
-def test_buckets_hold_every_pair_once():
+def test_padded_widths_hold_every_pair_in_the_narrowest_copy_that_fits():
   pairs = [(tuple(p.split()), w) for p, w in p2g_pairs(300, seed=3, max_len=9)]
   src_vocab = ph.Vocab.build(p for p, _ in pairs)
   tgt_vocab = ph.Vocab.build(w for _, w in pairs)
-  buckets = ph.bucketed(pairs, src_vocab, tgt_vocab, num_buckets=3)
-  assert 2 <= len(buckets) <= 3
-  widths = [b["src"].shape[1] + b["tgt"].shape[1] for b in buckets]
-  assert widths == sorted(widths)
-  seen = []
-  for b in buckets:
-    for src, n, tgt in zip(b["src"], b["src_len"], b["tgt"]):
-      assert (src[n:] == ph.PAD).all() and (src[:n] != ph.PAD).all()
-      seen.append((tuple(src[:n]), tgt_vocab.decode(tgt)))
-  expected = [(tuple(src_vocab.encode(p)), w) for p, w in pairs]
-  assert sorted(seen) == sorted(expected)
+  copies, need = ph.padded_widths(pairs, src_vocab, tgt_vocab, num_widths=3, batch_size=8)
+  full = ph.encode(pairs, src_vocab, tgt_vocab)
+  assert 2 <= len(copies) <= 3 and need.shape == (300,)
+  widths = [c["src"].shape[1] + c["tgt"].shape[1] for c in copies]
+  assert widths == sorted(widths) and widths[-1] == full["src"].shape[1] + full["tgt"].shape[1]
+  for c in copies:                                   # every copy: all pairs, in order
+    assert len(c["src"]) == len(c["tgt"]) == 300
+    assert (c["src_len"] <= c["src"].shape[1]).all()
+  for i in range(300):
+    c = copies[need[i]]
+    np.testing.assert_array_equal(c["src"][i], full["src"][i, :c["src"].shape[1]])
+    assert c["src_len"][i] == full["src_len"][i]
+    assert tgt_vocab.decode(c["tgt"][i]) == pairs[i][1]                 # whole, EOS included
+    assert ph.EOS in c["tgt"][i].tolist()
+    if need[i] > 0:                                  # and it does not fit the next narrower one
+      narrower = copies[need[i] - 1]
+      assert (full["src_len"][i] > narrower["src"].shape[1]
+              or ph.EOS not in narrower["tgt"][i].tolist())
 
 
 def test_parse_words():

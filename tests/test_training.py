@@ -268,7 +268,7 @@ def test_all_checkpoints_unreadable_is_an_error_not_a_fresh_start(model, trainer
     run_fit(model, trainer, data, tmp_path, epochs=3)
 
 
-# ---------------------------------------------------------------- length buckets
+# ---------------------------------------------------------------- padded widths
 
 
 class _Scale(nn.Module):
@@ -279,70 +279,73 @@ class _Scale(nn.Module):
     return self.param("w", nn.initializers.ones, ()) * x.sum(-1)
 
 
-def _bucket_sums(apply_fn, params, batch, mask):
+def _width_sums(apply_fn, params, batch, mask):
   err = (apply_fn({"params": params}, batch["x"]) - batch["y"]) ** 2
   ids = batch["id"].astype(jnp.float32)
   return {"loss": jnp.sum(err * mask), "count": jnp.sum(mask), "id": jnp.sum(ids * mask),
-          "id2": jnp.sum(ids ** 2 * mask)}
+          "id2": jnp.sum(ids ** 2 * mask), "width": jnp.sum(batch["x"].shape[1] * mask)}
 
 
-def _bucket_loss(apply_fn, params, model_state, batch, mask, rng):
-  sums = _bucket_sums(apply_fn, params, batch, mask)
+def _width_loss(apply_fn, params, model_state, batch, mask, rng):
+  sums = _width_sums(apply_fn, params, batch, mask)
   return sums["loss"] / jnp.maximum(sums["count"], 1.0), (model_state, sums)
 
 
-def _bucket_eval(apply_fn, variables, batch, mask):
-  return _bucket_sums(apply_fn, variables["params"], batch, mask)
+def _width_eval(apply_fn, variables, batch, mask):
+  return _width_sums(apply_fn, variables["params"], batch, mask)
 
 
-def _buckets(sizes=(13, 7, 30), widths=(2, 3, 5)):
+N_WIDE = 50
+
+
+def _widths(widths=(2, 3, 5)):
+  """50 examples whose x has 1..5 non-zero leading entries, stored at widths 2, 3 and 5."""
   rng = np.random.default_rng(0)
-  out, start = [], 0
-  for n, w in zip(sizes, widths):
-    x = rng.normal(size=(n, w)).astype(np.float32)
-    out.append(training.to_device({"x": x, "y": 0.5 * x.sum(-1),
-                                   "id": np.arange(start, start + n, dtype=np.int32)}))
-    start += n
-  return training.Buckets(out)
+  lengths = rng.choice(np.arange(1, 6), N_WIDE, p=[0.45, 0.3, 0.15, 0.07, 0.03])
+  x = rng.normal(size=(N_WIDE, 5)).astype(np.float32) * (np.arange(5) < lengths[:, None])
+  need = np.searchsorted(widths, lengths)
+  copies = [training.to_device({"x": x[:, :w], "y": 0.5 * x.sum(-1),
+                                "id": np.arange(N_WIDE, dtype=np.int32)}) for w in widths]
+  return training.Widths(copies, need)
 
 
-def _bucket_state(lr=0.01):
+def _width_state(lr=0.01):
   tx = training.make_optimizer("sgd")
   return training.create_train_state(_Scale(), (jnp.zeros((1, 2)),), tx, 0, learning_rate=lr)
 
 
 @pytest.mark.parametrize("mode", ["loop", "scan"])
-def test_bucket_epoch_visits_every_example_once(mode):
-  buckets = _buckets()
-  n = 50
-  trainer = training.Trainer(_bucket_loss, _bucket_eval, batch_size=4, eval_batch_size=8,
+def test_width_epoch_visits_every_example_once_in_random_batches(mode):
+  data = _widths()
+  trainer = training.Trainer(_width_loss, _width_eval, batch_size=4, eval_batch_size=8,
                              epoch_mode=mode)
-  state = _bucket_state()
+  state = _width_state()
   for epoch in range(2):
-    state, m = trainer.train_epoch(state, buckets, epoch)
-    assert m["count"] == n
-    assert m["id"] == pytest.approx((n - 1) / 2)
-    assert m["id2"] == pytest.approx((n - 1) * (2 * n - 1) / 6)
-  assert int(state.step) == 2 * (4 + 2 + 8)        # batches of 4, never mixing buckets
-  val = trainer.evaluate(state, buckets)
-  assert val["count"] == n and val["id"] == pytest.approx((n - 1) / 2)
+    state, m = trainer.train_epoch(state, data, epoch)
+    assert m["count"] == N_WIDE
+    assert m["id"] == pytest.approx((N_WIDE - 1) / 2)
+    assert m["id2"] == pytest.approx((N_WIDE - 1) * (2 * N_WIDE - 1) / 6)
+    assert 2 < m["width"] < 5                      # narrower copies were used
+  assert int(state.step) == 2 * 13                 # ceil(50 / 4) random batches per epoch
+  val = trainer.evaluate(state, data)
+  assert val["count"] == N_WIDE and val["width"] == 5
 
 
-def test_bucket_epochs_agree_between_scan_and_loop_and_are_seeded():
-  buckets = _buckets()
+def test_width_epochs_equal_the_widest_copy_and_agree_between_modes():
+  data = _widths()
   params = {}
-  for mode in ("scan", "loop", "loop"):
-    trainer = training.Trainer(_bucket_loss, _bucket_eval, batch_size=4, epoch_mode=mode)
-    state, _ = trainer.train_epoch(_bucket_state(), buckets, 0)
-    params.setdefault(mode, []).append(state.params["w"])
-  np.testing.assert_allclose(params["scan"][0], params["loop"][0], rtol=1e-6)
-  assert params["loop"][0] == params["loop"][1]
+  for mode in ("scan", "loop"):
+    trainer = training.Trainer(_width_loss, _width_eval, batch_size=4, epoch_mode=mode)
+    params[mode] = trainer.train_epoch(_width_state(), data, 0)[0].params["w"]
+    params[mode + " widest"] = trainer.train_epoch(_width_state(), data[-1], 0)[0].params["w"]
+  for key in ("scan", "loop", "loop widest"):
+    np.testing.assert_allclose(params[key], params["scan widest"], rtol=1e-6)
 
 
-def test_bucket_schedule_shuffles_the_batches_of_all_buckets():
-  which, rows = training.bucket_schedule(training.prng_key(0), [3, 1, 5])
-  other, _ = training.bucket_schedule(training.prng_key(1), [3, 1, 5])
-  assert sorted(which.tolist()) == [0, 0, 0, 1, 2, 2, 2, 2, 2]
-  assert which.tolist() != other.tolist()
-  for b, n in enumerate([3, 1, 5]):                      # each bucket's rows in order
-    assert rows[which == b].tolist() == list(range(n))
+def test_batch_widths_take_the_widest_real_member():
+  need = np.array([0, 2, 1, 0, 1])
+  idx = np.array([[0, 3], [1, 2], [4, 0]])
+  mask = np.array([[1, 1], [1, 1], [1, 0]], bool)
+  assert training.batch_widths(need, idx, mask).tolist() == [0, 2, 1]
+  with pytest.raises(ValueError, match="same examples"):
+    training.Widths([{"x": np.zeros((3, 1))}], np.zeros(2))

@@ -1,5 +1,5 @@
 """Phoneme-to-grapheme data: the course TSV files or the CMU Pronouncing Dictionary, vocabularies,
-and padded (optionally length-bucketed) integer arrays.
+and padded integer arrays (at a few widths, for random batches of different lengths).
 
 A pair is (phoneme tokens, spelling): tokens are the space-separated symbols of one
 pronunciation (multi-character tokens such as `t͡ʃ` are one symbol), the spelling a string whose
@@ -296,14 +296,27 @@ def bucket_limits(lengths: Sequence[int], num_buckets: int) -> list[int]:
   return sorted(limits)
 
 
-def bucketed(pairs: Sequence[Pair], src_vocab: Vocab, tgt_vocab: Vocab,
-             num_buckets: int) -> list[dict[str, np.ndarray]]:
-  """Pairs split into length buckets, each encoded and padded to its own longest source and
-  target (few distinct shapes, little padding). Bucketed by max(source tokens, target tokens);
-  every pair lands in exactly one bucket, in its original relative order."""
-  lengths = [max(len(p), len(w) + 1) for p, w in pairs]
-  limits = bucket_limits(lengths, num_buckets)
-  groups: list[list[Pair]] = [[] for _ in limits]
-  for pair, n in zip(pairs, lengths):
-    groups[int(np.searchsorted(limits, n))].append(pair)
-  return [encode(g, src_vocab, tgt_vocab) for g in groups if g]
+def padded_widths(pairs: Sequence[Pair], src_vocab: Vocab, tgt_vocab: Vocab, num_widths: int,
+                  batch_size: int, seed: int = 0) -> tuple[list[dict[str, np.ndarray]], np.ndarray]:
+  """The pairs encoded at up to `num_widths` padded widths, for `hw2jax.training.Widths`.
+
+  Returns (copies, need): copy k holds every pair padded (or cut) to width k, narrowest first,
+  and need[i] is the narrowest copy that holds pair i whole. The widths minimise the padding of
+  random batches of `batch_size` (the batches the course trains on): they are `bucket_limits` of
+  the longest member of the batches of a few seeded random epochs.
+  """
+  full = encode(pairs, src_vocab, tgt_vocab)
+  sizes = np.maximum(full["src_len"], (full["tgt"] != PAD).sum(axis=1))
+  rng = np.random.default_rng(seed)
+  whole = len(sizes) // batch_size * batch_size
+  batch_max = [sizes[rng.permutation(len(sizes))[:whole]].reshape(-1, batch_size).max(axis=1)
+               for _ in range(8)] if whole else [sizes]
+  limits = bucket_limits(np.concatenate(batch_max), num_widths)
+  limits[-1] = int(sizes.max())
+  need = np.searchsorted(limits, sizes).astype(np.int32)
+  copies = []
+  for limit in limits:
+    s_w, t_w = min(limit, full["src"].shape[1]), min(limit, full["tgt"].shape[1])
+    copies.append({"src": full["src"][:, :s_w], "src_len": np.minimum(full["src_len"], s_w),
+                   "tgt": full["tgt"][:, :t_w]})
+  return copies, need
