@@ -42,6 +42,9 @@ flags.DEFINE_list("ablation_pooling", list(_D.ablation_pooling),
                   "Q2.4: max (2x2 max-pooling in each block), none, or both.")
 flags.DEFINE_integer("q3_hidden_size", _D.q3_hidden_size, "Q3 hidden size (course: 128).")
 flags.DEFINE_integer("q3_beam", _D.q3_beam, "Q3 beam width for the beam-search rows (0: off).")
+flags.DEFINE_enum("overlap", _D.overlap, list(report.OVERLAP),
+                  "Run Q3 in a second thread beside Q1/Q2/Q2.4, so that its compilation and "
+                  "host work hide behind their device time. auto: on one GPU or TPU, not on CPU.")
 flags.DEFINE_bool("fresh", False,
                   "Start over: move the previous report's files to <workdir>/archive/<time>/.")
 cli.define_distributed_flag()
@@ -56,7 +59,7 @@ def main(argv):
       ablation_kernel_sizes=tuple(cli.parse_ints(FLAGS.ablation_kernel_sizes,
                                                  "ablation_kernel_sizes")),
       ablation_pooling=tuple(FLAGS.ablation_pooling), q3_hidden_size=FLAGS.q3_hidden_size,
-      q3_beam=FLAGS.q3_beam).validate()
+      q3_beam=FLAGS.q3_beam, overlap=FLAGS.overlap).validate()
   results = report.run(config, FLAGS.workdir, intel_data_path=FLAGS.intel_data_path,
                        p2g_data_path=FLAGS.p2g_data_path, fresh=FLAGS.fresh,
                        command=" ".join(["python -m experiments.report", *sys.argv[1:]]))

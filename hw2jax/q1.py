@@ -419,60 +419,54 @@ def _shown(config: Config, n: int) -> np.ndarray:
 
 def _plot_retrieval(patterns: Patterns, Q: np.ndarray, finals: dict, kind: str, config: Config,
                     path: Path) -> None:
-  plt = _pyplot()
   shown = _shown(config, len(patterns.X))
   cols = 2 + len(config.betas)
-  fig, axes = plt.subplots(len(shown), cols, figsize=(1.7 * cols, 1.8 * len(shown) + 0.8),
-                           squeeze=False)
-  cmap = "gray" if patterns.shape[-1] == 1 else None
-  for r, i in enumerate(shown):
-    panels = [("query", Q[i])]
-    for beta in config.betas:
-      err = np.linalg.norm(finals[beta][i] - patterns.X[i]) / np.linalg.norm(patterns.X[i])
-      panels.append((f"beta={beta:g}\nrel. err {err:.2f}", finals[beta][i]))
-    panels.append(("original", patterns.X[i]))
-    for c, (title, z) in enumerate(panels):
-      ax = axes[r, c]
-      ax.imshow(_to_image(patterns, z, i), cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
-      ax.set_xticks([])
-      ax.set_yticks([])
-      ax.set_title(title, fontsize=7)
-  what = ("the bottom half masked" if kind == "mask"
-          else f"added Gaussian noise (std {config.noise:g})")
-  fig.suptitle(f"Retrieval after {config.steps} CCCP steps from queries with {what}\n"
-               f"{patterns.source}; small beta: metastable averages, large beta: the pattern",
-               fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  with runlog.figure(path, dpi=110, figsize=(1.7 * cols, 1.8 * len(shown) + 0.8)) as fig:
+    axes = fig.subplots(len(shown), cols, squeeze=False)
+    cmap = "gray" if patterns.shape[-1] == 1 else None
+    for r, i in enumerate(shown):
+      panels = [("query", Q[i])]
+      for beta in config.betas:
+        err = np.linalg.norm(finals[beta][i] - patterns.X[i]) / np.linalg.norm(patterns.X[i])
+        panels.append((f"beta={beta:g}\nrel. err {err:.2f}", finals[beta][i]))
+      panels.append(("original", patterns.X[i]))
+      for c, (title, z) in enumerate(panels):
+        ax = axes[r, c]
+        ax.imshow(_to_image(patterns, z, i), cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(title, fontsize=7)
+    what = ("the bottom half masked" if kind == "mask"
+            else f"added Gaussian noise (std {config.noise:g})")
+    fig.suptitle(f"Retrieval after {config.steps} CCCP steps from queries with {what}\n"
+                 f"{patterns.source}; small beta: metastable averages, large beta: the pattern",
+                 fontsize=8)
+    fig.tight_layout()
 
 
 def _plot_energy(energies: dict, config: Config, patterns: Patterns, path: Path) -> None:
-  plt = _pyplot()
   kinds = list(config.queries)
-  fig, axes = plt.subplots(len(kinds), len(config.betas),
-                           figsize=(3.0 * len(config.betas), 2.6 * len(kinds) + 0.6),
-                           squeeze=False)
-  shown = _shown(config, len(patterns.X))
-  steps = np.arange(config.steps + 1)
-  for r, kind in enumerate(kinds):
-    for c, beta in enumerate(config.betas):
-      ax = axes[r, c]
-      e = energies[kind, beta]
-      for i in shown:
-        ax.plot(steps, e[:, i], marker="o", markersize=2, linewidth=0.8, alpha=0.8)
-      ax.plot(steps, e.mean(axis=1), color="black", linewidth=1.6, label="mean, all queries")
-      ax.set_title(f"{kind} queries, beta={beta:g}", fontsize=8)
-      ax.set_xlabel("CCCP step t", fontsize=8)
-      ax.set_ylabel("E(q_t)", fontsize=8)
-      ax.tick_params(labelsize=7)
-      ax.grid(alpha=0.3)
-  axes[0, 0].legend(fontsize=7)
-  fig.suptitle("Energy per step: coloured lines are the queries shown in the retrieval figures; "
-               "it never increases", fontsize=9)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  size = (3.0 * len(config.betas), 2.6 * len(kinds) + 0.6)
+  with runlog.figure(path, dpi=110, figsize=size) as fig:
+    axes = fig.subplots(len(kinds), len(config.betas), squeeze=False)
+    shown = _shown(config, len(patterns.X))
+    steps = np.arange(config.steps + 1)
+    for r, kind in enumerate(kinds):
+      for c, beta in enumerate(config.betas):
+        ax = axes[r, c]
+        e = energies[kind, beta]
+        for i in shown:
+          ax.plot(steps, e[:, i], marker="o", markersize=2, linewidth=0.8, alpha=0.8)
+        ax.plot(steps, e.mean(axis=1), color="black", linewidth=1.6, label="mean, all queries")
+        ax.set_title(f"{kind} queries, beta={beta:g}", fontsize=8)
+        ax.set_xlabel("CCCP step t", fontsize=8)
+        ax.set_ylabel("E(q_t)", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=7)
+    fig.suptitle("Energy per step: coloured lines are the queries shown in the retrieval figures; "
+                 "it never increases", fontsize=9)
+    fig.tight_layout()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -588,58 +582,58 @@ def _spark(rate: float) -> str:
 
 
 def _plot_capacity(rates, ns, dims, per_beta, config: Config, path: Path) -> None:
-  plt = _pyplot()
-  fig, (ax_n, ax_d) = plt.subplots(1, 2, figsize=(14, 5.2), gridspec_kw={"width_ratios": (1, 1.1)})
-  colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-  d0 = config.capacity_dim
-  dense = np.arange(min(dims), max(dims) + 1)
-  for j, beta in enumerate(config.capacity_betas):
-    colour = colours[j % len(colours)]
-    info = per_beta[f"{beta:g}"]
-    ax_n.plot(ns, [rates[d0][n][j] for n in ns], marker="o", color=colour, label=f"beta={beta:g}")
-    caps = info["by_dim"]
-    measured = [(d, caps[str(d)]["capacity_90"]) for d in dims
-                if caps[str(d)]["capacity_90"] is not None and not caps[str(d)]["at_least"]]
-    censored = [(d, caps[str(d)]["capacity_90"]) for d in dims if caps[str(d)]["at_least"]]
-    growth = info["log_capacity_per_dim"]
-    label = f"beta={beta:g} measured" + (f" ~ exp({growth:.2f} D)" if growth else "")
-    if measured:
-      ax_d.plot(*zip(*measured), marker="o", color=colour, label=label)
-    if censored:
-      ax_d.plot(*zip(*censored), marker="^", linestyle="none", color=colour,
-                markerfacecolor="none", label=None if measured else label)
-    theory = [theorem3_bound(int(d), beta, math.sqrt(d / (d - 1)), config.failure_prob)
-              for d in dense]
-    values = np.array([math.sqrt(config.failure_prob) * t["c"] ** ((d - 1) / 4)
-                       for d, t in zip(dense, theory)])
-    holds = np.array([t["bound"] is not None for t in theory])
-    rate = math.log(theory[-1]["c"]) / 4
-    ax_d.plot(dense, np.where(holds, np.nan, values), linestyle=":", color=colour, linewidth=1)
-    ax_d.plot(dense, np.where(holds, values, np.nan), linestyle="--", marker="x", markersize=4,
-              color=colour, linewidth=1.5, label=f"beta={beta:g} Theorem 3 ~ exp({rate:.2f} D)")
-  ax_n.set_xscale("log", base=2)
-  ax_n.set_xlabel("number of stored patterns N")
-  ax_n.set_ylabel("recall rate")
-  ax_n.set_title(f"(a) D={d0}: recall of noisy queries after {config.capacity_steps} update(s)",
-                 fontsize=9)
-  ax_n.grid(alpha=0.3)
-  ax_n.legend(fontsize=8)
-  ax_d.set_yscale("log", base=2)
-  ax_d.set_xlabel("dimension D")
-  ax_d.set_ylabel("number of patterns N")
-  ax_d.set_title("(b) N where recall falls below 90% (triangles: not yet at the largest N "
-                 "tried)\nagainst Theorem 3's lower bound sqrt(p) c^((D-1)/4)", fontsize=9)
-  ax_d.grid(alpha=0.3)
-  ax_d.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-  fig.text(0.5, 0.01,
-           "Patterns uniform on the sphere |x| = sqrt(D) (Theorem 3's setting, K = "
-           f"sqrt(D/(D-1))), queries x_i + N(0, {config.capacity_noise:g}^2 I); recalled: "
-           f"relative error < {config.recall_tol:g}.\nTheorem 3 (p={config.failure_prob:g}) "
-           "is a lower bound: dashed (x) where its condition c >= (2/sqrt(p))^(4/(D-1)) holds, "
-           "dotted where it does not (no guarantee there).", ha="center", fontsize=8)
-  fig.tight_layout(rect=(0, 0.06, 1, 1))
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  import matplotlib
+  with runlog.figure(path, dpi=110, figsize=(14, 5.2)) as fig:
+    ax_n, ax_d = fig.subplots(1, 2, gridspec_kw={"width_ratios": (1, 1.1)})
+    colours = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
+    d0 = config.capacity_dim
+    dense = np.arange(min(dims), max(dims) + 1)
+    for j, beta in enumerate(config.capacity_betas):
+      colour = colours[j % len(colours)]
+      info = per_beta[f"{beta:g}"]
+      ax_n.plot(ns, [rates[d0][n][j] for n in ns], marker="o", color=colour,
+                label=f"beta={beta:g}")
+      caps = info["by_dim"]
+      measured = [(d, caps[str(d)]["capacity_90"]) for d in dims
+                  if caps[str(d)]["capacity_90"] is not None and not caps[str(d)]["at_least"]]
+      censored = [(d, caps[str(d)]["capacity_90"]) for d in dims if caps[str(d)]["at_least"]]
+      growth = info["log_capacity_per_dim"]
+      label = f"beta={beta:g} measured" + (f" ~ exp({growth:.2f} D)" if growth else "")
+      if measured:
+        ax_d.plot(*zip(*measured), marker="o", color=colour, label=label)
+      if censored:
+        ax_d.plot(*zip(*censored), marker="^", linestyle="none", color=colour,
+                  markerfacecolor="none", label=None if measured else label)
+      theory = [theorem3_bound(int(d), beta, math.sqrt(d / (d - 1)), config.failure_prob)
+                for d in dense]
+      values = np.array([math.sqrt(config.failure_prob) * t["c"] ** ((d - 1) / 4)
+                         for d, t in zip(dense, theory)])
+      holds = np.array([t["bound"] is not None for t in theory])
+      rate = math.log(theory[-1]["c"]) / 4
+      ax_d.plot(dense, np.where(holds, np.nan, values), linestyle=":", color=colour, linewidth=1)
+      ax_d.plot(dense, np.where(holds, values, np.nan), linestyle="--", marker="x", markersize=4,
+                color=colour, linewidth=1.5, label=f"beta={beta:g} Theorem 3 ~ exp({rate:.2f} D)")
+    ax_n.set_xscale("log", base=2)
+    ax_n.set_xlabel("number of stored patterns N")
+    ax_n.set_ylabel("recall rate")
+    ax_n.set_title(f"(a) D={d0}: recall of noisy queries after {config.capacity_steps} update(s)",
+                   fontsize=9)
+    ax_n.grid(alpha=0.3)
+    ax_n.legend(fontsize=8)
+    ax_d.set_yscale("log", base=2)
+    ax_d.set_xlabel("dimension D")
+    ax_d.set_ylabel("number of patterns N")
+    ax_d.set_title("(b) N where recall falls below 90% (triangles: not yet at the largest N "
+                   "tried)\nagainst Theorem 3's lower bound sqrt(p) c^((D-1)/4)", fontsize=9)
+    ax_d.grid(alpha=0.3)
+    ax_d.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.text(0.5, 0.01,
+             "Patterns uniform on the sphere |x| = sqrt(D) (Theorem 3's setting, K = "
+             f"sqrt(D/(D-1))), queries x_i + N(0, {config.capacity_noise:g}^2 I); recalled: "
+             f"relative error < {config.recall_tol:g}.\nTheorem 3 (p={config.failure_prob:g}) "
+             "is a lower bound: dashed (x) where its condition c >= (2/sqrt(p))^(4/(D-1)) holds, "
+             "dotted where it does not (no guarantee there).", ha="center", fontsize=8)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -671,13 +665,6 @@ def run(config: Config, workdir: str | Path, data_path: str | None = None,
     summary["capacity"] = capacity(config, workdir, log=log)
   runlog.write_json(workdir / runlog.SUMMARY, summary)
   return summary
-
-
-def _pyplot():
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  return plt
 
 
 def _device_name() -> str:

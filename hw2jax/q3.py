@@ -371,26 +371,20 @@ def _device_name() -> str:
 def plot_attention(pairs: Sequence, predictions: Sequence[str], weights: np.ndarray,
                    path: Path) -> Path:
   """Heat-maps of the greedy decoder's attention (output characters x source phonemes)."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
   n = len(pairs)
-  fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3.8), squeeze=False)
-  for ax, (phones, gold), pred, w in zip(axes[0], pairs, predictions, weights):
-    rows = list(pred) + ["</s>"]
-    w = np.asarray(w)[:len(rows), :len(phones)]
-    ax.imshow(w, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
-    ax.set_xticks(range(len(phones)), phones, fontsize=8)
-    ax.set_yticks(range(len(rows)), rows, fontsize=8)
-    ax.set_title(f"{gold} -> {pred}", fontsize=9)
-    ax.set_xlabel("phoneme")
-  axes[0][0].set_ylabel("output character")
-  fig.suptitle("Bahdanau attention of greedy decoding (test words)")
-  fig.tight_layout()
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  with runlog.figure(path, dpi=120, figsize=(3.6 * n, 3.8)) as fig:
+    axes = fig.subplots(1, n, squeeze=False)
+    for ax, (phones, gold), pred, w in zip(axes[0], pairs, predictions, weights):
+      rows = list(pred) + ["</s>"]
+      w = np.asarray(w)[:len(rows), :len(phones)]
+      ax.imshow(w, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
+      ax.set_xticks(range(len(phones)), phones, fontsize=8)
+      ax.set_yticks(range(len(rows)), rows, fontsize=8)
+      ax.set_title(f"{gold} -> {pred}", fontsize=9)
+      ax.set_xlabel("phoneme")
+    axes[0][0].set_ylabel("output character")
+    fig.suptitle("Bahdanau attention of greedy decoding (test words)")
+    fig.tight_layout()
   return path
 
 

@@ -18,6 +18,7 @@ import math
 import os
 import platform
 import re
+import threading
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -42,6 +43,7 @@ REPORT_FILES = (REPORT, RESULTS, REPORT_CONFIG, FIGURES, *PARTS)
 Q2_RUNS = (("vanilla", 0.1), ("vanilla", 0.01), ("vanilla", 0.001), ("bn_gap", 0.01))
 ABLATION_LR = 0.01
 POOLING = {"max": True, "none": False}
+OVERLAP = ("auto", "on", "off")
 Q3_TOP_P, Q3_K = 0.8, 3
 # A markdown line that must be present for each part that ran (the completeness check).
 REQUIRED = {
@@ -88,6 +90,7 @@ class Config:
   ablation_pooling: tuple[str, ...] = ("max", "none")
   q3_hidden_size: int = 128
   q3_beam: int = 5
+  overlap: str = "auto"
 
   def validate(self) -> "Config":
     checks = [
@@ -107,6 +110,8 @@ class Config:
         (self.q3_hidden_size >= 2 and self.q3_hidden_size % 2 == 0,
          f"--q3_hidden_size={self.q3_hidden_size} must be a positive even number"),
         (self.q3_beam >= 0, f"--q3_beam={self.q3_beam} must be >= 0 (0: no beam search)"),
+        (self.overlap in OVERLAP, f"--overlap={self.overlap!r} is not one of "
+         f"{', '.join(OVERLAP)}"),
     ]
     for ok, message in checks:
       if not ok:
@@ -244,6 +249,7 @@ def run(config: Config, workdir: str | Path, *, intel_data_path: str | None = No
   """
   config.validate()
   clock = time.perf_counter()
+  overlap = "q3" in config.parts and overlap_q3(config)
   # Bad explicit data paths fail here, before anything runs or the workdir changes.
   intel_path, intel_reason = find_intel(intel_data_path)
   p2g_data, p2g_reason = (load_p2g(p2g_data_path, config.schedule.q3_train_words)
@@ -265,38 +271,104 @@ def run(config: Config, workdir: str | Path, *, intel_data_path: str | None = No
                "intel_data": str(intel_path) if intel_path else None,
                "p2g_data": p2g_data_path},
       "config": config.to_json(), "schedule": dataclasses.asdict(schedule)}
-  q2_data = None
+  loaded: dict = {}
+
+  def intel_data() -> intel.IntelData:
+    if "data" not in loaded:
+      loaded["data"] = intel.load(intel_path, layout=config.layout, log=log)
+    return loaded["data"]
+
+  background = None
+  if overlap:
+    log("Q3 runs in a second thread beside the other parts (--overlap): its compilation and "
+        "host work overlap their device time; its lines start with [Q3]")
+    q3_log = lambda line: log("\n".join(f"[Q3] {x}" for x in str(line).split("\n")))
+    background = Background(lambda: _timed_part(
+        "q3", clock, lambda: run_q3(config, p2g_data, p2g_reason, p2g_data_path is not None,
+                                    workdir, q3_log), q3_log))
   for part in PARTS:
     if part not in config.parts:
       results[part] = {"status": "not requested", "reason": "not in --parts"}
       continue
-    start = time.perf_counter()
-    log(f"=== {PART_TITLES[part]} ===")
-    if part == "q1":
-      n_images = None
-      if intel_path is not None:
-        q2_data = q2_data or intel.load(intel_path, layout=config.layout, log=log)
-        n_images = q2_data.sizes()["train"]
-      results[part] = run_q1(config, workdir, intel_path, n_images, log)
-    elif part in ("q2", "q2_ablations") and intel_path is None:
-      results[part] = {"status": "skipped",
-                       "reason": f"no Intel image data: {intel_reason}"}
-    elif part == "q2":
-      q2_data = q2_data or intel.load(intel_path, layout=config.layout, log=log)
-      results[part] = run_q2(config, q2_data, workdir, log)
-    elif part == "q2_ablations":
-      q2_data = q2_data or intel.load(intel_path, layout=config.layout, log=log)
-      results[part] = run_ablations(config, q2_data, workdir, log)
-    else:
-      results[part] = run_q3(config, p2g_data, p2g_reason, p2g_data_path is not None, workdir,
-                             log)
-    results[part]["wall_seconds"] = time.perf_counter() - start
-    if results[part]["status"] == "skipped":
-      log(f"{PART_TITLES[part]} skipped: {results[part]['reason']}")
+    if part == "q3" and background is not None:
+      continue
+    results[part] = _timed_part(part, clock, lambda: _run_part(
+        part, config, workdir, intel_path, intel_reason, intel_data, p2g_data, p2g_reason,
+        p2g_data_path is not None, log), log)
+  if background is not None:
+    results["q3"] = background.result()
+  seed_parts = [results[p]["finished_seconds"] for p in ("q1", "q2", "q3")
+                if "finished_seconds" in results[p]]
+  results["meta"]["seed_runs_seconds"] = max(seed_parts) if seed_parts else None
+  results["meta"]["overlap"] = overlap
   results["meta"]["wall_seconds"] = time.perf_counter() - clock
   results["missing"] = write_report(results, workdir)
   runlog.write_json(workdir / RESULTS, results)
   return results
+
+
+def overlap_q3(config: Config) -> bool:
+  """Whether Q3 runs in a second thread beside Q1/Q2/Q2.4. On one GPU or TPU its compilation
+  and host work (decoding strings, metrics, plots) then hide behind their device time; on CPU
+  both would share the same cores. Programs launched from two threads may interleave, so
+  several devices or processes (whose collectives must be launched in one order) rule it out."""
+  import jax
+  single = jax.device_count() == 1 and jax.process_count() == 1
+  if config.overlap == "auto":
+    return single and jax.default_backend() != "cpu"
+  if config.overlap == "on" and not single:
+    raise UserError(f"--overlap=on needs one device in one process; this run has "
+                    f"{jax.device_count()} devices in {jax.process_count()} processes: use "
+                    "--overlap=auto or off")
+  return config.overlap == "on"
+
+
+class Background:
+  """Runs `fn` in a daemon thread (an interrupted report does not wait for it); `result()`
+  joins and returns its value or raises its exception."""
+
+  def __init__(self, fn: Callable[[], dict]):
+    self._out: dict = {}
+    def target():
+      try:
+        self._out["value"] = fn()
+      except BaseException as e:  # re-raised in the caller's thread by result()
+        self._out["error"] = e
+    self._thread = threading.Thread(target=target, name="hw2jax-report-q3", daemon=True)
+    self._thread.start()
+
+  def result(self) -> dict:
+    self._thread.join()
+    if "error" in self._out:
+      raise self._out["error"]
+    return self._out["value"]
+
+
+def _timed_part(part: str, clock: float, fn: Callable[[], dict], log) -> dict:
+  """Runs one part; adds its wall time and its start/finish (seconds since the report began)."""
+  start = time.perf_counter()
+  log(f"=== {PART_TITLES[part]} ===")
+  result = fn()
+  end = time.perf_counter()
+  result.update(wall_seconds=end - start, started_seconds=start - clock,
+                finished_seconds=end - clock)
+  if result["status"] == "skipped":
+    log(f"{PART_TITLES[part]} skipped: {result['reason']}")
+  return result
+
+
+def _run_part(part: str, config: Config, workdir: Path, intel_path, intel_reason,
+              intel_data: Callable[[], intel.IntelData], p2g_data, p2g_reason, course: bool,
+              log) -> dict:
+  """One part in the calling thread; `intel_data()` loads the Intel arrays (once per report)."""
+  if part == "q1":
+    n_images = intel_data().sizes()["train"] if intel_path is not None else None
+    return run_q1(config, workdir, intel_path, n_images, log)
+  if part == "q3":
+    return run_q3(config, p2g_data, p2g_reason, course, workdir, log)
+  if intel_path is None:
+    return {"status": "skipped", "reason": f"no Intel image data: {intel_reason}"}
+  return (run_q2 if part == "q2" else run_ablations)(config, intel_data(), workdir, log)
 
 
 def _check_same_report(workdir: Path, config: Config) -> None:
@@ -459,32 +531,26 @@ def run_q3(config: Config, data: phonemes.P2GData | None, reason: str | None, co
 def _plot_q2_comparison(runs: list[dict], seed: int, workdir: Path) -> None:
   if not runlog.primary():
     return
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  fig, (acc, loss) = plt.subplots(1, 2, figsize=(11, 4))
-  for r in runs:
-    if r["seed"] != seed:
-      continue
-    history = runlog.read_metrics(workdir / r["dir"])
-    epochs = [h["epoch"] for h in history]
-    label = f"{'BN+GAP' if r['model'] == 'bn_gap' else 'vanilla'} lr {r['lr']:g}"
-    acc.plot(epochs, [h.get("val_accuracy", math.nan) for h in history], marker="o",
-             markersize=3, label=label)
-    loss.plot(epochs, [math.nan if h.get("train_loss") is None else h["train_loss"]
-                       for h in history], marker="o", markersize=3, label=label)
-  acc.set(xlabel="epoch", ylabel="validation accuracy", title="validation accuracy")
-  loss.set(xlabel="epoch", ylabel="training loss (true mean of the epoch)",
-           title="training loss")
-  for ax in (acc, loss):
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-  fig.suptitle(f"Q2: the four runs of Table 2.1 (seed {seed})")
-  fig.tight_layout()
-  path = workdir / Q2_COMPARISON
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  with runlog.figure(workdir / Q2_COMPARISON, dpi=110, figsize=(11, 4)) as fig:
+    acc, loss = fig.subplots(1, 2)
+    for r in runs:
+      if r["seed"] != seed:
+        continue
+      history = runlog.read_metrics(workdir / r["dir"])
+      epochs = [h["epoch"] for h in history]
+      label = f"{'BN+GAP' if r['model'] == 'bn_gap' else 'vanilla'} lr {r['lr']:g}"
+      acc.plot(epochs, [h.get("val_accuracy", math.nan) for h in history], marker="o",
+               markersize=3, label=label)
+      loss.plot(epochs, [math.nan if h.get("train_loss") is None else h["train_loss"]
+                         for h in history], marker="o", markersize=3, label=label)
+    acc.set(xlabel="epoch", ylabel="validation accuracy", title="validation accuracy")
+    loss.set(xlabel="epoch", ylabel="training loss (true mean of the epoch)",
+             title="training loss")
+    for ax in (acc, loss):
+      ax.grid(alpha=0.3)
+      ax.legend(fontsize=8)
+    fig.suptitle(f"Q2: the four runs of Table 2.1 (seed {seed})")
+    fig.tight_layout()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -547,11 +613,17 @@ def render(results: dict) -> str:
          f"{seeds[0]})" if len(seeds) > 1 else "") + "\n"
       f"- wall time of this invocation (data loading, compilation, training, evaluation, "
       f"plots): {_seconds(meta.get('wall_seconds'))}; a rerun of the same command resumes "
-      "every run from its checkpoint\n")
+      "every run from its checkpoint\n"
+      + (f"- the seed report's own runs (Q1, Q2, Q3; not the Q2.4 ablations) were done after "
+         f"{_seconds(meta['seed_runs_seconds'])}" + (
+             "; Q3 ran in a second thread beside the other parts (`--overlap`)"
+             if meta.get("overlap") else "") + "\n"
+         if meta.get("seed_runs_seconds") is not None else ""))
   out.append(markdown_table(
-      ["part", "status", "wall time (this invocation)"],
+      ["part", "status", "wall time (this invocation)", "from - to (since the start)"],
       [[PART_TITLES[p], _status_cell(results.get(p, {})),
-        _seconds(results.get(p, {}).get("wall_seconds"))] for p in PARTS]))
+        _seconds(results.get(p, {}).get("wall_seconds")), _span(results.get(p, {}))]
+       for p in PARTS]))
   for part, fn in (("q1", _render_q1), ("q2", _render_q2), ("q2_ablations", _render_ablations),
                    ("q3", _render_q3)):
     r = results.get(part, {"status": "not requested"})
@@ -562,6 +634,12 @@ def render(results: dict) -> str:
     out.append(fn(r, results))
   out.append(_render_times(results))
   return "\n".join(out)
+
+
+def _span(r: dict) -> str:
+  if r.get("started_seconds") is None:
+    return "—"
+  return f"{_seconds(r['started_seconds'])} - {_seconds(r['finished_seconds'])}"
 
 
 def _status_cell(r: dict) -> str:

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
+# matplotlib is not thread-safe and the report trains parts in threads: one figure at a time.
+_PLOT_LOCK = threading.RLock()
 
 
 def primary() -> bool:
@@ -140,11 +144,14 @@ def plot_history(history: Sequence[dict], path: str | Path, *, title: str,
   path = Path(path)
   if not primary():
     return path
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  with figure(path, dpi=120, figsize=(5.5 * len(panels), 4)) as fig:
+    _draw_history(fig, history, title=title, panels=panels, running_mean_of=running_mean_of,
+                  note=note)
+  return path
 
-  fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+
+def _draw_history(fig, history, *, title, panels, running_mean_of, note) -> None:
+  axes = fig.subplots(1, len(panels), squeeze=False)
   epochs = [r["epoch"] for r in history]
   for ax, (ylabel, keys) in zip(axes[0], panels):
     for key in keys:
@@ -164,10 +171,21 @@ def plot_history(history: Sequence[dict], path: str | Path, *, title: str,
   if note:
     fig.text(0.5, 0.005, note, ha="center", fontsize=7)
   fig.tight_layout(rect=(0, 0.03 if note else 0, 1, 1))
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-  return path
+
+
+@contextlib.contextmanager
+def figure(path: str | Path, *, dpi: int, **figure_kwargs):
+  """A matplotlib Figure (object API: no pyplot state) written to `path` as PNG on exit.
+
+  Figures are drawn one at a time across threads, as matplotlib needs.
+  """
+  from matplotlib.figure import Figure
+  path = Path(path)
+  with _PLOT_LOCK:
+    fig = Figure(**figure_kwargs)
+    yield fig
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
 
 
 LABELS = {

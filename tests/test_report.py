@@ -37,10 +37,13 @@ def test_quick_report_is_complete_and_resumes(tmp_path):
   write_npz(tmp_path / "intel.npz", n_train=48, n_val=12, n_test=12)
   write_p2g_folder(tmp_path / "p2g", n_train=32, n_valid=8, n_test=8)
   args = ["--workdir=rep", "--intel_data_path=intel.npz", "--p2g_data_path=p2g", *TINY]
-  first = run_cli("experiments.report", *args, cwd=tmp_path)
+  # Q3 in a second thread beside the other parts (the GPU default), then sequential reruns.
+  first = run_cli("experiments.report", *args, "--overlap=on", cwd=tmp_path)
   assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+  assert "[Q3] epoch   1/4" in first.stdout and "[Q3] [Q3]" not in first.stdout
   rep = tmp_path / "rep"
   text = (rep / "REPORT.md").read_text()
+  assert "Q3 ran in a second thread" in text
   assert "QUICK RUN" in text and text.count("*Quick run:") == 4
   for heading in [h for hs in report.REQUIRED.values() for h in hs] + ["## Run times"]:
     assert heading in text, heading
@@ -56,6 +59,19 @@ def test_quick_report_is_complete_and_resumes(tmp_path):
   results = json.loads((rep / "report.json").read_text())
   assert results["missing"] == [] and results["meta"]["quick"]
   assert all(results[p]["status"] == "done" for p in report.PARTS)
+  q3_span = (results["q3"]["started_seconds"], results["q3"]["finished_seconds"])
+  assert q3_span[0] < results["q1"]["finished_seconds"] and q3_span[1] > q3_span[0]
+  assert results["meta"]["seed_runs_seconds"] == max(
+      results[p]["finished_seconds"] for p in ("q1", "q2", "q3"))
+
+  # Q3 alone, in the main thread, gives the same numbers as beside Q1/Q2.
+  alone = run_cli("experiments.report", *args[1:], "--workdir=alone", "--parts=q3",
+                  "--overlap=off", cwd=tmp_path)
+  assert alone.returncode == 0, alone.stderr[-3000:]
+  assert "[Q3]" not in alone.stdout
+  alone_results = json.loads((tmp_path / "alone/report.json").read_text())
+  assert [r["summary"]["test"] for r in alone_results["q3"]["runs"]] == \
+      [r["summary"]["test"] for r in results["q3"]["runs"]]
 
   again = run_cli("experiments.report", *args, cwd=tmp_path)
   assert again.returncode == 0, again.stderr[-3000:]
@@ -128,6 +144,20 @@ def test_explicit_bad_paths_and_flags_fail_with_one_line(tmp_path, monkeypatch):
   proc = run_cli("experiments.report", "--workdir=w", "--seeds=a", cwd=tmp_path)
   assert_clean_failure(proc, "--seeds=a must be integers")
   assert not (tmp_path / "w").exists()
+
+
+def test_overlap_choice_and_background_errors():
+  assert not report.overlap_q3(report.Config())          # CPU: both parts would share the cores
+  assert report.overlap_q3(report.Config(overlap="on"))
+  assert not report.overlap_q3(report.Config(overlap="off"))
+  with pytest.raises(UserError, match="--overlap='sometimes'"):
+    report.Config(overlap="sometimes").validate()
+  assert report.Background(lambda: {"status": "done"}).result() == {"status": "done"}
+
+  def fails():
+    raise UserError("bad Q3 input")
+  with pytest.raises(UserError, match="bad Q3 input"):
+    report.Background(fails).result()
 
 
 def test_mean_std_and_quick_subset():
