@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Every check that needs a GPU, in one run: tests on the GPU, benchmarks, full training runs.
-#   OUT=gpu_results bash benchmarks/gpu_checks.sh [tests] [cnn_bench] [cnn_runs] [p2g_bench]
-#       [p2g_runs] [hopfield]
-# (no argument = all). Results land in $OUT as few files: log.txt (everything printed),
+#   OUT=gpu_results bash benchmarks/gpu_checks.sh [tests] [cnn_bench] [p2g_bench] [hopfield]
+#       [report] [cnn_runs] [p2g_runs]
+# (no argument = the first five; cnn_runs and p2g_runs are the CLIs' own runs, which the report
+# also trains). Results land in $OUT as few files: log.txt (everything printed),
 # *.jsonl / *.md results and runs.tar.gz (summaries, metrics and plots; no checkpoints).
 # Data (../shared does not travel to a GPU machine): the Intel zip from $INTEL_ZIP (default
 # .device_data/intel48_kaggle_layout.zip) and the course P2G TSVs from $P2G_DIR (default
@@ -16,12 +17,13 @@ INTEL_ZIP="${INTEL_ZIP:-.device_data/intel48_kaggle_layout.zip}"
 P2G_DIR="${P2G_DIR:-.device_data/p2g}"
 CNN_EPOCHS="${CNN_EPOCHS:-40}"          # smaller only to try the script itself on a CPU
 P2G_EPOCHS="${P2G_EPOCHS:-20}"
+REPORT_ARGS="${REPORT_ARGS:-}"          # --quick only to try the script itself on a CPU
 PY="${PYTHON:-python3}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 export HW2JAX_CACHE="${HW2JAX_CACHE:-/tmp/hw2jax-cache}"
 RUNS=/tmp/hw2jax-gpu-runs
 steps=("$@")
-[[ ${#steps[@]} -eq 0 ]] && steps=(tests cnn_bench cnn_runs p2g_bench p2g_runs hopfield)
+[[ ${#steps[@]} -eq 0 ]] && steps=(tests cnn_bench p2g_bench hopfield report)
 log() { echo "== $(date +%T) $*" | tee -a "$OUT/log.txt"; }
 run() { log "$*"; "$@" 2>&1 | tee -a "$OUT/log.txt"; local rc=${PIPESTATUS[0]}; log "exit $rc"; }
 
@@ -76,6 +78,23 @@ EOF
       run "$PY" -m experiments.hopfield --check --workdir="$RUNS/hopfield_check"
       run "$PY" -m benchmarks.hopfield_speed --out="$OUT/hopfield_speed.jsonl"
       run "$PY" -m benchmarks.hopfield_speed --dtype=bfloat16 --out="$OUT/hopfield_speed.jsonl"
+      ;;
+    report)
+      # The seed's own runs (Q1, Q2, Q3) cold in one invocation, then the Q2.4 ablations (the
+      # same command with every part: the others resume as finished), each timed.
+      [[ -f "$INTEL_ZIP" && -d "$P2G_DIR" ]] || { log "missing $INTEL_ZIP or $P2G_DIR"; continue; }
+      # A cache of its own: cold like a fresh machine (Intel conversion and XLA compilation).
+      rm -rf /tmp/hw2jax-report-cache
+      export HW2JAX_CACHE=/tmp/hw2jax-report-cache
+      args=(--workdir="$RUNS/report" --intel_data_path="$INTEL_ZIP" --p2g_data_path="$P2G_DIR" $REPORT_ARGS)
+      start=$(date +%s)
+      run "$PY" -m experiments.report "${args[@]}" --parts=q1,q2,q3 --fresh
+      log "report wall time, Q1+Q2+Q3 cold (process start, data conversion, compilation): $(( $(date +%s) - start )) s"
+      start=$(date +%s)
+      run "$PY" -m experiments.report "${args[@]}"
+      log "report wall time, Q2.4 ablations (+ resuming the rest): $(( $(date +%s) - start )) s"
+      cp "$RUNS/report/REPORT.md" "$RUNS/report/report.json" "$OUT/"
+      tar --exclude=checkpoints -czf "$OUT/report.tar.gz" -C "$RUNS" report
       ;;
     *) log "unknown step $step";;
   esac
