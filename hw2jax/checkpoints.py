@@ -7,6 +7,7 @@ A checkpoint that cannot be read is reported and the previous one is used instea
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any, Callable
 
@@ -15,6 +16,13 @@ import orbax.checkpoint as ocp
 
 from hw2jax.errors import UserError
 from hw2jax.training import TrainState
+
+
+# Orbax keeps process-global state for a save (its current operation id keys the signals between
+# its threads), so the synchronous parts of two saves in two threads (the report runs Q3 beside
+# Q2) must not interleave: every call into Orbax holds this lock. The asynchronous writes still
+# overlap training.
+_ORBAX = threading.RLock()
 
 
 def _state_tree(state: TrainState) -> dict:
@@ -29,23 +37,26 @@ class Checkpoints:
                log: Callable[[str], None] = print):
     self.root = Path(workdir).resolve() / "checkpoints"
     self.log = log
-    self._managers = {
-        name: ocp.CheckpointManager(
-            self.root / name, item_names=("state", "meta"),
-            # A run killed mid-save leaves <epoch>.orbax-checkpoint-tmp*: removed on start.
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                                 cleanup_tmp_directories=True))
-        for name, keep in (("latest", keep_latest), ("best", 1))}
+    with _ORBAX:
+      self._managers = {
+          name: ocp.CheckpointManager(
+              self.root / name, item_names=("state", "meta"),
+              # A run killed mid-save leaves <epoch>.orbax-checkpoint-tmp*: removed on start.
+              options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                                   cleanup_tmp_directories=True))
+          for name, keep in (("latest", keep_latest), ("best", 1))}
 
   def save(self, epoch: int, state: TrainState, meta: dict[str, Any], *, best: bool) -> None:
     """Saves `state` as epoch `epoch` (asynchronously); also as the best one if `best`."""
     for name in ("latest", "best") if best else ("latest",):
-      self._managers[name].save(epoch, args=ocp.args.Composite(
-          state=ocp.args.StandardSave(_state_tree(state)), meta=ocp.args.JsonSave(meta)),
-          force=True)
+      with _ORBAX:
+        self._managers[name].save(epoch, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(_state_tree(state)), meta=ocp.args.JsonSave(meta)),
+            force=True)
 
   def epochs(self, which: str = "latest") -> list[int]:
-    return sorted(self._managers[which].all_steps())
+    with _ORBAX:
+      return sorted(self._managers[which].all_steps())
 
   def restore(self, template: TrainState, which: str = "latest"
               ) -> tuple[TrainState, dict[str, Any]] | None:
@@ -55,13 +66,15 @@ class Checkpoints:
     UserError: silently starting over would throw the user's training away.
     """
     manager = self._managers[which]
-    manager.wait_until_finished()
     abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, _state_tree(template))
-    epochs = sorted(manager.all_steps(), reverse=True)
+    with _ORBAX:
+      manager.wait_until_finished()
+      epochs = sorted(manager.all_steps(), reverse=True)
     for epoch in epochs:
       try:
-        restored = manager.restore(epoch, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+        with _ORBAX:
+          restored = manager.restore(epoch, args=ocp.args.Composite(
+              state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
       except Exception as e:  # a damaged checkpoint must not end the run: fall back
         self.log(f"checkpoint {which}/{epoch} is unreadable ({type(e).__name__}: "
                  f"{str(e).splitlines()[0][:120]}); trying the previous one")
@@ -76,8 +89,10 @@ class Checkpoints:
 
   def wait(self) -> None:
     for manager in self._managers.values():
-      manager.wait_until_finished()
+      with _ORBAX:
+        manager.wait_until_finished()
 
   def close(self) -> None:
     for manager in self._managers.values():
-      manager.close()
+      with _ORBAX:
+        manager.close()

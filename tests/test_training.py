@@ -268,6 +268,37 @@ def test_all_checkpoints_unreadable_is_an_error_not_a_fresh_start(model, trainer
     run_fit(model, trainer, data, tmp_path, epochs=3)
 
 
+def test_checkpoints_of_two_runs_in_two_threads(model, tmp_path):
+  """The report trains Q3 in a thread beside Q2: Orbax's process-global save state must not let
+  their saves collide (without the lock in hw2jax.checkpoints this fails within a few epochs)."""
+  import threading
+  from hw2jax import checkpoints
+  base = new_state(model)
+  errors, barrier = [], threading.Barrier(4)
+
+  def run(i):
+    try:
+      ck = checkpoints.Checkpoints(tmp_path / f"run{i}", log=lambda line: None)
+      barrier.wait()
+      for epoch in range(1, 16):
+        state = base.replace(step=jnp.asarray(100 * i + epoch, jnp.int32))
+        ck.save(epoch, state, {"epoch": epoch, "run": i}, best=epoch % 2 == 1)
+      ck.wait()
+      for which, epoch in (("latest", 15), ("best", 15)):
+        state, meta = ck.restore(base, which)
+        assert meta == {"epoch": epoch, "run": i} and int(state.step) == 100 * i + epoch
+      ck.close()
+    except BaseException as e:  # reported by the main thread
+      errors.append(e)
+
+  threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join()
+  assert not errors, errors
+
+
 # ---------------------------------------------------------------- padded widths
 
 
