@@ -104,6 +104,16 @@ def cli_env(tmp_path: Path) -> dict:
   return env
 
 
+def assert_clean_failure(proc, *fragments):
+  """A CLI's bad-input exit: code 2, no traceback, one 'error:' line holding every fragment."""
+  assert proc.returncode == 2, proc.stdout + proc.stderr
+  assert "Traceback" not in proc.stderr
+  errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+  assert len(errors) == 1, proc.stderr
+  for fragment in fragments:
+    assert fragment in errors[0], errors[0]
+
+
 def run_cli(module: str, *args: str, cwd: Path, timeout: int = 600):
   import subprocess
   return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=cli_env(cwd),

@@ -5,22 +5,13 @@ import json
 import numpy as np
 import pytest
 
-from conftest import run_cli, write_npz
+from conftest import assert_clean_failure, run_cli, write_npz
 
 pytestmark = pytest.mark.slow
 
 
 def lines(path):
   return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def assert_clean_failure(proc, *fragments):
-  assert proc.returncode == 2, proc.stdout + proc.stderr
-  assert "Traceback" not in proc.stderr
-  errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-  assert len(errors) == 1, proc.stderr
-  for fragment in fragments:
-    assert fragment in errors[0], errors[0]
 
 
 def test_single_run_writes_outputs_and_resumes(tmp_path):

@@ -4,22 +4,13 @@ import json
 
 import pytest
 
-from conftest import run_cli
+from conftest import assert_clean_failure, run_cli
 
 pytestmark = pytest.mark.slow
 
 TINY = ["--num_patterns=6", "--num_show=2", "--betas=0.0003,0.03", "--steps=3", "--max_steps=20",
         "--capacity_dims=4,8", "--capacity_dim=8", "--capacity_betas=0.5,2",
         "--capacity_max_patterns=8", "--capacity_queries=8"]
-
-
-def assert_clean_failure(proc, *fragments):
-  assert proc.returncode == 2, proc.stdout + proc.stderr
-  assert "Traceback" not in proc.stderr
-  errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-  assert len(errors) == 1, proc.stderr
-  for fragment in fragments:
-    assert fragment in errors[0], errors[0]
 
 
 def test_check_prints_the_table_of_claims_without_any_data(tmp_path):

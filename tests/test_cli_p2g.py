@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from conftest import p2g_pairs, run_cli, write_p2g_folder
+from conftest import assert_clean_failure, p2g_pairs, run_cli, write_p2g_folder
 
 pytestmark = pytest.mark.slow
 TINY = ["--hidden_size=8", "--batch_size=16", "--widths=2"]
@@ -25,15 +25,6 @@ def _shared_compilation_cache(jax_cache, monkeypatch):
 
 def lines(path):
   return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def assert_clean_failure(proc, *fragments):
-  assert proc.returncode == 2, proc.stdout + proc.stderr
-  assert "Traceback" not in proc.stderr
-  errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-  assert len(errors) == 1, proc.stderr
-  for fragment in fragments:
-    assert fragment in errors[0], errors[0]
 
 
 def test_train_resume_predict(tmp_path):

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from conftest import run_cli, write_npz, write_p2g_folder
+from conftest import assert_clean_failure, run_cli, write_npz, write_p2g_folder
 
 from hw2jax import report
 from hw2jax.data import intel
@@ -21,15 +21,6 @@ def _shared_compilation_cache(tmp_path_factory, monkeypatch):
   """The rerun reuses the first run's compiled programs (XLA:CPU compilation dominates here)."""
   monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path_factory.mktemp("jax_cache")))
   monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-
-
-def assert_clean_failure(proc, *fragments):
-  assert proc.returncode == 2, proc.stdout + proc.stderr
-  assert "Traceback" not in proc.stderr
-  errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-  assert len(errors) == 1, proc.stderr
-  for fragment in fragments:
-    assert fragment in errors[0], errors[0]
 
 
 @pytest.mark.slow
