@@ -15,6 +15,7 @@ from absl import flags
 
 from hw2jax import cli, q2
 from hw2jax.data import intel
+from hw2jax.errors import UserError
 
 flags.DEFINE_enum("model", "vanilla", list(q2.MODELS),
                   "vanilla CNN, or bn_gap (BatchNorm + global average pooling).")
@@ -43,7 +44,8 @@ flags.DEFINE_string("tfds_manual_dir", None,
 flags.DEFINE_enum("layout", "hwc", ["hwc", "chw"],
                   "How to read flattened (N, 6912) npz images; 4-D arrays are detected.")
 flags.DEFINE_string("workdir", None,
-                    "Output folder. Default: runs/cnn/<model>-lr<lr> (or <model>-sweep).")
+                    "Output folder. Default: runs/cnn/<model>-lr<lr> (or <model>-sweep), then "
+                    "every setting that differs from the course's, e.g. bn_gap-lr0.01-k5.")
 flags.DEFINE_enum("epoch_mode", "auto", ["auto", "scan", "loop"],
                   "auto: one lax.scan per epoch on GPU/TPU, a Python loop of jitted steps on CPU.")
 flags.DEFINE_bool("fresh", False,
@@ -61,20 +63,20 @@ def main(argv):
       kernel_size=FLAGS.kernel_size, maxpool=FLAGS.maxpool,
       channels=tuple(cli.parse_ints(FLAGS.channels, "channels")), init=FLAGS.init,
       epoch_mode=FLAGS.epoch_mode)
+  if len(set(lrs)) != len(lrs):
+    raise UserError(f"--lr={','.join(FLAGS.lr)} repeats a learning rate; give each rate once")
   for lr in lrs:
     dataclasses.replace(config, learning_rate=lr).validate()
-  n_params = q2.param_count(config)
-  print(f"{config.model}: {n_params:,} trainable parameters (Table 2.3)", flush=True)
+  print(q2.describe_params(config), flush=True)
   data = intel.load(FLAGS.data_path, layout=FLAGS.layout, tfds_data_dir=FLAGS.tfds_data_dir,
                     tfds_manual_dir=FLAGS.tfds_manual_dir)
+  workdir = FLAGS.workdir or f"runs/cnn/{config.run_name(sweep=len(lrs) > 1)}"
   if len(lrs) == 1:
-    workdir = FLAGS.workdir or f"runs/cnn/{config.model}-lr{lrs[0]:g}"
     q2.train_and_evaluate(config, data, workdir, fresh=FLAGS.fresh)
   else:
-    workdir = FLAGS.workdir or f"runs/cnn/{config.model}-sweep"
     q2.sweep(config, lrs, data, workdir, fresh=FLAGS.fresh)
   print(f"outputs in {workdir}", flush=True)
 
 
 if __name__ == "__main__":
-  cli.run(main)
+  cli.run(main, memory_flags="--batch_size or --channels")

@@ -76,4 +76,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  cli.run(main)
+  cli.run(main,
+          memory_flags="--num_patterns, --capacity_max_patterns or --capacity_queries")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import re
 import sys
 from typing import Callable, Sequence
 
@@ -19,6 +21,13 @@ def fail(message: str) -> None:
   sys.exit(EXIT_USAGE)
 
 
+def _not_from_orbax(record) -> bool:
+  """False for Orbax's own log records and asyncio's reports of its unretrieved tasks."""
+  if "/orbax/" in record.pathname.replace("\\", "/"):
+    return False
+  return not (record.name == "asyncio" and "orbax" in record.getMessage())
+
+
 def _parse_flags(argv: Sequence[str]) -> list[str]:
   try:
     return flags.FLAGS(argv)
@@ -33,14 +42,22 @@ def define_distributed_flag() -> None:
                     "jax.distributed.initialize() first; see BUILD.md.")
 
 
-def run(main: Callable[[Sequence[str]], None]) -> None:
-  """`absl.app.run(main)`, with bad flags and `UserError` reported as one line and exit code 2."""
+def run(main: Callable[[Sequence[str]], None], *, memory_flags: str = "--batch_size") -> None:
+  """`absl.app.run(main)`, with bad flags and `UserError` reported as one line and exit code 2.
+
+  So are the failures a user fixes outside the program: a file system that refuses a write
+  (full, read-only, no permission) and a device out of memory (`memory_flags` names the flags
+  that make the program smaller).
+  """
 
   def guarded(argv):
     # Orbax and JAX log every checkpoint step at INFO; users see progress lines instead.
     # absl's -v/--verbosity flag still turns them back on.
     if not flags.FLAGS["verbosity"].present:
       logging.set_verbosity(logging.WARNING)
+      # Orbax logs every failure of its background threads as a traceback (hundreds of lines
+      # for one full disk); the checkpoint layer re-raises them as one line of its own.
+      logging.get_absl_handler().addFilter(_not_from_orbax)
     if len(argv) > 1:
       fail(f"unexpected arguments {' '.join(argv[1:])}; flags look like --name=value")
     try:
@@ -51,12 +68,37 @@ def run(main: Callable[[Sequence[str]], None]) -> None:
       main(argv)
     except UserError as e:
       fail(str(e))
+    except OSError as e:
+      fail(describe_os_error(e))
+    except Exception as e:  # only out-of-memory is the user's to fix; the rest is a bug
+      if "RESOURCE_EXHAUSTED" not in str(e):
+        raise
+      fail(describe_out_of_memory(e, memory_flags))
     except KeyboardInterrupt:
       print("interrupted; rerun the same command to resume from the last checkpoint",
             file=sys.stderr, flush=True)
       sys.exit(130)
 
   app.run(guarded, flags_parser=_parse_flags)
+
+
+def describe_os_error(e: OSError) -> str:
+  """One line for an OSError: what could not be done to which path, and what to do."""
+  where = f" {e.filename}" if e.filename else ""
+  if e.errno == errno.ENOSPC:
+    return (f"disk full while writing{where}; free space and rerun the same command: runs "
+            "resume from their last checkpoint")
+  if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+    return f"no permission to write{where} ({e.strerror}); use a folder you can write to"
+  return f"{e.strerror or e}{':' + where if where else ''}"
+
+
+def describe_out_of_memory(e: Exception, flags_hint: str) -> str:
+  """One line for XLA's RESOURCE_EXHAUSTED: the size it tried, and the flags that reduce it."""
+  tried = re.search(r"allocat\w* (\d+) bytes", str(e))
+  size = f" (it tried to allocate {int(tried.group(1)) / 2**30:,.1f} GiB)" if tried else ""
+  return (f"out of device memory{size}; make the run smaller with {flags_hint}, or use a "
+          "device with more memory")
 
 
 def parse_floats(text: Sequence[str] | str, flag: str) -> list[float]:
@@ -66,7 +108,7 @@ def parse_floats(text: Sequence[str] | str, flag: str) -> list[float]:
     values = [float(x) for x in items if str(x).strip()]
   except ValueError:
     raise UserError(f"--{flag}={','.join(map(str, items))} must be numbers separated by "
-                    "commas, e.g. --lr=0.1,0.01") from None
+                    f"commas, e.g. --{flag}=0.1,0.01") from None
   if not values:
     raise UserError(f"--{flag} is empty; give at least one value")
   return values

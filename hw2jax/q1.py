@@ -648,8 +648,11 @@ def run(config: Config, workdir: str | Path, data_path: str | None = None,
   """
   config.validate()
   patterns = load_patterns(config, data_path, log=log) if "retrieval" in config.parts else None
-  workdir = Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
+  with workdir_lib.locked(workdir) as workdir:
+    return _run(config, patterns, workdir, log)
+
+
+def _run(config: Config, patterns: Patterns | None, workdir: Path, log) -> dict:
   archived = workdir_lib.archive(workdir, RUN_FILES)
   if archived:
     log(f"moved the previous run's outputs to {archived}")

@@ -8,6 +8,7 @@ flags into a `Config` and calls these.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from pathlib import Path
 from typing import Callable, Sequence
@@ -25,6 +26,8 @@ MODELS = ("vanilla", "bn_gap")
 SEED_REPORT = {("vanilla", 0.1): (0.5533, 0.5734), ("vanilla", 0.01): (0.6907, 0.7123),
                ("vanilla", 0.001): (0.6203, 0.6353), ("bn_gap", 0.01): (0.7440, 0.7279)}
 EXPECTED_PARAMS = {"vanilla": 5_340_742, "bn_gap": 755_718}
+IMAGE_SIZE = intel.IMAGE_SIZE
+MAX_POOLED_BLOCKS = 6           # 48 -> 24 -> 12 -> 6 -> 3 -> 1: the sixth block sees 1x1
 CURVES = "curves.png"
 TABLE = "table_2_1.md"
 # What a run leaves in its workdir; --fresh moves these aside (nothing else is touched).
@@ -64,6 +67,15 @@ class Config:
          f"--kernel_size={self.kernel_size} must be a positive odd number ('same' padding)"),
         (len(self.channels) >= 1 and all(c >= 1 for c in self.channels),
          f"--channels={','.join(map(str, self.channels))} must be positive widths"),
+        (min(self.feature_map_sizes()) >= 1,
+         f"--channels={','.join(map(str, self.channels))}: {len(self.channels)} blocks with "
+         f"2x2 max-pooling shrink a {IMAGE_SIZE}x{IMAGE_SIZE} image to nothing; use at most "
+         f"{MAX_POOLED_BLOCKS} blocks, or --nomaxpool"),
+        (self.kernel_size <= max(1, min(self.feature_map_sizes())),
+         f"--kernel_size={self.kernel_size} is larger than the smallest feature map it "
+         f"convolves ({min(self.feature_map_sizes())}x{min(self.feature_map_sizes())}"
+         f"{' after max-pooling' if self.maxpool and len(self.channels) > 1 else ''}); use at "
+         f"most {_largest_odd(min(self.feature_map_sizes()))}"),
         (self.init in ("torch", "flax"), f"--init={self.init!r}: use torch or flax"),
         (self.epoch_mode in training.EPOCH_MODES,
          f"--epoch_mode={self.epoch_mode!r} is not one of {', '.join(training.EPOCH_MODES)}"),
@@ -73,10 +85,23 @@ class Config:
         raise UserError(message)
     return self
 
+  def feature_map_sizes(self) -> list[int]:
+    """Height (= width) of the input of every conv block: 48, 24, 12 with max-pooling."""
+    return [IMAGE_SIZE // 2 ** (i if self.maxpool else 0) for i in range(len(self.channels))]
+
+  def check_data(self, data: intel.IntelData) -> "Config":
+    """Settings that depend on the data: a batch must not be larger than the training set."""
+    n = data.sizes()["train"]
+    if self.batch_size > n:
+      raise UserError(f"--batch_size={self.batch_size} is larger than the training set ({n:,} "
+                      f"images); use at most {n:,}")
+    return self
+
   def build_model(self) -> cnn.CNN:
-    return cnn.CNN(batch_norm=self.model == "bn_gap", channels=tuple(self.channels),
-                   kernel_size=self.kernel_size, maxpool=self.maxpool, dropout=self.dropout,
-                   init_scheme=self.init)
+    """The config's model: one shared instance per architecture, because the train state holds
+    `model.apply` and jit keys its programs on it (a new, equal module would compile again)."""
+    return _model(self.model == "bn_gap", tuple(self.channels), self.kernel_size, self.maxpool,
+                  self.dropout, self.init)
 
   def to_json(self) -> dict:
     d = dataclasses.asdict(self)
@@ -86,12 +111,53 @@ class Config:
   def label(self) -> str:
     return f"{self.model} lr={self.learning_rate:g}"
 
+  def run_name(self, sweep: bool = False) -> str:
+    """The default workdir's name: the model, the learning rate (or 'sweep') and every other
+    setting that differs from the course's, e.g. 'bn_gap-lr0.01-k5-nopool'. Settings a run may
+    change when resumed (epochs, epoch mode) are left out."""
+    default = Config()
+    parts = [self.model, "sweep" if sweep else f"lr{self.learning_rate:g}"]
+    for field, fmt in _NAME_PARTS:
+      value = getattr(self, field)
+      if value != getattr(default, field):
+        parts.append(fmt(value))
+    return "-".join(parts)
+
+
+# How a setting that differs from the default shows in a run's default workdir name.
+_NAME_PARTS = (
+    ("kernel_size", lambda v: f"k{v}"), ("maxpool", lambda v: "maxpool" if v else "nopool"),
+    ("channels", lambda v: "ch" + "_".join(map(str, v))), ("batch_size", lambda v: f"bs{v}"),
+    ("optimizer", str), ("l2_decay", lambda v: f"l2_{v:g}"), ("dropout", lambda v: f"drop{v:g}"),
+    ("seed", lambda v: f"seed{v}"), ("init", lambda v: f"init_{v}"),
+)
+
+
+def _largest_odd(n: int) -> int:
+  return n if n % 2 else n - 1
+
 
 def param_count(config: Config) -> int:
   model = config.build_model()
   shapes = jax.eval_shape(lambda: model.init({"params": jax.random.PRNGKey(0)},
                                              jnp.zeros((1, 48, 48, 3), jnp.uint8), train=False))
   return cnn.count_params(shapes["params"])
+
+
+@functools.lru_cache(maxsize=None)
+def _model(batch_norm, channels, kernel_size, maxpool, dropout, init) -> cnn.CNN:
+  return cnn.CNN(batch_norm=batch_norm, channels=channels, kernel_size=kernel_size,
+                 maxpool=maxpool, dropout=dropout, init_scheme=init)
+
+
+def describe_params(config: Config) -> str:
+  """The parameter-count line the CLI prints; it names Table 2.3 only for the course's two
+  architectures (kernel size, pooling and widths of the ablations change the count)."""
+  n = param_count(config)
+  default = Config()
+  course = (config.kernel_size, config.maxpool, tuple(config.channels)) == (
+      default.kernel_size, default.maxpool, default.channels)
+  return f"{config.model}: {n:,} trainable parameters" + (" (Table 2.3)" if course else "")
 
 
 def device_data(data: intel.IntelData, trainer: training.Trainer) -> dict:
@@ -116,8 +182,14 @@ def train_and_evaluate(config: Config, data: intel.IntelData, workdir: str | Pat
   `arrays` (from `device_data`) and `trainer` can be shared between runs of a sweep.
   Returns the summary that is also written to <workdir>/summary.json.
   """
-  config.validate()
-  trainer = trainer or make_trainer(config)
+  config.validate().check_data(data)
+  trainer = trainer or make_trainer(config)     # checks the batch against the devices
+  with workdir_lib.locked(workdir) as workdir:
+    return _train_and_evaluate(config, data, workdir, fresh=fresh, arrays=arrays,
+                               trainer=trainer, log=log, prefix=prefix)
+
+
+def _train_and_evaluate(config, data, workdir, *, fresh, arrays, trainer, log, prefix) -> dict:
   workdir = workdir_lib.prepare(workdir, config.to_json(), data.source, fresh=fresh,
                                 run_files=RUN_FILES, log=log)
   arrays = arrays or device_data(data, trainer)
@@ -152,14 +224,15 @@ def train_and_evaluate(config: Config, data: intel.IntelData, workdir: str | Pat
                 "val_accuracy": final.get("val_accuracy"), "test_loss": test["loss"],
                 "test_accuracy": test["accuracy"]},
       "best_val": None,
-      "train_seconds_total": sum(r.get("seconds", 0.0) for r in result.history),
+      "train_seconds_total": result.train_seconds_total,
       "train_seconds_this_call": result.train_seconds,
       "device": _device_name(),
       "jax_version": jax.__version__,
       "seed_report": _seed_row(config),
   }
   if result.best is not None and not result.diverged_at:
-    best_state = fit_lib.restore_best(workdir, result.state, log=log)
+    best_state = fit_lib.restore_best(workdir, result.state, best_metric="val_accuracy",
+                                        log=log)
     best_test = trainer.evaluate(best_state, arrays["test"]) if best_state is not None else None
     summary["best_val"] = {"epoch": result.best["epoch"],
                            "val_accuracy": result.best["val_accuracy"],
@@ -186,8 +259,16 @@ def sweep(config: Config, learning_rates: Sequence[float], data: intel.IntelData
           ) -> list[dict]:
   """One run per learning rate in <workdir>/lr_<lr>/ (one compiled program for all), then
   Table 2.1 as markdown in <workdir>/table_2_1.md and the summaries in <workdir>/sweep.json."""
-  workdir = Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
+  if len(set(learning_rates)) != len(learning_rates):
+    raise UserError(f"--lr={','.join(f'{lr:g}' for lr in learning_rates)} repeats a learning "
+                    "rate; give each rate once")
+  for lr in learning_rates:
+    dataclasses.replace(config, learning_rate=lr).validate().check_data(data)
+  with workdir_lib.locked(workdir) as workdir:
+    return _sweep(config, learning_rates, data, workdir, fresh=fresh, log=log)
+
+
+def _sweep(config, learning_rates, data, workdir, *, fresh, log) -> list[dict]:
   if fresh:
     archived = workdir_lib.archive(workdir, (*RUN_FILES, workdir_lib.CONFIG), globs=("lr_*",))
     if archived:

@@ -80,9 +80,18 @@ class Config:
         raise UserError(message)
     return self
 
+  def check_data(self, data: phonemes.P2GData) -> "Config":
+    """Settings that depend on the data: a batch must not be larger than the training set."""
+    n = len(data.train)
+    if self.batch_size > n:
+      raise UserError(f"--batch_size={self.batch_size} is larger than the training set ({n:,} "
+                      f"pairs); use at most {n:,}")
+    return self
+
   def build_model(self, src_vocab: int, tgt_vocab: int) -> seq2seq.Seq2Seq:
-    return seq2seq.Seq2Seq(src_vocab, tgt_vocab, hidden_size=self.hidden_size,
-                           attention=self.attention, dropout=self.dropout, unroll=self.unroll)
+    """One shared instance per architecture: jit keys the train step on `model.apply`."""
+    return _model(src_vocab, tgt_vocab, self.hidden_size, self.attention, self.dropout,
+                  self.unroll)
 
   def to_json(self) -> dict:
     return dataclasses.asdict(self)
@@ -115,6 +124,12 @@ class Decoding:
       if not ok:
         raise UserError(message)
     return self
+
+
+@functools.lru_cache(maxsize=None)
+def _model(src_vocab, tgt_vocab, hidden_size, attention, dropout, unroll) -> seq2seq.Seq2Seq:
+  return seq2seq.Seq2Seq(src_vocab, tgt_vocab, hidden_size=hidden_size, attention=attention,
+                         dropout=dropout, unroll=unroll)
 
 
 def param_counts(config: Config, src_vocab: int, tgt_vocab: int) -> tuple[int, int]:
@@ -232,9 +247,15 @@ def train_and_evaluate(config: Config, data: phonemes.P2GData, workdir: str | Pa
                        log: Callable[[str], None] = print) -> dict:
   """One run: trains (resuming from `workdir`), decodes valid/test with the best checkpoint,
   writes summary.json, tables.md, test_predictions.tsv and the plots; returns the summary."""
-  config.validate()
+  config.validate().check_data(data)
   decoding_options.validate()
-  trainer = make_trainer(config)
+  trainer = make_trainer(config)                # checks the batch against the devices
+  with workdir_lib.locked(workdir) as workdir:
+    return _train_and_evaluate(config, data, workdir, trainer, decoding_options=decoding_options,
+                               fresh=fresh, log=log)
+
+
+def _train_and_evaluate(config, data, workdir, trainer, *, decoding_options, fresh, log) -> dict:
   workdir = workdir_lib.prepare(workdir, config.to_json(), data.source, fresh=fresh,
                                 run_files=RUN_FILES, log=log)
   runlog.write_json(workdir / VOCAB, {"source": list(data.src_vocab.symbols),
@@ -259,7 +280,8 @@ def train_and_evaluate(config: Config, data: phonemes.P2GData, workdir: str | Pa
                        progress_keys=("train_loss", "val_loss", "val_cer", "val_wer"), log=log)
   best_state = None
   if result.best is not None:
-    best_state = fit_lib.restore_best(workdir, result.state, log=log)
+    best_state = fit_lib.restore_best(workdir, result.state, best_metric="val_cer",
+                                      best_mode="min", log=log)
   evaluated = best_state if best_state is not None else result.state
   test = evaluate_test(config, decoding_options, decoders, evaluated.params, splits["test"],
                        workdir)
@@ -282,7 +304,7 @@ def train_and_evaluate(config: Config, data: phonemes.P2GData, workdir: str | Pa
                                    ("epoch", "val_cer", "val_wer", "val_loss")},
       "test": test["metrics"],
       "seed_report": SEED_REPORT,
-      "train_seconds_total": sum(r.get("seconds", 0.0) for r in result.history),
+      "train_seconds_total": result.train_seconds_total,
       "train_seconds_this_call": result.train_seconds,
       "device": _device_name(),
       "jax_version": jax.__version__,
@@ -402,7 +424,8 @@ def load_run(workdir: str | Path, log: Callable[[str], None] = print):
   src_vocab = phonemes.Vocab(tuple(vocab["source"]))
   tgt_vocab = phonemes.Vocab(tuple(vocab["target"]))
   model = config.build_model(len(src_vocab), len(tgt_vocab))
-  state = fit_lib.restore_best(workdir, new_state(config, model), log=log)
+  state = fit_lib.restore_best(workdir, new_state(config, model), best_metric="val_cer",
+                               best_mode="min", log=log)
   if state is None:
     raise UserError(f"{workdir} has no checkpoint yet; train first with the same --workdir")
   return config, src_vocab, tgt_vocab, model, state.params

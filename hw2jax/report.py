@@ -254,13 +254,21 @@ def run(config: Config, workdir: str | Path, *, intel_data_path: str | None = No
   intel_path, intel_reason = find_intel(intel_data_path)
   p2g_data, p2g_reason = (load_p2g(p2g_data_path, config.schedule.q3_train_words)
                           if "q3" in config.parts else (None, None))
-  workdir = Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  if fresh:
-    archived = workdir_lib.archive(workdir, REPORT_FILES)
-    if archived:
-      log(f"--fresh: moved the previous report's files to {archived}")
-  _check_same_report(workdir, config)
+  inputs = part_inputs(config, intel_path, p2g_data)
+  with workdir_lib.locked(workdir) as workdir:
+    if fresh:
+      archived = workdir_lib.archive(workdir, REPORT_FILES)
+      if archived:
+        log(f"--fresh: moved the previous report's files to {archived}")
+    earlier = _earlier_results(workdir)
+    _check_nothing_replaced(workdir, earlier, inputs)
+    _check_same_report(workdir, config)
+    return _run(config, workdir, intel_path, intel_reason, p2g_data, p2g_reason,
+                p2g_data_path, inputs, earlier, overlap, clock, command, log)
+
+
+def _run(config, workdir, intel_path, intel_reason, p2g_data, p2g_reason, p2g_data_path,
+         inputs, earlier, overlap, clock, command, log) -> dict:
   info = device_info()
   log(f"device: {describe_device(info)}")
   schedule = config.schedule
@@ -288,7 +296,13 @@ def run(config: Config, workdir: str | Path, *, intel_data_path: str | None = No
                                     workdir, q3_log), q3_log))
   for part in PARTS:
     if part not in config.parts:
-      results[part] = {"status": "not requested", "reason": "not in --parts"}
+      kept = earlier.get(part, {})
+      timing = ("wall_seconds", "started_seconds", "finished_seconds")
+      results[part] = ({**{k: v for k, v in kept.items() if k not in timing}, "earlier": True}
+                       if kept.get("status") == "done" else
+                       {"status": "not requested", "reason": "not in --parts"})
+      if kept.get("status") == "done":
+        log(f"{PART_TITLES[part]}: not in --parts; REPORT.md keeps its finished results")
       continue
     if part == "q3" and background is not None:
       continue
@@ -297,6 +311,8 @@ def run(config: Config, workdir: str | Path, *, intel_data_path: str | None = No
         p2g_data_path is not None, log), log)
   if background is not None:
     results["q3"] = background.result()
+  for part in config.parts:
+    results[part]["inputs"] = inputs[part]
   seed_parts = [results[p]["finished_seconds"] for p in ("q1", "q2", "q3")
                 if "finished_seconds" in results[p]]
   results["meta"]["seed_runs_seconds"] = max(seed_parts) if seed_parts else None
@@ -367,8 +383,46 @@ def _run_part(part: str, config: Config, workdir: Path, intel_path, intel_reason
   if part == "q3":
     return run_q3(config, p2g_data, p2g_reason, course, workdir, log)
   if intel_path is None:
-    return {"status": "skipped", "reason": f"no Intel image data: {intel_reason}"}
+    return {"status": "skipped", "reason": intel_reason}
   return (run_q2 if part == "q2" else run_ablations)(config, intel_data(), workdir, log)
+
+
+def part_inputs(config: Config, intel_path: Path | None, p2g_data) -> dict[str, dict]:
+  """What each requested part's results depend on (besides the schedule, checked separately):
+  a rerun may only continue a finished part with the same inputs."""
+  intel = str(intel_path.resolve()) if intel_path is not None else None
+  seeds = list(config.seeds)
+  every = {
+      "q1": {"intel_data": intel},
+      "q2": {"intel_data": intel, "seeds": seeds, "layout": config.layout},
+      "q2_ablations": {"intel_data": intel, "seeds": seeds, "layout": config.layout,
+                       "kernel_sizes": list(config.ablation_kernel_sizes),
+                       "pooling": list(config.ablation_pooling)},
+      "q3": {"p2g_data": p2g_data.source if p2g_data is not None else None, "seeds": seeds,
+             "hidden_size": config.q3_hidden_size, "beam": config.q3_beam},
+  }
+  return {part: every[part] for part in config.parts}
+
+
+def _earlier_results(workdir: Path) -> dict:
+  """The results of the report's previous invocation (report.json), {} if there is none."""
+  path = workdir / RESULTS
+  return runlog.read_json(path) if path.is_file() else {}
+
+
+def _check_nothing_replaced(workdir: Path, earlier: dict, inputs: dict[str, dict]) -> None:
+  """A part that finished with other inputs (other data, seeds, ablations) is not redone over
+  its results: the rerun is refused, naming the difference."""
+  for part, now in inputs.items():
+    before = earlier.get(part, {})
+    if before.get("status") != "done" or before.get("inputs", now) == now:
+      continue
+    diffs = [f"{k} {before['inputs'].get(k)!r} (now {v!r})" for k, v in now.items()
+             if before["inputs"].get(k) != v]
+    raise UserError(f"{workdir} holds a finished {PART_TITLES[part]} made with other inputs: "
+                    f"{'; '.join(diffs)}. To keep it, rerun with the same data and settings, "
+                    f"or leave {part} out of --parts; to replace the report, --fresh (it is "
+                    "archived); or use another --workdir")
 
 
 def _check_same_report(workdir: Path, config: Config) -> None:
@@ -456,7 +510,8 @@ def run_q2(config: Config, data: intel.IntelData, workdir: Path,
                               "expected": None}
   _plot_q2_comparison(runs, config.seeds[0], workdir)
   return {"status": "done", "data": {"source": data.source, **data.sizes()},
-          "epochs": s.q2_epochs, "runs": runs, "params": params, "figure": Q2_COMPARISON}
+          "epochs": s.q2_epochs, "runs": runs, "params": params, "figure": Q2_COMPARISON,
+          "seeds": list(config.seeds)}
 
 
 def run_ablations(config: Config, data: intel.IntelData, workdir: Path,
@@ -494,7 +549,7 @@ def run_ablations(config: Config, data: intel.IntelData, workdir: Path,
                      "dir": _rel(run_dir, workdir), "summary": summary, "wall_seconds": wall,
                      "shared_with_q2": shared})
   return {"status": "done", "data": {"source": abl_data.source, **abl_data.sizes()},
-          "epochs": s.ablation_epochs, "runs": runs,
+          "epochs": s.ablation_epochs, "runs": runs, "seeds": list(config.seeds),
           "vanilla_nopool_params": q2.param_count(q2.Config(model="vanilla", maxpool=False))}
 
 
@@ -509,9 +564,10 @@ def run_q3(config: Config, data: phonemes.P2GData | None, reason: str | None, co
   runs = []
   for attention in (False, True):
     for seed in config.seeds:
+      # A training set smaller than the course's batch (tiny data) trains in one batch.
       c = q3.Config(attention=attention, epochs=s.q3_epochs, hidden_size=config.q3_hidden_size,
-                    seed=seed, max_train_words=s.q3_train_words,
-                    epoch_mode=config.epoch_mode)
+                    seed=seed, max_train_words=s.q3_train_words, epoch_mode=config.epoch_mode,
+                    batch_size=min(q3.Config.batch_size, len(data.train)))
       options = q3.Decoding(beam=config.q3_beam,
                             top_p=Q3_TOP_P if attention else None, k=Q3_K)
       run_dir = workdir / "q3" / c.name() / f"seed{seed}"
@@ -525,7 +581,8 @@ def run_q3(config: Config, data: phonemes.P2GData | None, reason: str | None, co
   return {"status": "done",
           "data": {"source": data.source, "course": course, **data.sizes(),
                    "source_vocab": len(data.src_vocab), "target_vocab": len(data.tgt_vocab)},
-          "epochs": s.q3_epochs, "runs": runs, "course_vocab_params": course_params}
+          "epochs": s.q3_epochs, "runs": runs, "course_vocab_params": course_params,
+          "seeds": list(config.seeds)}
 
 
 def _plot_q2_comparison(runs: list[dict], seed: int, workdir: Path) -> None:
@@ -597,7 +654,6 @@ def render(results: dict) -> str:
   """REPORT.md (without the completeness section) from `run`'s results."""
   meta = results["meta"]
   quick = meta["quick"]
-  seeds = meta["seeds"]
   out = ["# hw2jax report: IST Deep Learning 2024/25, Homework 2\n"]
   if quick:
     out.append("> **QUICK RUN (`--quick`)**: epochs and data are shrunk so that the whole report "
@@ -608,10 +664,8 @@ def render(results: dict) -> str:
       f"- generated {meta['date']}" + (f" by `{meta['command']}`" if meta["command"] else "")
       + "\n"
       f"- device: {describe_device(meta['device'])}\n"
-      f"- seeds: {', '.join(map(str, seeds))}"
-      + (" (tables: mean ± sample standard deviation over the seeds; figures: seed "
-         f"{seeds[0]})" if len(seeds) > 1 else "") + "\n"
-      f"- wall time of this invocation (data loading, compilation, training, evaluation, "
+      + _seeds_line(results)
+      + f"- wall time of this invocation (data loading, compilation, training, evaluation, "
       f"plots): {_seconds(meta.get('wall_seconds'))}; a rerun of the same command resumes "
       "every run from its checkpoint\n"
       + (f"- the seed report's own runs (Q1, Q2, Q3; not the Q2.4 ablations) were done after "
@@ -636,6 +690,25 @@ def render(results: dict) -> str:
   return "\n".join(out)
 
 
+def _seeds(r: dict, results: dict) -> list[int]:
+  """The seeds of one part's runs (a part kept from an earlier invocation may have others)."""
+  return r.get("seeds") or results["meta"]["seeds"]
+
+
+def _seeds_line(results: dict) -> str:
+  per_part = {p: _seeds(results[p], results) for p in ("q2", "q2_ablations", "q3")
+              if results.get(p, {}).get("status") == "done"}
+  distinct = {tuple(v) for v in per_part.values()} or {tuple(results["meta"]["seeds"])}
+  if len(distinct) > 1:
+    return "- seeds: " + "; ".join(f"{PART_TITLES[p].split(' ')[0]} {', '.join(map(str, v))}"
+                                   for p, v in per_part.items()) + \
+        " (tables: mean ± sample standard deviation over a part's seeds; figures: its first)\n"
+  seeds = list(distinct.pop())
+  return (f"- seeds: {', '.join(map(str, seeds))}"
+          + (" (tables: mean ± sample standard deviation over the seeds; figures: seed "
+             f"{seeds[0]})" if len(seeds) > 1 else "") + "\n")
+
+
 def _span(r: dict) -> str:
   if r.get("started_seconds") is None:
     return "—"
@@ -644,7 +717,9 @@ def _span(r: dict) -> str:
 
 def _status_cell(r: dict) -> str:
   status = r.get("status", "not requested")
-  return status if status == "done" else f"{status}: {r.get('reason', '')}"
+  if status == "done":
+    return "done (kept from an earlier invocation)" if r.get("earlier") else "done"
+  return f"{status}: {r.get('reason', '')}"
 
 
 def _quick_note(results: dict, text: str) -> str:
@@ -749,7 +824,7 @@ def _render_q2(r: dict, results: dict) -> str:
              f"features: {p['vanilla_nopool']['ours']:,} parameters, so the pooling ablations "
              "use the BN+GAP model (Table 2.4).\n")
   out.append("### Figures 2.1-2.3\n")
-  first = results["meta"]["seeds"][0]
+  first = _seeds(r, results)[0]
   number = 1
   for x in r["runs"]:
     if x["seed"] != first:
@@ -842,7 +917,7 @@ def _render_q3(r: dict, results: dict) -> str:
                              "expected (Flax / PyTorch)", "this data's vocabularies"], rows))
   out.append("Flax LSTM cells carry one bias per gate, PyTorch two (1,024 more parameters).\n")
   out.append("### Figures 3.1-3.2\n")
-  first = results["meta"]["seeds"][0]
+  first = _seeds(r, results)[0]
   for x in r["runs"]:
     if x["seed"] != first:
       continue

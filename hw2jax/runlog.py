@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+from hw2jax.errors import UserError
+
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 # matplotlib is not thread-safe and the report trains parts in threads: one figure at a time.
@@ -48,7 +50,13 @@ def finite(obj: Any) -> Any:
 
 
 def read_json(path: str | Path) -> Any:
-  return json.loads(Path(path).read_text())
+  """The JSON in `path`; a damaged file is a UserError naming it (not a traceback)."""
+  path = Path(path)
+  try:
+    return json.loads(path.read_text())
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise UserError(f"{path} is damaged (not valid JSON: {e}); repair or remove it, or use "
+                    "--fresh to archive the run and start over") from None
 
 
 def _jsonable(x):
@@ -118,10 +126,20 @@ class RunLog:
 
 
 def read_metrics(workdir: str | Path) -> list[dict]:
+  """The records of metrics.jsonl; a last line cut short by a killed run is left out."""
   path = Path(workdir) / METRICS
   if not path.exists():
     return []
-  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+  lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+  records = []
+  for i, line in enumerate(lines):
+    try:
+      records.append(json.loads(line))
+    except json.JSONDecodeError:
+      if i < len(lines) - 1:
+        raise UserError(f"{path}:{i + 1} is damaged (not valid JSON); repair or remove that "
+                        "line, or use --fresh to archive the run and start over") from None
+  return records
 
 
 def running_mean(values: Sequence[float]) -> list[float]:

@@ -1,16 +1,22 @@
-"""A run's workdir: reused only by the same settings, archived (never deleted) to start over."""
+"""A run's workdir: reused only by the same settings, archived (never deleted) to start over,
+and used by one run at a time (an advisory lock the OS drops when the process dies)."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import errno
+import fcntl
+import os
 import shutil
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 from hw2jax import runlog
 from hw2jax.errors import UserError
 
 CONFIG = "config.json"
+LOCK = ".lock"
 # Settings a run may change when it is resumed (more epochs, another epoch runner).
 RESUMABLE = ("epochs", "epoch_mode", "eval_batch_size")
 
@@ -33,6 +39,56 @@ def archive(workdir: str | Path, names: Iterable[str], globs: Sequence[str] = ()
   return target
 
 
+def ensure(workdir: str | Path) -> Path:
+  """Creates `workdir` (and its parents) or says in one line why it cannot be used."""
+  workdir = Path(workdir)
+  try:
+    workdir.mkdir(parents=True, exist_ok=True)
+  except FileExistsError:
+    raise UserError(f"workdir {workdir} is a file, not a folder; give a folder") from None
+  except NotADirectoryError:
+    raise UserError(f"workdir {workdir} cannot be created: a part of its path is a file"
+                    ) from None
+  except OSError as e:
+    raise UserError(f"workdir {workdir} cannot be created ({e.strerror or e}); give a folder "
+                    "you can write to") from None
+  if not workdir.is_dir():
+    raise UserError(f"workdir {workdir} is not a folder")
+  if not os.access(workdir, os.W_OK | os.X_OK):
+    raise UserError(f"workdir {workdir} is not writable; give a folder you can write to")
+  return workdir
+
+
+@contextlib.contextmanager
+def locked(workdir: str | Path) -> Iterator[Path]:
+  """Holds <workdir>/.lock (an advisory `fcntl` lock) while the block runs: a second run in the
+  same workdir is refused with the first one's pid. The OS releases the lock when the process
+  dies, so a killed run never leaves a stale lock behind. (Process 0 only.)"""
+  workdir = ensure(workdir)
+  if not runlog.primary():
+    yield workdir
+    return
+  path = workdir / LOCK
+  try:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+  except OSError as e:
+    raise UserError(f"cannot open the lock file {path} ({e.strerror or e})") from None
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+      if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+        raise UserError(f"cannot lock {path} ({e.strerror or e})") from None
+      holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+      raise UserError(f"{workdir} is in use by another run (pid {holder}); wait for it to "
+                      "finish, or use another --workdir") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    yield workdir
+  finally:
+    os.close(fd)
+
+
 def prepare(workdir: str | Path, config: dict, data_source: str, *, fresh: bool,
             run_files: Iterable[str], resumable: Iterable[str] = RESUMABLE,
             globs: Sequence[str] = (), log: Callable[[str], None] = print) -> Path:
@@ -41,8 +97,7 @@ def prepare(workdir: str | Path, config: dict, data_source: str, *, fresh: bool,
   Keys in `resumable` (e.g. the number of epochs) may differ. With `fresh`, the previous run's
   `run_files` move to <workdir>/archive/<time>/ first. Writes <workdir>/config.json.
   """
-  workdir = Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
+  workdir = ensure(workdir)
   resumable = set(resumable)
   if fresh:
     archived = archive(workdir, [*run_files, CONFIG], globs)
@@ -55,7 +110,8 @@ def prepare(workdir: str | Path, config: dict, data_source: str, *, fresh: bool,
     if have.get("data") != data_source:
       diffs.append(f"data {have.get('data')} (now {data_source})")
     if diffs:
-      raise UserError(f"{workdir} holds a run with other settings: {'; '.join(diffs)}. Use "
-                      "another --workdir, or --fresh to archive that run and start over")
+      raise UserError(f"{workdir} holds a run with other settings: {'; '.join(diffs)}. For a "
+                      "separate run use --workdir=<another folder>; to replace that run, "
+                      "--fresh (it is archived, not deleted)")
   runlog.write_json(workdir / CONFIG, {"config": config, "data": data_source})
   return workdir

@@ -35,10 +35,10 @@ def learnable_images(n: int, seed: int = 0, size: int = 48) -> tuple[np.ndarray,
 
 
 def write_npz(path: Path, n_train=96, n_val=24, n_test=24, seed=0, **overrides) -> Path:
-  xs, ys = learnable_images(n_train + n_val + n_test, seed)
-  a, b = n_train, n_train + n_val
-  arrays = dict(train_images=xs[:a], train_labels=ys[:a], val_images=xs[a:b],
-                val_labels=ys[a:b], test_images=xs[b:], test_labels=ys[b:])
+  """The course's npz layout; every split of at least 6 images holds every class."""
+  arrays = {}
+  for k, (split, n) in enumerate((("train", n_train), ("val", n_val), ("test", n_test))):
+    arrays[f"{split}_images"], arrays[f"{split}_labels"] = learnable_images(n, seed + 1000 * k)
   arrays.update(overrides)
   arrays = {k: v for k, v in arrays.items() if v is not None}
   np.savez(path, **arrays)
@@ -105,13 +105,24 @@ def cli_env(tmp_path: Path) -> dict:
 
 
 def assert_clean_failure(proc, *fragments):
-  """A CLI's bad-input exit: code 2, no traceback, one 'error:' line holding every fragment."""
+  """A CLI's bad-input exit: code 2, no traceback, stderr exactly one 'error:' line holding
+  every fragment."""
   assert proc.returncode == 2, proc.stdout + proc.stderr
   assert "Traceback" not in proc.stderr
-  errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-  assert len(errors) == 1, proc.stderr
+  lines = [line for line in proc.stderr.splitlines() if line.strip()]
+  assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
   for fragment in fragments:
-    assert fragment in errors[0], errors[0]
+    assert fragment in lines[0], lines[0]
+
+
+def checksums(root: Path) -> dict[str, str]:
+  """{relative path: sha256} of every file under `root`: what a failed command must not change."""
+  import hashlib
+  root = Path(root)
+  if not root.exists():
+    return {}
+  return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+          for p in sorted(root.rglob("*")) if p.is_file() and p.name != ".lock"}
 
 
 def run_cli(module: str, *args: str, cwd: Path, timeout: int = 600):

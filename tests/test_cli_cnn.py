@@ -5,7 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from conftest import assert_clean_failure, run_cli, write_npz
+import shutil
+
+from conftest import (assert_clean_failure, checksums, learnable_images, run_cli,
+                      write_kaggle_folder, write_npz)
 
 pytestmark = pytest.mark.slow
 
@@ -24,14 +27,14 @@ def test_single_run_writes_outputs_and_resumes(tmp_path):
   run = tmp_path / "run"
   for name in ("metrics.jsonl", "summary.json", "curves.png", "config.json"):
     assert (run / name).is_file(), name
-  assert sorted(p.name for p in (run / "checkpoints/latest").iterdir()) == ["1", "2"]
-  assert len(list((run / "checkpoints/best").iterdir())) == 1
+  assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["1", "2"]
   assert [r["epoch"] for r in lines(run / "metrics.jsonl")] == [1, 2]
   summary = json.loads((run / "summary.json").read_text())
   assert summary["trainable_params"] == 5_340_742
   assert summary["status"] == "completed" and summary["epochs_done"] == 2
   assert 0.0 <= summary["final"]["test_accuracy"] <= 1.0
   assert summary["seed_report"] == {"test_accuracy": 0.6907, "val_accuracy": 0.7123}
+  assert summary["train_seconds_total"] >= summary["train_seconds_this_call"] > 0
 
   resumed = run_cli("experiments.cnn", *args, "--epochs=3", cwd=tmp_path)
   assert resumed.returncode == 0, resumed.stderr
@@ -40,7 +43,8 @@ def test_single_run_writes_outputs_and_resumes(tmp_path):
   assert [r["epoch"] for r in lines(run / "metrics.jsonl")] == [1, 2, 3]
 
   other = run_cli("experiments.cnn", *args, "--epochs=3", "--lr=0.1", cwd=tmp_path)
-  assert_clean_failure(other, "learning_rate=0.01 (now 0.1)", "--fresh")
+  assert_clean_failure(other, "learning_rate=0.01 (now 0.1)", "For a separate run use "
+                       "--workdir=<another folder>; to replace that run, --fresh")
 
   fresh = run_cli("experiments.cnn", *args, "--epochs=1", "--lr=0.1", "--fresh", cwd=tmp_path)
   assert fresh.returncode == 0, fresh.stderr
@@ -70,20 +74,72 @@ def test_bn_gap_parameter_count_is_printed(tmp_path):
   assert_clean_failure(proc, "missing.npz does not exist")
 
 
+def _bad_data(root):
+  """Data that fails when it is loaded (before any training or workdir)."""
+  (root / "bad.npz").write_bytes(b"garbage")
+  np.savez(root / "nokeys.npz", images=np.zeros((2, 48, 48, 3), np.uint8))
+  empty = lambda: (np.zeros((0, 48, 48, 3), np.uint8), np.zeros((0,), np.int64))
+  write_npz(root / "emptyval.npz", n_train=12, n_val=6, n_test=6,
+            val_images=empty()[0], val_labels=empty()[1])
+  write_npz(root / "zero.npz", train_images=empty()[0], train_labels=empty()[1],
+            val_images=empty()[0], val_labels=empty()[1], test_images=empty()[0],
+            test_labels=empty()[1])
+  images, labels = learnable_images(12, 5)
+  write_npz(root / "nosea.npz", n_train=12, n_val=6, n_test=12, test_images=images[labels != 4],
+            test_labels=labels[labels != 4])
+  kaggle = write_kaggle_folder(root / "notest")
+  shutil.rmtree(kaggle / "seg_test")
+
+
 @pytest.mark.parametrize("args, fragments", [
-    (["--lr=0.1,abc"], ["--lr=0.1,abc must be numbers"]),
+    (["--lr=0.1,abc"], ["--lr=0.1,abc must be numbers", "e.g. --lr=0.1,0.01"]),
     (["--lr=-1"], ["--lr=-1.0 must be a positive number"]),
+    (["--lr=0.01,0.01"], ["repeats a learning rate"]),
     (["--model=resnet"], ["--model=resnet"]),
     (["--kernel_size=4"], ["--kernel_size=4 must be a positive odd number"]),
-    (["--data_path=bad.npz"], ["not a readable npz"]),
+    (["--kernel_size=99"], ["larger than the smallest feature map", "use at most 11"]),
+    (["--kernel_size=99", "--nomaxpool"], ["(48x48); use at most 47"]),
+    (["--channels=8,8,8,8,8,8,8"], ["7 blocks with 2x2 max-pooling"]),
+    (["--data_path=bad.npz"], ["bad.npz is not an npz file"]),
     (["--data_path=nokeys.npz"], ["lacks keys"]),
+    (["--data_path=emptyval.npz"], ["the val split is empty"]),
+    (["--data_path=zero.npz"], ["the train split is empty"]),
+    (["--data_path=nosea.npz"], ["the test split has no image of class sea"]),
+    (["--data_path=notest"], ["the test split is empty", "seg_test"]),
+    (["--data_path=emptyval.npz", "--batch_size=100000"], ["the val split is empty"]),
+    (["--data_path=nokeys.npz", "--kernel_size=99"], ["--kernel_size=99"]),
+    (["--data_path=tiny.npz", "--batch_size=100000"],
+     ["--batch_size=100000 is larger than the training set (12 images)"]),
     ([], ["no Intel image data found", "kaggle datasets download"]),
     (["stray"], ["unexpected arguments stray"]),
 ])
-def test_bad_input_is_one_line_and_exit_2(tmp_path, args, fragments):
-  (tmp_path / "bad.npz").write_bytes(b"garbage")
-  np.savez(tmp_path / "nokeys.npz", images=np.zeros((2, 48, 48, 3), np.uint8))
+def test_bad_input_is_one_line_and_exit_2_before_anything_changes(tmp_path, args, fragments):
+  _bad_data(tmp_path)
+  write_npz(tmp_path / "tiny.npz", n_train=12, n_val=6, n_test=6)
+  (tmp_path / "runs").mkdir()
+  before = checksums(tmp_path)
   assert_clean_failure(run_cli("experiments.cnn", *args, cwd=tmp_path), *fragments)
+  after = checksums(tmp_path)
+  assert {k: v for k, v in after.items() if not k.startswith("cache/")} == before
+
+
+def test_default_workdirs_name_every_changed_setting_so_the_readme_runs_in_order():
+  from hw2jax import q2
+  names = [q2.Config(model="bn_gap", learning_rate=0.01).run_name(),
+           q2.Config(model="bn_gap", kernel_size=5).run_name(),
+           q2.Config(model="bn_gap", kernel_size=5, maxpool=False).run_name(),
+           q2.Config(epochs=3, epoch_mode="loop").run_name(),
+           q2.Config(channels=(16, 32)).run_name(sweep=True)]
+  assert names == ["bn_gap-lr0.01", "bn_gap-lr0.01-k5", "bn_gap-lr0.01-k5-nopool",
+                   "vanilla-lr0.01", "vanilla-sweep-ch16_32"]
+
+
+def test_the_parameter_line_names_table_2_3_only_for_the_course_architectures():
+  from hw2jax import q2
+  assert q2.describe_params(q2.Config(model="bn_gap", learning_rate=0.1)) == \
+      "bn_gap: 755,718 trainable parameters (Table 2.3)"
+  assert q2.describe_params(q2.Config(model="bn_gap", kernel_size=5)) == \
+      "bn_gap: 921,094 trainable parameters"
 
 
 def test_data_is_discovered_in_dot_data(tmp_path):
@@ -94,4 +150,4 @@ def test_data_is_discovered_in_dot_data(tmp_path):
                  cwd=tmp_path)
   assert proc.returncode == 0, proc.stderr
   assert "skipped 2 unreadable or non-image files" in proc.stdout
-  assert "-> train 27, val 3, test 12" in proc.stdout
+  assert "-> train 24, val 6, test 12" in proc.stdout

@@ -47,7 +47,7 @@ def test_retrieval_and_capacity_figures_without_data(tmp_path):
 
 
 @pytest.mark.parametrize("args, fragments", [
-    (["--betas=0.1,abc"], ["--betas=0.1,abc must be numbers"]),
+    (["--betas=0.1,abc"], ["--betas=0.1,abc must be numbers", "e.g. --betas=0.1,0.01"]),
     (["--parts=check,plots"], ["--parts=check,plots"]),
     (["--parts=retrieval", "--data_path=missing.npz"], ["missing.npz does not exist"]),
     (["--parts=retrieval", "--patterns=intel"], ["no Intel image data found"]),

@@ -37,7 +37,7 @@ def test_train_resume_predict(tmp_path):
   for name in ("metrics.jsonl", "summary.json", "config.json", "vocab.json", "tables.md",
                "test_predictions.tsv", "cer.png", "attention.png"):
     assert (run / name).is_file(), name
-  assert sorted(p.name for p in (run / "checkpoints/latest").iterdir()) == ["1", "2"]
+  assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["1", "2"]
   assert [r["epoch"] for r in lines(run / "metrics.jsonl")] == [1, 2]
   summary = json.loads((run / "summary.json").read_text())
   assert summary["status"] == "completed" and summary["data"]["train"] == 48
@@ -99,9 +99,14 @@ def test_tables_put_our_numbers_beside_the_seed_report():
     (["--data_path=data"], ["train.tsv:3: no TAB"]),
     (["--predict=a b"], ["holds no trained P2G model"]),
     (["--hidden_size=7"], ["--hidden_size=7 must be a positive even number"]),
+    (["--data_path=ok", "--batch_size=100000"],
+     ["--batch_size=100000 is larger than the training set (8 pairs)"]),
+    (["--data_path=ok", "--batch_size=8", "--hidden_size=200000"],
+     ["out of device memory (it tried to allocate", "--batch_size or --hidden_size"]),
     (["stray"], ["unexpected arguments stray"]),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, fragments):
+  write_p2g_folder(tmp_path / "ok", n_train=8, n_valid=2, n_test=2)
   folder = write_p2g_folder(tmp_path / "data", n_train=8, n_valid=2, n_test=2)
   text = (folder / "train.tsv").read_text().splitlines()
   text[2] = text[2].replace("\t", " ")

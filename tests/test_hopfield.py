@@ -394,7 +394,7 @@ def test_patterns_fall_back_to_random_and_use_intel_when_found(tmp_path, monkeyp
   assert set(np.unique(random.X)) == {-1.0, 1.0} and random.X.shape == (5, 48 * 48 * 3)
   with pytest.raises(UserError, match="no Intel image data found"):
     q1.load_patterns(q1.Config(patterns="intel"), log=logged.append)
-  npz = write_npz(tmp_path / "tiny.npz", n_train=12, n_val=2, n_test=2)
+  npz = write_npz(tmp_path / "tiny.npz", n_train=12, n_val=6, n_test=6)
   images = q1.load_patterns(config, str(npz), log=logged.append)
   assert "Intel" in images.source and images.shape == (48, 48, 3)
   np.testing.assert_allclose(np.linalg.norm(images.X, axis=1), math.sqrt(48 * 48 * 3), rtol=1e-4)

@@ -6,7 +6,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from conftest import learnable_images, write_kaggle_folder, write_kaggle_zip, write_npz
+from conftest import (kaggle_files, learnable_images, write_kaggle_folder, write_kaggle_zip,
+                      write_npz)
 from hw2jax import UserError
 from hw2jax.data import intel
 
@@ -72,8 +73,16 @@ def test_npz_int_pixels_in_range_are_accepted(tmp_path):
 def test_corrupt_npz(tmp_path):
   path = tmp_path / "corrupt.npz"
   path.write_bytes(b"PK\x03\x04 this is not a real archive")
-  with pytest.raises(UserError, match="not a readable npz"):
+  with pytest.raises(UserError, match="is a damaged npz"):
     intel.load_npz(path)
+
+
+def test_a_text_file_named_npz_is_not_blamed_on_pickles(tmp_path):
+  path = tmp_path / "notes.npz"
+  path.write_text("train_images = ...\n")
+  with pytest.raises(UserError, match="is not an npz file") as e:
+    intel.load_npz(path)
+  assert "pickle" not in str(e.value)
 
 
 def test_bad_layout_value(npz_path):
@@ -96,7 +105,7 @@ def test_kaggle_layouts_load_the_same(tmp_path, kind):
   # 30 labelled train images (one corrupt JPEG + one text file skipped), 12 test images.
   assert data.skipped == 2
   assert any("skipped 2 unreadable" in line for line in logs)
-  assert data.sizes() == {"train": 27, "val": 3, "test": 12}
+  assert data.sizes() == {"train": 24, "val": 6, "test": 12}   # every class validated
   assert data.train_images.shape[1:] == (48, 48, 3) and data.train_images.dtype == np.uint8
   assert sorted(np.bincount(data.test_labels).tolist()) == [2] * 6
   # Uniform images of colour 20 * class survive the resize, odd sizes included.
@@ -109,13 +118,23 @@ def test_validation_split_is_ten_percent_seeded_and_disjoint(tmp_path):
   a = intel.load_kaggle(src, log=quiet, cache_dir=tmp_path / "c1")
   b = intel.load_kaggle(src, log=quiet, cache_dir=tmp_path / "c2")
   n = 6 * 17
-  assert a.sizes()["val"] == int(np.ceil(0.1 * n)) and a.sizes()["train"] == n - a.sizes()["val"]
+  # 10%, plus one image of each class the draw left out (small data only).
+  assert int(np.ceil(0.1 * n)) <= a.sizes()["val"] <= int(np.ceil(0.1 * n)) + 6
+  assert a.sizes()["train"] == n - a.sizes()["val"]
+  assert sorted(set(a.val_labels.tolist())) == list(range(6))
   np.testing.assert_array_equal(a.val_labels, b.val_labels)
   np.testing.assert_array_equal(a.val_images, b.val_images)
   c = intel.load_kaggle(src, log=quiet, cache_dir=tmp_path / "c3", split_seed=1)
   assert not np.array_equal(np.sort(a.val_images.reshape(len(a.val_images), -1).sum(1)),
                             np.sort(c.val_images.reshape(len(c.val_images), -1).sum(1))) or \
       not np.array_equal(a.val_labels, c.val_labels)
+
+
+def test_validation_split_is_exactly_ten_percent_when_every_class_was_drawn(tmp_path):
+  src = write_kaggle_zip(tmp_path / "intel.zip", n_per_class_train=40, n_per_class_test=1)
+  data = intel.load_kaggle(src, log=quiet)
+  assert sorted(set(data.val_labels.tolist())) == list(range(6))
+  assert data.sizes()["val"] == int(np.ceil(0.1 * 240))
 
 
 def test_conversion_is_cached_and_invalidated_on_change(tmp_path, monkeypatch):
@@ -235,3 +254,41 @@ def test_env_path_that_does_not_exist(tmp_path):
 def test_load_dispatches_on_source(tmp_path, npz_path):
   assert intel.load(npz_path, log=quiet).source.startswith("npz")
   assert intel.load(write_kaggle_zip(tmp_path / "k.zip"), log=quiet).source.startswith("zip")
+
+
+def test_a_damaged_zip_member_is_skipped_and_counted(tmp_path):
+  """A member whose bytes no longer match its CRC (zipfile.BadZipFile: Bad CRC-32)."""
+  path = tmp_path / "intel.zip"
+  with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
+    for name, data in kaggle_files().items():
+      zf.writestr(name, data)
+  victim = "seg_train/seg_train/glacier/201.jpg"
+  with zipfile.ZipFile(path) as zf:
+    info = zf.getinfo(victim)
+  raw = bytearray(path.read_bytes())
+  start = info.header_offset + 30 + len(info.filename) + len(info.extra)
+  raw[start + 100] ^= 0xFF
+  path.write_bytes(bytes(raw))
+  with zipfile.ZipFile(path) as zf, pytest.raises(zipfile.BadZipFile, match="CRC"):
+    zf.read(victim)
+  logs = []
+  data = intel.load_kaggle(path, log=logs.append)
+  assert data.skipped == 3                         # the damaged member + the fixture's two
+  assert any("skipped 3 unreadable" in line for line in logs)
+
+
+def test_an_empty_class_folder_is_a_warning_and_a_missing_test_class_an_error(tmp_path):
+  files = {k: v for k, v in kaggle_files().items() if "/sea/" not in k or "seg_test" in k}
+  for rel, data in files.items():
+    (tmp_path / "k" / rel).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "k" / rel).write_bytes(data)
+  (tmp_path / "k/seg_train/seg_train/sea").mkdir()
+  logs = []
+  data = intel.load(tmp_path / "k", log=logs.append)
+  assert any("WARNING: no training image of class sea" in line and "training on 5 classes" in line
+             for line in logs), logs
+  assert 4 not in set(data.train_labels.tolist())
+  for f in (tmp_path / "k/seg_test/seg_test/street").iterdir():
+    f.unlink()
+  with pytest.raises(UserError, match="the test split has no image of class street"):
+    intel.load(tmp_path / "k", log=logs.append)

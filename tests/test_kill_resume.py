@@ -85,7 +85,8 @@ def test_sigkill_and_rerun_equals_an_uninterrupted_run(tmp_path):
       training.make_optimizer("sgd"), config.seed, learning_rate=0.01, train=False)
   states = []
   for name in ("ref", "killed"):
-    ck = checkpoints.Checkpoints(tmp_path / name, log=lambda line: None)
+    ck = checkpoints.Checkpoints(tmp_path / name, best_metric="val_accuracy",
+                                 log=lambda line: None)
     states.append(ck.restore(template)[0])
     ck.close()
   chex.assert_trees_all_equal(states[0].params, states[1].params)

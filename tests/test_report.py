@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from conftest import assert_clean_failure, run_cli, write_npz, write_p2g_folder
+from conftest import assert_clean_failure, checksums, run_cli, write_npz, write_p2g_folder
 
 from hw2jax import report
 from hw2jax.data import intel
@@ -73,6 +73,20 @@ def test_quick_report_is_complete_and_resumes(tmp_path):
   tables = lambda t: t.split("\n## Q1 (")[1].split("\n## Run times")[0]
   assert tables((rep / "REPORT.md").read_text()) == tables(text)
 
+  # Fewer parts (and other seeds for them): the finished parts stay in REPORT.md.
+  fewer = run_cli("experiments.report", *args, "--parts=q1", "--seeds=43", cwd=tmp_path)
+  assert fewer.returncode == 0, fewer.stderr[-3000:]
+  kept = (rep / "REPORT.md").read_text()
+  assert tables(kept) == tables(text) and kept.count("kept from an earlier invocation") == 3
+  assert "Complete: every table" in kept
+
+  # A rerun that does not find the Intel data is refused: nothing finished is replaced.
+  before = checksums(rep)
+  lost = run_cli("experiments.report", "--workdir=rep", "--p2g_data_path=p2g", *TINY,
+                 cwd=tmp_path)
+  assert_clean_failure(lost, "holds a finished Q1", "intel_data", "(now None)", "--fresh")
+  assert checksums(rep) == before
+
   # Several seeds: mean ± std in every table, the figures of the first seed only.
   two = json.loads(json.dumps(results))
   two["meta"]["seeds"] = [42, 43]
@@ -85,6 +99,7 @@ def test_quick_report_is_complete_and_resumes(tmp_path):
           if m and m.get(k) is not None:
             m[k] += 0.1
     two[part]["runs"] += copies
+    two[part]["seeds"] = [42, 43]
   several = report.render(two)
   rows = [line for line in several.splitlines() if line.startswith(("| vanilla | 0.1 |",
                                                                     "| 3x3 | no |", "| 3.3 |"))]

@@ -74,9 +74,9 @@ def test_intel_from_kaggle_keeps_the_seeded_validation_split(tmp_path, kind):
                     log=messages.append)
   direct = intel.load_kaggle(source, log=quiet)
   assert_same_intel(data, direct)
-  assert data.skipped == 2 and len(data.val_labels) == 3
+  assert data.skipped == 2 and len(data.val_labels) == 6
   assert any(m.startswith("tfds: preparing intel48") for m in messages)
-  assert any(m == "tfds: prepared intel48 1.0.0: train 27, val 3, test 12" for m in messages)
+  assert any(m == "tfds: prepared intel48 1.0.0: train 24, val 6, test 12" for m in messages)
 
 
 def test_p2g_reads_back_identical(tmp_path):

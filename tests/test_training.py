@@ -12,7 +12,8 @@ from flax import linen as nn
 import pytest
 
 from conftest import learnable_images
-from hw2jax import classifier, cnn, fit as fit_lib, runlog, training
+from hw2jax import checkpoints, classifier, cnn, fit as fit_lib, runlog, training
+from hw2jax.errors import UserError
 
 TINY = dict(channels=(4, 8, 16), hidden=(32, 16))
 EXAMPLE = (jnp.zeros((1, 48, 48, 3), jnp.uint8),)
@@ -226,25 +227,31 @@ def test_best_checkpoint_holds_the_best_epoch(model, trainer, data, tmp_path):
   result = run_fit(model, trainer, data, tmp_path, epochs=3)
   best = max(result.history, key=lambda r: r["val_accuracy"])
   assert result.best["epoch"] == best["epoch"]
-  restored = fit_lib.restore_best(tmp_path, new_state(model), log=lambda line: None)
+  restored = fit_lib.restore_best(tmp_path, new_state(model), best_metric="val_accuracy",
+                                  log=lambda line: None)
   m = trainer.evaluate(restored, data["val"])
   assert m["accuracy"] == pytest.approx(best["val_accuracy"])
+  # The best epoch is kept (once) beside the two latest ones.
+  kept = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+  assert kept == sorted({best["epoch"], 2, 3})
 
 
-def test_unreadable_latest_checkpoint_falls_back_to_the_previous(model, trainer, data, tmp_path):
+def test_unreadable_latest_checkpoint_is_set_aside_and_the_previous_used(model, trainer, data,
+                                                                         tmp_path):
   run_fit(model, trainer, data, tmp_path, epochs=3)
-  latest = tmp_path / "checkpoints" / "latest" / "3"
+  latest = tmp_path / "checkpoints" / "3"
   for f in latest.rglob("*"):
     if f.is_file():
       f.write_bytes(b"\x00garbage")
   logs = []
   template = new_state(model)
-  from hw2jax import checkpoints
-  ck = checkpoints.Checkpoints(tmp_path, log=logs.append)
+  ck = checkpoints.Checkpoints(tmp_path, best_metric="val_accuracy", log=logs.append)
   state, meta = ck.restore(template)
   ck.close()
   assert meta["epoch"] == 2 and int(state.step) == 2 * 13
-  assert any("latest/3 is unreadable" in line for line in logs)
+  assert any("checkpoint of epoch 3 is unreadable" in line and "corrupt/3-" in line
+             for line in logs), logs
+  assert not latest.exists() and len(list((tmp_path / "checkpoints/corrupt").iterdir())) == 1
 
 
 def test_divergence_stops_the_run_cleanly(model, trainer, data, tmp_path):
@@ -260,33 +267,37 @@ def test_divergence_stops_the_run_cleanly(model, trainer, data, tmp_path):
 def test_all_checkpoints_unreadable_is_an_error_not_a_fresh_start(model, trainer, data,
                                                                    tmp_path):
   run_fit(model, trainer, data, tmp_path, epochs=2)
-  for f in (tmp_path / "checkpoints" / "latest").rglob("*"):
+  for f in (tmp_path / "checkpoints").rglob("*"):
     if f.is_file():
       f.write_bytes(b"\x00garbage")
-  from hw2jax import UserError
-  with pytest.raises(UserError, match="none of the checkpoints"):
+  with pytest.raises(UserError, match="results of 2 finished epochs but no readable checkpoint"):
     run_fit(model, trainer, data, tmp_path, epochs=3)
+  # Both damaged steps are kept aside, the metrics untouched.
+  assert len(list((tmp_path / "checkpoints/corrupt").iterdir())) == 2
+  assert [r["epoch"] for r in runlog.read_metrics(tmp_path)] == [1, 2]
 
 
 def test_checkpoints_of_two_runs_in_two_threads(model, tmp_path):
   """The report trains Q3 in a thread beside Q2: Orbax's process-global save state must not let
   their saves collide (without the lock in hw2jax.checkpoints this fails within a few epochs)."""
   import threading
-  from hw2jax import checkpoints
   base = new_state(model)
   errors, barrier = [], threading.Barrier(4)
 
   def run(i):
     try:
-      ck = checkpoints.Checkpoints(tmp_path / f"run{i}", log=lambda line: None)
+      ck = checkpoints.Checkpoints(tmp_path / f"run{i}", best_metric="score",
+                                   log=lambda line: None)
       barrier.wait()
       for epoch in range(1, 16):
         state = base.replace(step=jnp.asarray(100 * i + epoch, jnp.int32))
-        ck.save(epoch, state, {"epoch": epoch, "run": i}, best=epoch % 2 == 1)
+        ck.save(epoch, state, {"epoch": epoch, "run": i}, {"score": epoch % 7})
       ck.wait()
-      for which, epoch in (("latest", 15), ("best", 15)):
-        state, meta = ck.restore(base, which)
-        assert meta == {"epoch": epoch, "run": i} and int(state.step) == 100 * i + epoch
+      for restore, epoch in ((ck.restore, 15), (ck.restore_best, 6)):
+        state, meta = restore(base)
+        assert meta["epoch"] == epoch and meta["run"] == i
+        assert int(state.step) == 100 * i + epoch
+      assert ck.epochs() == [6, 14, 15]
       ck.close()
     except BaseException as e:  # reported by the main thread
       errors.append(e)

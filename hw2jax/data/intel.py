@@ -14,6 +14,7 @@ import json
 import os
 import re
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
@@ -35,7 +36,7 @@ KAGGLE_HINT = ("kaggle datasets download -d puneet6060/intel-image-classificatio
                "(or put the course file intel_landscapes.v2.npz in ./data/)")
 SPLITS = ("train", "val", "test")
 # Bumped whenever the conversion changes, so stale caches are never reused.
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2
 _ENTRY_RE = re.compile(r"(?:^|/)seg_(train|test)/(?:seg_(?:train|test)/)?([^/]+)/([^/]+)$")
 
 
@@ -166,8 +167,35 @@ def load(data_path: str | os.PathLike | None = None, *, layout: str = "hwc",
     raise UserError("--tfds_data_dir and --tfds_manual_dir only apply to --data_path=tfds:intel48")
   else:
     data = _load_source(data_path, layout=layout, cache_dir=cache_dir, log=log, environ=environ)
+  check_splits(data, log)
   log(f"intel data: {data.source} -> train {data.sizes()['train']}, val {data.sizes()['val']}, "
       f"test {data.sizes()['test']}")
+  return data
+
+
+def check_splits(data: IntelData, log: Callable[[str], None] = print) -> IntelData:
+  """Every split must hold images, and validation and test every class that training has (a
+  class missing from training is allowed, with a warning line): found when the data is
+  loaded, not after the last epoch."""
+  kaggle = not data.source.startswith("npz")
+  where = {"train": "seg_train/seg_train/<class>/", "val": "seg_train (10% of it)",
+           "test": "seg_test/seg_test/<class>/"} if kaggle else {
+               s: f"{s}_images / {s}_labels" for s in SPLITS}
+  for split in SPLITS:
+    if data.sizes()[split] == 0:
+      raise UserError(f"{data.source}: the {split} split is empty (no images in {where[split]}); "
+                      "every split needs images")
+  present = {split: set(np.unique(data.split(split)[1]).tolist()) for split in SPLITS}
+  absent = [CLASSES[c] for c in range(len(CLASSES)) if c not in present["train"]]
+  if absent:
+    log(f"intel data: WARNING: no training image of class {', '.join(absent)} (an empty "
+        f"folder?); training on {len(CLASSES) - len(absent)} classes")
+  for split in ("val", "test"):
+    lacking = [CLASSES[c] for c in sorted(present["train"] - present[split])]
+    if lacking:
+      raise UserError(f"{data.source}: the {split} split has no image of class "
+                      f"{', '.join(lacking)}, which the training split has; its accuracy would "
+                      "not measure that class")
   return data
 
 
@@ -189,6 +217,13 @@ def load_npz(path: str | os.PathLike, *, layout: str = "hwc") -> IntelData:
   path = Path(path)
   if layout not in ("hwc", "chw"):
     raise UserError(f"--layout={layout!r} is not valid; use hwc or chw")
+  if path.is_file() and not zipfile.is_zipfile(path):
+    with open(path, "rb") as f:
+      damaged = f.read(2) == b"PK"
+    raise UserError(f"{path} is a damaged npz (its zip archive is cut short or broken); "
+                    "re-download it" if damaged else
+                    f"{path} is not an npz file (an npz is a zip archive of arrays); give the "
+                    "course's intel_landscapes.v2.npz, the Kaggle zip or its folder")
   try:
     with np.load(path, allow_pickle=False) as npz:
       missing = [k for k in NPZ_KEYS if k not in npz.files]
@@ -292,7 +327,7 @@ def load_kaggle(path: str | os.PathLike, *, cache_dir: str | os.PathLike | None 
   log(f"intel data: converting {len(entries)} images from {path} to 48x48 (cached afterwards)")
   if is_zip:
     with zipfile.ZipFile(path) as zf:
-      images, ok = _decode_all(zf.read, entries)
+      images, ok = _decode_all(_tolerant(zf.read), entries)
   else:
     images, ok = _decode_all(lambda name: (path / name).read_bytes(), entries)
   skipped = int((~ok).sum())
@@ -305,10 +340,7 @@ def load_kaggle(path: str | os.PathLike, *, cache_dir: str | os.PathLike | None 
   test_idx = np.flatnonzero(~is_train & ok)
   if not len(train_idx):
     raise UserError(f"{path} holds no readable seg_train images")
-  n_val = int(np.ceil(val_fraction * len(train_idx)))
-  perm = np.random.default_rng(split_seed).permutation(len(train_idx))
-  val_idx = np.sort(train_idx[perm[:n_val]])
-  train_idx = np.sort(train_idx[perm[n_val:]])
+  val_idx, train_idx = _split_validation(train_idx, labels, val_fraction, split_seed)
   data = IntelData(
       train_images=images[train_idx], train_labels=labels[train_idx],
       val_images=images[val_idx], val_labels=labels[val_idx],
@@ -316,6 +348,25 @@ def load_kaggle(path: str | os.PathLike, *, cache_dir: str | os.PathLike | None 
       source=f"{'zip' if is_zip else 'folder'} {path}", skipped=skipped)
   _write_cache(cache, data, log)
   return data
+
+
+def _split_validation(idx: np.ndarray, labels: np.ndarray, fraction: float, seed: int
+                      ) -> tuple[np.ndarray, np.ndarray]:
+  """A seeded random `fraction` of `idx` for validation, the rest for training (both sorted).
+
+  A class the random draw left out of validation (only on small data: on the full set every
+  class has thousands of images) gets the first of its images in the draw's order, as long as
+  training keeps one, so that validation measures every class training has.
+  """
+  perm = idx[np.random.default_rng(seed).permutation(len(idx))]
+  n_val = int(np.ceil(fraction * len(idx)))
+  val, train = list(perm[:n_val]), list(perm[n_val:])
+  for c in np.unique(labels[idx]):
+    in_train = [i for i in train if labels[i] == c]
+    if not any(labels[i] == c for i in val) and len(in_train) >= 2:
+      train.remove(in_train[0])
+      val.append(in_train[0])
+  return np.sort(np.array(val, np.int64)), np.sort(np.array(train, np.int64))
 
 
 def _entries(names: Iterable[str], source: Path) -> list[_Entry]:
@@ -346,6 +397,17 @@ def decode_image(data: bytes) -> np.ndarray | None:
       return np.asarray(im, dtype=np.uint8)
   except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
     return None
+
+
+def _tolerant(read: Callable[[str], bytes]) -> Callable[[str], bytes]:
+  """`read`, with a damaged zip member (bad CRC, cut short) read as no bytes: it is then
+  skipped and counted like any unreadable image."""
+  def safe(name: str) -> bytes:
+    try:
+      return read(name)
+    except (zipfile.BadZipFile, OSError, EOFError, zlib.error):
+      return b""
+  return safe
 
 
 def _decode_all(read: Callable[[str], bytes], entries: list[_Entry],
