@@ -436,7 +436,10 @@ def predict(workdir: str | Path, words: Sequence[Sequence[str]], options: Decodi
   """Spells each pronunciation (a sequence of phoneme symbols) with the workdir's best
   checkpoint: greedy, the beams (with `options.beam`) and k samples (with `options.top_p`)."""
   options.validate()
-  config, src_vocab, tgt_vocab, model, params = load_run(workdir, log=log)
+  if not Path(workdir).is_dir():
+    load_run(workdir, log=log)                 # says that there is no trained model
+  with workdir_lib.locked(workdir):            # not while a training writes checkpoints there
+    config, src_vocab, tgt_vocab, model, params = load_run(workdir, log=log)
   for i, word in enumerate(words, 1):
     unknown = src_vocab.unknown(word)
     if unknown:
