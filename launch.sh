@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# hw2jax bootstrap: installs the project once (idempotent, fast when already installed) and runs
-#   ./launch.sh test [pytest args]        the test suite
+# hw2jax bootstrap: installs what each command needs once (fast when already installed) and runs
 #   ./launch.sh <experiment> [flags]      python -m experiments.<experiment> [flags], e.g. cnn --lr=0.01
-#   ./launch.sh bench <name> [flags]      python -m benchmarks.<name> (installs the PyTorch baseline)
-#   ./launch.sh install                   install only
+#   ./launch.sh test [pytest args]        the test suite (adds the test extra)
+#   ./launch.sh bench <name> [flags]      python -m benchmarks.<name> (adds the PyTorch baseline)
+#   ./launch.sh install                   install the runtime only
 # The jax extra follows the machine: NVIDIA GPU -> gpu, TPU -> tpu, otherwise CPU
 # (override with HW2JAX_EXTRA=gpu|tpu|cpu). On Kaggle/Colab it installs into the running
 # interpreter; elsewhere into ./.venv (override the interpreter with PYTHON=...).
@@ -41,7 +41,7 @@ hash_of() {
   if command -v sha256sum >/dev/null 2>&1; then sha256sum | cut -c1-16; else shasum -a 256 | cut -c1-16; fi
 }
 
-# install <extras...>: pip install -e .[extras] unless the same install is already recorded.
+# install <extras>: pip install -e .[extras] (just . when empty) unless already recorded.
 install() {
   local extras="$1" py stamp_dir want
   if in_notebook; then
@@ -53,6 +53,8 @@ install() {
       command -v "$base" >/dev/null 2>&1 || die "$base not found; install Python >= 3.11"
       "$base" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
         || die "$("$base" -V 2>&1) is too old; hw2jax needs Python >= 3.11 (set PYTHON=python3.12)"
+      "$base" -c 'import ensurepip, venv' >/dev/null 2>&1 \
+        || die "$("$base" -V 2>&1) has no venv module; install it (Debian/Ubuntu: sudo apt install python3-venv, or python$("$base" -c 'import sys; print("%d.%d" % sys.version_info[:2])')-venv) and rerun"
       echo "launch.sh: creating .venv with $("$base" -V 2>&1)" >&2
       "$base" -m venv .venv
     fi
@@ -63,7 +65,9 @@ install() {
   if [[ -f "$stamp_dir/$want" ]]; then
     PY="$py"; return
   fi
-  echo "launch.sh: installing hw2jax[$extras] with $("$py" -V 2>&1)" >&2
+  local target="."
+  [[ -n "$extras" ]] && target=".[$extras]"
+  echo "launch.sh: installing hw2jax${extras:+[$extras]} with $("$py" -V 2>&1)" >&2
   local pip_args=(-q)
   # CPU-only machines: take PyTorch's CPU wheels (the default PyPI wheel bundles CUDA, ~3 GB).
   if [[ "$extras" == *bench* && "$(detect_extra)" == cpu ]]; then
@@ -71,15 +75,16 @@ install() {
       || pip_args+=(--extra-index-url https://download.pytorch.org/whl/cpu)
   fi
   "$py" -m pip install "${pip_args[@]}" --upgrade pip >/dev/null
-  "$py" -m pip install "${pip_args[@]}" -e ".[$extras]"
+  "$py" -m pip install "${pip_args[@]}" -e "$target"
   mkdir -p "$stamp_dir"
-  echo "hw2jax[$extras]" > "$stamp_dir/$want"
+  echo "hw2jax${extras:+[$extras]}" > "$stamp_dir/$want"
   PY="$py"
 }
 
 extra="$(detect_extra)"
-base_extras="test"
-[[ "$extra" != cpu ]] && base_extras="$extra,test"
+runtime=""                              # the jax extra of this machine (none on CPU)
+[[ "$extra" != cpu ]] && runtime="$extra"
+plus() { echo "${runtime:+$runtime,}$1"; }   # the runtime and one more extra
 
 cmd="${1:-}"
 case "$cmd" in
@@ -87,12 +92,12 @@ case "$cmd" in
     usage
     ;;
   install)
-    install "$base_extras"
+    install "$runtime"
     "$PY" -c 'import jax; print("jax", jax.__version__, jax.devices())'
     ;;
   test)
     shift
-    install "$base_extras"
+    install "$(plus test)"
     exec "$PY" -m pytest "$@"
     ;;
   bench)
@@ -100,13 +105,13 @@ case "$cmd" in
     [[ -n "${1:-}" ]] || die "usage: ./launch.sh bench <name> [flags]; benchmarks: $(ls benchmarks/*.py | xargs -n1 basename | sed 's/\.py$//' | grep -v '^__' | tr '\n' ' ')"
     name="$1"; shift
     [[ -f "benchmarks/$name.py" ]] || die "no benchmark benchmarks/$name.py"
-    install "$base_extras,bench"
+    install "$(plus bench)"
     exec "$PY" -m "benchmarks.$name" "$@"
     ;;
   *)
     shift
     [[ -f "experiments/$cmd.py" ]] || { usage >&2; die "unknown command '$cmd'"; }
-    install "$base_extras"
+    install "$runtime"
     exec "$PY" -m "experiments.$cmd" "$@"
     ;;
 esac

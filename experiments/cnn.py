@@ -33,8 +33,8 @@ flags.DEFINE_enum("init", "torch", ["torch", "flax"],
                   "torch: PyTorch's default initialisation, as the course; flax: lecun-normal.")
 flags.DEFINE_string("data_path", None,
                     "Intel npz, Kaggle zip or folder, or tfds:intel48 (a TFDS dataset in "
-                    "--tfds_data_dir). Default: $HW2JAX_DATA, ./data/, "
-                    "/kaggle/input/intel-image-classification.")
+                    "--tfds_data_dir). Default: $HW2JAX_DATA, ./data/, a Kaggle notebook's "
+                    "/kaggle/input, else a download (--download).")
 flags.DEFINE_string("tfds_data_dir", None,
                     "TFDS data folder for --data_path=tfds:intel48. Default: $TFDS_DATA_DIR, "
                     "else ~/tensorflow_datasets.")
@@ -50,7 +50,10 @@ flags.DEFINE_enum("epoch_mode", "auto", ["auto", "scan", "loop"],
                   "auto: one lax.scan per epoch on GPU/TPU, a Python loop of jitted steps on CPU.")
 flags.DEFINE_bool("fresh", False,
                   "Start over: move the workdir's previous run to <workdir>/archive/<time>/.")
+cli.define_download_flag()
+cli.define_training_flags()
 cli.define_distributed_flag()
+flags.adopt_module_key_flags(cli)       # --help lists the shared flags too
 FLAGS = flags.FLAGS
 
 
@@ -62,14 +65,15 @@ def main(argv):
       optimizer=FLAGS.optimizer, l2_decay=FLAGS.l2_decay, dropout=FLAGS.dropout, seed=FLAGS.seed,
       kernel_size=FLAGS.kernel_size, maxpool=FLAGS.maxpool,
       channels=tuple(cli.parse_ints(FLAGS.channels, "channels")), init=FLAGS.init,
-      epoch_mode=FLAGS.epoch_mode)
+      epoch_mode=FLAGS.epoch_mode, tensorboard=FLAGS.tensorboard,
+      devices=cli.parse_devices(FLAGS.devices))
   if len(set(lrs)) != len(lrs):
     raise UserError(f"--lr={','.join(FLAGS.lr)} repeats a learning rate; give each rate once")
   for lr in lrs:
     dataclasses.replace(config, learning_rate=lr).validate()
   print(q2.describe_params(config), flush=True)
   data = intel.load(FLAGS.data_path, layout=FLAGS.layout, tfds_data_dir=FLAGS.tfds_data_dir,
-                    tfds_manual_dir=FLAGS.tfds_manual_dir)
+                    tfds_manual_dir=FLAGS.tfds_manual_dir, download=FLAGS.download)
   workdir = FLAGS.workdir or f"runs/cnn/{config.run_name(sweep=len(lrs) > 1)}"
   if len(lrs) == 1:
     q2.train_and_evaluate(config, data, workdir, fresh=FLAGS.fresh)

@@ -24,8 +24,8 @@ flags.DEFINE_integer("check_trials", _D.check_trials, "Random problems per claim
 flags.DEFINE_enum("patterns", _D.patterns, list(q1.PATTERN_SOURCES),
                   "Retrieval patterns: auto (Intel when found, else random), intel, random.")
 flags.DEFINE_string("data_path", None,
-                    "Intel npz, Kaggle zip or folder. Default: $HW2JAX_DATA, ./data/, "
-                    "/kaggle/input/intel-image-classification.")
+                    "Intel npz, Kaggle zip or folder. Default: $HW2JAX_DATA, ./data/, a Kaggle "
+                    "notebook's /kaggle/input, else a download (--download).")
 flags.DEFINE_integer("num_patterns", _D.num_patterns, "Stored patterns N for retrieval.")
 flags.DEFINE_list("betas", [f"{b:g}" for b in _D.betas], "Retrieval inverse temperatures.")
 flags.DEFINE_list("queries", list(_D.queries), "Query kinds: mask (bottom half), noise.")
@@ -51,6 +51,8 @@ flags.DEFINE_float("capacity_noise", _D.capacity_noise,
 flags.DEFINE_integer("capacity_steps", _D.capacity_steps, "Updates per capacity query.")
 flags.DEFINE_float("failure_prob", _D.failure_prob, "p of Theorem 3's bound.")
 flags.DEFINE_string("workdir", "runs/hopfield", "Output folder.")
+cli.define_download_flag()
+flags.adopt_module_key_flags(cli)       # --help lists the shared flags too
 FLAGS = flags.FLAGS
 
 
@@ -68,7 +70,7 @@ def main(argv):
       capacity_max_patterns=FLAGS.capacity_max_patterns, capacity_queries=FLAGS.capacity_queries,
       capacity_noise=FLAGS.capacity_noise, capacity_steps=FLAGS.capacity_steps,
       failure_prob=FLAGS.failure_prob).validate()
-  summary = q1.run(config, FLAGS.workdir, data_path=FLAGS.data_path)
+  summary = q1.run(config, FLAGS.workdir, data_path=FLAGS.data_path, download=FLAGS.download)
   print(f"outputs in {FLAGS.workdir}", flush=True)
   if "check" in summary and not summary["check"]["all_ok"]:
     print("some Q1 checks FAILED (see the table)", file=sys.stderr, flush=True)

@@ -51,7 +51,9 @@ flags.DEFINE_enum("epoch_mode", "auto", ["auto", "scan", "loop"],
                   "steps on CPU.")
 flags.DEFINE_bool("fresh", False,
                   "Start over: move the workdir's previous run to <workdir>/archive/<time>/.")
+cli.define_training_flags()
 cli.define_distributed_flag()
+flags.adopt_module_key_flags(cli)       # --help lists the shared flags too
 FLAGS = flags.FLAGS
 
 
@@ -61,7 +63,8 @@ def main(argv):
       attention=FLAGS.attention, learning_rate=FLAGS.lr, batch_size=FLAGS.batch_size,
       epochs=FLAGS.epochs, hidden_size=FLAGS.hidden_size, dropout=FLAGS.dropout,
       seed=FLAGS.seed, max_train_words=FLAGS.max_train_words, widths=FLAGS.widths,
-      epoch_mode=FLAGS.epoch_mode).validate()
+      epoch_mode=FLAGS.epoch_mode, tensorboard=FLAGS.tensorboard,
+      devices=cli.parse_devices(FLAGS.devices)).validate()
   options = q3.Decoding(top_p=FLAGS.topp, k=FLAGS.k, beam=FLAGS.beam).validate()
   workdir = FLAGS.workdir or f"runs/p2g/{config.name()}"
   if FLAGS.predict is not None:

@@ -21,8 +21,8 @@ _D = report.Config()
 flags.DEFINE_string("workdir", "runs/report", "Output folder: REPORT.md and one folder per part.")
 flags.DEFINE_string("intel_data_path", None,
                     "Intel npz, Kaggle zip or folder (Q1 retrieval, Q2). Default: $HW2JAX_DATA, "
-                    "./data/, /kaggle/input/intel-image-classification; none found: Q2 is "
-                    "skipped and Q1 retrieves random patterns.")
+                    "./data/, a Kaggle notebook's /kaggle/input, else a download (--download); "
+                    "none: Q2 is skipped and Q1 retrieves random patterns.")
 flags.DEFINE_enum("layout", _D.layout, ["hwc", "chw"],
                   "How to read flattened (N, 6912) npz images; 4-D arrays are detected.")
 flags.DEFINE_string("p2g_data_path", None,
@@ -47,7 +47,9 @@ flags.DEFINE_enum("overlap", _D.overlap, list(report.OVERLAP),
                   "host work hide behind their device time. auto: on one GPU or TPU, not on CPU.")
 flags.DEFINE_bool("fresh", False,
                   "Start over: move the previous report's files to <workdir>/archive/<time>/.")
+cli.define_download_flag()
 cli.define_distributed_flag()
+flags.adopt_module_key_flags(cli)       # --help lists the shared flags too
 FLAGS = flags.FLAGS
 
 
@@ -62,6 +64,7 @@ def main(argv):
       q3_beam=FLAGS.q3_beam, overlap=FLAGS.overlap).validate()
   results = report.run(config, FLAGS.workdir, intel_data_path=FLAGS.intel_data_path,
                        p2g_data_path=FLAGS.p2g_data_path, fresh=FLAGS.fresh,
+                       download=FLAGS.download,
                        command=" ".join(["python -m experiments.report", *sys.argv[1:]]))
   print(f"report: {FLAGS.workdir}/{report.REPORT} ({'quick, ' if config.quick else ''}"
         f"{results['meta']['wall_seconds']:.0f} s)", flush=True)

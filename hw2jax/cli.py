@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import re
 import sys
 from typing import Callable, Sequence
@@ -40,6 +41,39 @@ def define_distributed_flag() -> None:
   flags.DEFINE_bool("distributed", False,
                     "Multi-host run (TPU pod slice, GPU cluster): call "
                     "jax.distributed.initialize() first; see BUILD.md.")
+
+
+def define_training_flags() -> None:
+  """--tensorboard and --devices, for CLIs that train."""
+  flags.DEFINE_bool("tensorboard", True,
+                    "Also write TensorBoard event files into <workdir>/tb/ (view them with "
+                    "`tensorboard --logdir runs`); metrics.jsonl is written either way.")
+  flags.DEFINE_string("devices", "all",
+                      "Data parallelism over all devices, or over the first N (e.g. 1 on a "
+                      "machine whose batches are too small to be worth splitting).")
+
+
+def parse_devices(text: str) -> int:
+  """'all' -> 0, 'N' -> N (>= 1); a clear UserError otherwise."""
+  if text.strip().lower() == "all":
+    return 0
+  try:
+    count = int(text)
+  except ValueError:
+    count = -1
+  if count < 1:
+    raise UserError(f"--devices={text} must be all or a positive number")
+  return count
+
+
+def define_download_flag() -> None:
+  """--download, for CLIs that read the Intel data: fetch it from Kaggle when none is found."""
+  default = os.environ.get("HW2JAX_DOWNLOAD", "auto")
+  flags.DEFINE_enum("download", default if default in ("auto", "never") else "auto",
+                    ["auto", "never"],
+                    "auto: when no Intel data is found, download the public Kaggle dataset "
+                    "(about 360 MB) with kagglehub, cached in $KAGGLEHUB_CACHE (default "
+                    "~/.cache/kagglehub); never: do not. Default: $HW2JAX_DOWNLOAD, else auto.")
 
 
 def run(main: Callable[[Sequence[str]], None], *, memory_flags: str = "--batch_size") -> None:

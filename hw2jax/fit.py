@@ -15,8 +15,11 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import jax
+
 from hw2jax import checkpoints as ckpt_lib
 from hw2jax import runlog
+from hw2jax import tensorboard as tb
 from hw2jax.errors import UserError
 from hw2jax.training import Trainer, TrainState
 
@@ -50,28 +53,32 @@ def fit(trainer: Trainer, state: TrainState, train_data, *, epochs: int,
         evaluate: Callable[[TrainState], dict], workdir: str | Path,
         best_metric: str, best_mode: str = "max", progress_keys: Sequence[str] = (),
         log: Callable[[str], None] = print, prefix: str = "",
-        extra_meta: dict[str, Any] | None = None) -> FitResult:
+        extra_meta: dict[str, Any] | None = None, tensorboard: bool = True) -> FitResult:
   """Trains `state` for `epochs` epochs in total (counting epochs already checkpointed).
 
   `evaluate(state)` returns validation metrics (e.g. {'val_loss', 'val_accuracy'}); the epoch
-  with the best `best_metric` (max or min) is also saved as the best checkpoint.
+  with the best `best_metric` (max or min) is also saved as the best checkpoint. Every epoch
+  also goes to TensorBoard event files in <workdir>/tb/ unless `tensorboard` is False.
   """
   if best_mode not in ("max", "min"):
     raise ValueError(f"best_mode must be 'max' or 'min', got {best_mode!r}")
   workdir = Path(workdir)
   checkpoints = ckpt_lib.Checkpoints(workdir, best_metric=best_metric, best_mode=best_mode,
                                      log=log)
+  board = tb.Board(workdir, enabled=tensorboard)
   try:
-    return _fit(trainer, state, train_data, checkpoints, epochs=epochs, evaluate=evaluate,
-                workdir=workdir, best_metric=best_metric, best_mode=best_mode,
-                progress_keys=progress_keys, log=log, prefix=prefix, extra_meta=extra_meta)
+    return _fit(trainer, state, train_data, checkpoints, board, epochs=epochs,
+                evaluate=evaluate, workdir=workdir, best_metric=best_metric,
+                best_mode=best_mode, progress_keys=progress_keys, log=log, prefix=prefix,
+                extra_meta=extra_meta)
   finally:
+    board.close()
     checkpoints.wait()
     checkpoints.close()
 
 
-def _fit(trainer, state, train_data, checkpoints, *, epochs, evaluate, workdir, best_metric,
-         best_mode, progress_keys, log, prefix, extra_meta) -> FitResult:
+def _fit(trainer, state, train_data, checkpoints, board, *, epochs, evaluate, workdir,
+         best_metric, best_mode, progress_keys, log, prefix, extra_meta) -> FitResult:
   history: list[dict] = []
   best_record, diverged_at = None, None
   restored = checkpoints.restore(state)
@@ -84,6 +91,8 @@ def _fit(trainer, state, train_data, checkpoints, *, epochs, evaluate, workdir, 
   _check_nothing_lost(workdir, len(history), checkpoints.root)
   rlog = runlog.RunLog(workdir, total_epochs=epochs, prefix=prefix, printer=log)
   rlog.reset(history)
+  extra = _learning_rate(state)
+  board.start([{**r, **extra} for r in history])
   start = len(history)
   if diverged_at is not None:
     log(f"{prefix}this run diverged at epoch {diverged_at}; nothing more to train "
@@ -116,9 +125,18 @@ def _fit(trainer, state, train_data, checkpoints, *, epochs, evaluate, workdir, 
     checkpoints.save(epoch + 1, state, _meta(epoch + 1, history, best_record, diverged_at,
                                              extra_meta), record)
     rlog.append(record)
+    board.epoch({**record, **extra})
     rlog.progress(record, progress_keys)
   return FitResult(state=state, history=history, best=best_record, diverged_at=diverged_at,
                    resumed_from=start)
+
+
+def _learning_rate(state: TrainState) -> dict[str, float]:
+  """{'learning_rate': ...} of a `make_optimizer` state (its injected hyper-parameter)."""
+  hyperparams = getattr(state.opt_state, "hyperparams", None) or {}
+  if "learning_rate" not in hyperparams:
+    return {}
+  return {"learning_rate": float(jax.device_get(hyperparams["learning_rate"]))}
 
 
 def _check_nothing_lost(workdir: Path, restored_epochs: int, root: Path) -> None:

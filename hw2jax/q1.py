@@ -315,16 +315,20 @@ class Patterns(NamedTuple):
 
 
 def load_patterns(config: Config, data_path: str | None = None,
-                  log: Callable[[str], None] = print) -> Patterns:
-  """N Intel train images when found (or asked for), else N random +-1 patterns of 48x48x3.
+                  log: Callable[[str], None] = print, download: str = "never",
+                  data: intel.IntelData | None = None) -> Patterns:
+  """N Intel train images when found (or asked for; `data` when already loaded), else N random
+  +-1 patterns of 48x48x3.
 
   Intel images are standardised per image (zero mean, unit variance over pixels), so that every
   stored pattern has the same norm sqrt(D): otherwise high-contrast images win every query.
   """
   path = None
-  if config.patterns != "random":
+  if data is not None and config.patterns != "random":
+    path = data.source
+  elif config.patterns != "random":
     try:
-      path = intel.discover(data_path)
+      path = intel.discover(data_path, download=download, log=log)
     except UserError as e:
       if config.patterns == "intel" or data_path:
         raise
@@ -335,7 +339,7 @@ def load_patterns(config: Config, data_path: str | None = None,
     n = config.num_patterns
     return Patterns(X, IMAGE_SHAPE, np.full(n, 0.5, np.float32),
                     np.full(n, 0.5, np.float32), f"random +-1 patterns (seed {config.seed})")
-  data = intel.load(path, log=log)
+  data = data if data is not None else intel.load(path, log=log)
   images = data.train_images
   if len(images) < config.num_patterns:
     raise UserError(f"--num_patterns={config.num_patterns} but {path} has only {len(images)} "
@@ -445,6 +449,7 @@ def _plot_retrieval(patterns: Patterns, Q: np.ndarray, finals: dict, kind: str, 
 
 
 def _plot_energy(energies: dict, config: Config, patterns: Patterns, path: Path) -> None:
+  from matplotlib.ticker import MaxNLocator
   kinds = list(config.queries)
   size = (3.0 * len(config.betas), 2.6 * len(kinds) + 0.6)
   with runlog.figure(path, dpi=110, figsize=size) as fig:
@@ -460,6 +465,7 @@ def _plot_energy(energies: dict, config: Config, patterns: Patterns, path: Path)
         ax.plot(steps, e.mean(axis=1), color="black", linewidth=1.6, label="mean, all queries")
         ax.set_title(f"{kind} queries, beta={beta:g}", fontsize=8)
         ax.set_xlabel("CCCP step t", fontsize=8)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("E(q_t)", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
@@ -610,9 +616,14 @@ def _plot_capacity(rates, ns, dims, per_beta, config: Config, path: Path) -> Non
                          for d, t in zip(dense, theory)])
       holds = np.array([t["bound"] is not None for t in theory])
       rate = math.log(theory[-1]["c"]) / 4
-      ax_d.plot(dense, np.where(holds, np.nan, values), linestyle=":", color=colour, linewidth=1)
-      ax_d.plot(dense, np.where(holds, values, np.nan), linestyle="--", marker="x", markersize=4,
-                color=colour, linewidth=1.5, label=f"beta={beta:g} Theorem 3 ~ exp({rate:.2f} D)")
+      # Each legend entry shows the style drawn: only what exists for this beta is labelled.
+      if not holds.all():
+        ax_d.plot(dense, np.where(holds, np.nan, values), linestyle=":", color=colour,
+                  linewidth=1.2, label=f"beta={beta:g} Theorem 3, condition fails (dotted)")
+      if holds.any():
+        ax_d.plot(dense, np.where(holds, values, np.nan), linestyle="--", marker="x",
+                  markersize=4, color=colour, linewidth=1.5,
+                  label=f"beta={beta:g} Theorem 3 ~ exp({rate:.2f} D) (dashed)")
     ax_n.set_xscale("log", base=2)
     ax_n.set_xlabel("number of stored patterns N")
     ax_n.set_ylabel("recall rate")
@@ -631,8 +642,9 @@ def _plot_capacity(rates, ns, dims, per_beta, config: Config, path: Path) -> Non
              "Patterns uniform on the sphere |x| = sqrt(D) (Theorem 3's setting, K = "
              f"sqrt(D/(D-1))), queries x_i + N(0, {config.capacity_noise:g}^2 I); recalled: "
              f"relative error < {config.recall_tol:g}.\nTheorem 3 (p={config.failure_prob:g}) "
-             "is a lower bound: dashed (x) where its condition c >= (2/sqrt(p))^(4/(D-1)) holds, "
-             "dotted where it does not (no guarantee there).", ha="center", fontsize=8)
+             "is a lower bound, drawn dashed with x where its condition c >= "
+             "(2/sqrt(p))^(4/(D-1)) holds and dotted where it fails (no guarantee there).",
+             ha="center", fontsize=8)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
 
 
@@ -641,13 +653,15 @@ def _plot_capacity(rates, ns, dims, per_beta, config: Config, path: Path) -> Non
 
 
 def run(config: Config, workdir: str | Path, data_path: str | None = None,
-        log: Callable[[str], None] = print) -> dict:
+        log: Callable[[str], None] = print, download: str = "never",
+        data: intel.IntelData | None = None) -> dict:
   """Runs `config.parts` and writes summary.json (+ check.md and PNGs) into `workdir`.
 
   The data is loaded before the workdir is touched, so bad input changes nothing there.
   """
   config.validate()
-  patterns = load_patterns(config, data_path, log=log) if "retrieval" in config.parts else None
+  patterns = (load_patterns(config, data_path, log=log, download=download, data=data)
+              if "retrieval" in config.parts else None)
   with workdir_lib.locked(workdir) as workdir:
     return _run(config, patterns, workdir, log)
 

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from hw2jax import classifier, cnn, fit as fit_lib, runlog, training
-from hw2jax import sharding, workdir as workdir_lib
+from hw2jax import sharding, tensorboard as tb, workdir as workdir_lib
 from hw2jax.data import intel
 from hw2jax.errors import UserError
 
@@ -51,6 +51,8 @@ class Config:
   init: str = "torch"
   epoch_mode: str = "auto"
   eval_batch_size: int = 1000
+  tensorboard: bool = True           # event files in <workdir>/tb/ (metrics.jsonl regardless)
+  devices: int = 0                   # data parallelism over the first N devices (0: all)
 
   def validate(self) -> "Config":
     checks = [
@@ -61,6 +63,7 @@ class Config:
         (self.epochs >= 1, f"--epochs={self.epochs} must be at least 1"),
         (self.batch_size >= 1, f"--batch_size={self.batch_size} must be at least 1"),
         (self.eval_batch_size >= 1, f"eval batch size {self.eval_batch_size} must be >= 1"),
+        (self.devices >= 0, f"--devices={self.devices} must be all or a positive number"),
         (self.l2_decay >= 0, f"--l2_decay={self.l2_decay} must be >= 0"),
         (0 <= self.dropout < 1, f"--dropout={self.dropout} must be in [0, 1)"),
         (self.kernel_size >= 1 and self.kernel_size % 2 == 1,
@@ -130,7 +133,7 @@ _NAME_PARTS = (
     ("channels", lambda v: "ch" + "_".join(map(str, v))), ("batch_size", lambda v: f"bs{v}"),
     ("optimizer", str), ("l2_decay", lambda v: f"l2_{v:g}"), ("dropout", lambda v: f"drop{v:g}"),
     ("seed", lambda v: f"seed{v}"), ("init", lambda v: f"init_{v}"),
-)
+)   # epochs, epoch_mode, eval_batch_size, tensorboard, devices: see workdir.RESUMABLE
 
 
 def _largest_odd(n: int) -> int:
@@ -170,7 +173,7 @@ def make_trainer(config: Config) -> training.Trainer:
   """The config's trainer; data-parallel over all devices when there are several."""
   return training.Trainer(classifier.loss_fn, classifier.eval_fn, batch_size=config.batch_size,
                           eval_batch_size=config.eval_batch_size, epoch_mode=config.epoch_mode,
-                          mesh=sharding.data_mesh())
+                          mesh=sharding.data_mesh(sharding.select_devices(config.devices)))
 
 
 def train_and_evaluate(config: Config, data: intel.IntelData, workdir: str | Path, *,
@@ -208,7 +211,7 @@ def _train_and_evaluate(config, data, workdir, *, fresh, arrays, trainer, log, p
   result = fit_lib.fit(trainer, state, arrays["train"], epochs=config.epochs, evaluate=evaluate,
                        workdir=workdir, best_metric="val_accuracy", best_mode="max",
                        progress_keys=("train_loss", "val_loss", "val_accuracy"), log=log,
-                       prefix=prefix)
+                       prefix=prefix, tensorboard=config.tensorboard)
   final = dict(result.history[-1]) if result.history else {}
   test = trainer.evaluate(result.state, arrays["test"])
   summary = {
@@ -226,7 +229,7 @@ def _train_and_evaluate(config, data, workdir, *, fresh, arrays, trainer, log, p
       "best_val": None,
       "train_seconds_total": result.train_seconds_total,
       "train_seconds_this_call": result.train_seconds,
-      "device": _device_name(),
+      "device": _device_name(trainer),
       "jax_version": jax.__version__,
       "seed_report": _seed_row(config),
   }
@@ -238,6 +241,9 @@ def _train_and_evaluate(config, data, workdir, *, fresh, arrays, trainer, log, p
                            "val_accuracy": result.best["val_accuracy"],
                            "test_accuracy": best_test and best_test["accuracy"]}
   runlog.write_json(workdir / runlog.SUMMARY, summary)
+  tb.write_hparams(workdir, config.to_json(), {
+      **summary["final"], "best_val_test_accuracy": (summary["best_val"] or {}).get(
+          "test_accuracy")}, enabled=config.tensorboard)
   if result.history:
     runlog.plot_history(
         result.history, workdir / CURVES,
@@ -315,6 +321,8 @@ def _fmt(x) -> str:
   return "—" if x is None else f"{x:.4f}"
 
 
-def _device_name() -> str:
+def _device_name(trainer: training.Trainer) -> str:
+  """'<platform>:<kind> x<devices the trainer splits batches over>'."""
   d = jax.devices()[0]
-  return f"{d.platform}:{getattr(d, 'device_kind', '')} x{jax.device_count()}"
+  count = 1 if trainer.mesh is None else trainer.mesh.devices.size
+  return f"{d.platform}:{getattr(d, 'device_kind', '')} x{count}"

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hw2jax import decoding, fit as fit_lib, metrics, runlog, seq2seq, training
-from hw2jax import sharding, workdir as workdir_lib
+from hw2jax import sharding, tensorboard as tb, workdir as workdir_lib
 from hw2jax.data import phonemes
 from hw2jax.errors import UserError
 
@@ -57,6 +57,8 @@ class Config:
   unroll: int = 1
   epoch_mode: str = "auto"
   eval_batch_size: int = 1000
+  tensorboard: bool = True           # event files in <workdir>/tb/ (metrics.jsonl regardless)
+  devices: int = 0                   # data parallelism over the first N devices (0: all)
 
   def validate(self) -> "Config":
     checks = [
@@ -72,6 +74,7 @@ class Config:
         (self.widths >= 1, f"--widths={self.widths} must be at least 1"),
         (self.unroll >= 1, f"--unroll={self.unroll} must be at least 1"),
         (self.eval_batch_size >= 1, f"eval batch size {self.eval_batch_size} must be >= 1"),
+        (self.devices >= 0, f"--devices={self.devices} must be all or a positive number"),
         (self.epoch_mode in training.EPOCH_MODES,
          f"--epoch_mode={self.epoch_mode!r} is not one of {', '.join(training.EPOCH_MODES)}"),
     ]
@@ -160,7 +163,7 @@ def make_trainer(config: Config) -> training.Trainer:
   """The config's trainer; data-parallel over all devices when there are several."""
   return training.Trainer(seq2seq.loss_fn, seq2seq.eval_fn, batch_size=config.batch_size,
                           eval_batch_size=config.eval_batch_size, epoch_mode=config.epoch_mode,
-                          mesh=sharding.data_mesh())
+                          mesh=sharding.data_mesh(sharding.select_devices(config.devices)))
 
 
 def train_widths(config: Config, data: phonemes.P2GData, trainer: training.Trainer
@@ -277,7 +280,8 @@ def _train_and_evaluate(config, data, workdir, trainer, *, decoding_options, fre
 
   result = fit_lib.fit(trainer, state, train, epochs=config.epochs, evaluate=evaluate,
                        workdir=workdir, best_metric="val_cer", best_mode="min",
-                       progress_keys=("train_loss", "val_loss", "val_cer", "val_wer"), log=log)
+                       progress_keys=("train_loss", "val_loss", "val_cer", "val_wer"), log=log,
+                       tensorboard=config.tensorboard)
   best_state = None
   if result.best is not None:
     best_state = fit_lib.restore_best(workdir, result.state, best_metric="val_cer",
@@ -306,10 +310,13 @@ def _train_and_evaluate(config, data, workdir, trainer, *, decoding_options, fre
       "seed_report": SEED_REPORT,
       "train_seconds_total": result.train_seconds_total,
       "train_seconds_this_call": result.train_seconds,
-      "device": _device_name(),
+      "device": _device_name(trainer),
       "jax_version": jax.__version__,
   }
   runlog.write_json(workdir / runlog.SUMMARY, summary)
+  tb.write_hparams(workdir, config.to_json(), {
+      f"test_{name}_{k}": v for name, m in test["metrics"].items() for k, v in m.items()},
+      enabled=config.tensorboard)
   table = tables(summary)
   (workdir / TABLES).write_text(table)
   if result.history:
@@ -385,28 +392,33 @@ def _fmt(x) -> str:
   return "—" if x is None else f"{x:.4f}"
 
 
-def _device_name() -> str:
+def _device_name(trainer: training.Trainer) -> str:
+  """'<platform>:<kind> x<devices the trainer splits batches over>'."""
   d = jax.devices()[0]
-  return f"{d.platform}:{getattr(d, 'device_kind', '')} x{jax.device_count()}"
+  count = 1 if trainer.mesh is None else trainer.mesh.devices.size
+  return f"{d.platform}:{getattr(d, 'device_kind', '')} x{count}"
 
 
 def plot_attention(pairs: Sequence, predictions: Sequence[str], weights: np.ndarray,
                    path: Path) -> Path:
   """Heat-maps of the greedy decoder's attention (output characters x source phonemes)."""
   n = len(pairs)
-  with runlog.figure(path, dpi=120, figsize=(3.6 * n, 3.8)) as fig:
+  with runlog.figure(path, dpi=120, figsize=(3.6 * n + 1.0, 4.0)) as fig:
     axes = fig.subplots(1, n, squeeze=False)
+    image = None
     for ax, (phones, gold), pred, w in zip(axes[0], pairs, predictions, weights):
       rows = list(pred) + ["</s>"]
       w = np.asarray(w)[:len(rows), :len(phones)]
-      ax.imshow(w, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
+      image = ax.imshow(w, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
       ax.set_xticks(range(len(phones)), phones, fontsize=8)
       ax.set_yticks(range(len(rows)), rows, fontsize=8)
-      ax.set_title(f"{gold} -> {pred}", fontsize=9)
-      ax.set_xlabel("phoneme")
-    axes[0][0].set_ylabel("output character")
-    fig.suptitle("Bahdanau attention of greedy decoding (test words)")
-    fig.tight_layout()
+      ax.set_title(f"gold '{gold}'\n-> predicted '{pred}'", fontsize=9)
+      ax.set_xlabel("source phoneme")
+    axes[0][0].set_ylabel("output character (greedy)")
+    fig.suptitle("Bahdanau attention of greedy decoding (test words): each row sums to 1")
+    fig.tight_layout(rect=(0, 0, 0.93, 1))
+    bar = fig.add_axes((0.945, 0.15, 0.012, 0.7))
+    fig.colorbar(image, cax=bar, label="attention weight")
   return path
 
 

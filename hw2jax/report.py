@@ -53,6 +53,7 @@ REQUIRED = {
     "q3": ("### Tables 3.1-3.3", "### Figures 3.1-3.2"),
 }
 _IMAGE_RE = re.compile(r"!\[[^\]]*\]\(([^)\s]+)\)")
+_LINK_RE = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+\.png)\)")   # figures linked, not shown
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,14 +196,15 @@ def _flag_named(flag: str):
     raise UserError(str(e).replace("--data_path", flag)) from None
 
 
-def find_intel(data_path: str | None) -> tuple[Path | None, str | None]:
+def find_intel(data_path: str | None, download: str = "never"
+               ) -> tuple[Path | None, str | None]:
   """(path, None) where the Intel data is, or (None, why not). An explicit path that does not
   hold the data is the user's mistake and raises UserError."""
   if data_path:
     with _flag_named("--intel_data_path"):
       return intel.discover(data_path), None
   try:
-    return intel.discover(None), None
+    return intel.discover(None, download=download), None
   except UserError as e:
     return None, str(e)
 
@@ -241,7 +243,7 @@ def describe_device(info: dict) -> str:
 
 def run(config: Config, workdir: str | Path, *, intel_data_path: str | None = None,
         p2g_data_path: str | None = None, fresh: bool = False, command: str = "",
-        log: Callable[[str], None] = print) -> dict:
+        download: str = "never", log: Callable[[str], None] = print) -> dict:
   """Runs (or resumes) the parts of `config`, writes report.json and REPORT.md into `workdir`.
 
   Returns the results (as in report.json) with 'missing': what the completeness check found
@@ -251,7 +253,7 @@ def run(config: Config, workdir: str | Path, *, intel_data_path: str | None = No
   clock = time.perf_counter()
   overlap = "q3" in config.parts and overlap_q3(config)
   # Bad explicit data paths fail here, before anything runs or the workdir changes.
-  intel_path, intel_reason = find_intel(intel_data_path)
+  intel_path, intel_reason = find_intel(intel_data_path, download)
   p2g_data, p2g_reason = (load_p2g(p2g_data_path, config.schedule.q3_train_words)
                           if "q3" in config.parts else (None, None))
   inputs = part_inputs(config, intel_path, p2g_data)
@@ -378,8 +380,7 @@ def _run_part(part: str, config: Config, workdir: Path, intel_path, intel_reason
               log) -> dict:
   """One part in the calling thread; `intel_data()` loads the Intel arrays (once per report)."""
   if part == "q1":
-    n_images = intel_data().sizes()["train"] if intel_path is not None else None
-    return run_q1(config, workdir, intel_path, n_images, log)
+    return run_q1(config, workdir, intel_path, intel_data() if intel_path else None, log)
   if part == "q3":
     return run_q3(config, p2g_data, p2g_reason, course, workdir, log)
   if intel_path is None:
@@ -450,10 +451,11 @@ def q1_config(config: Config, n_images: int | None = None) -> q1.Config:
                    num_show=min(d.num_show, n))
 
 
-def run_q1(config: Config, workdir: Path, intel_path: Path | None, n_images: int | None,
-           log: Callable[[str], None]) -> dict:
-  """q1.run with the default parts; an earlier identical run in the workdir is reused."""
-  cfg = q1_config(config, n_images)
+def run_q1(config: Config, workdir: Path, intel_path: Path | None,
+           data: intel.IntelData | None, log: Callable[[str], None]) -> dict:
+  """q1.run with the default parts on the report's Intel data (loaded once for Q1 and Q2); an
+  earlier identical run in the workdir is reused."""
+  cfg = q1_config(config, data.sizes()["train"] if data is not None else None)
   out = workdir / "q1"
   inputs = {"config": cfg.to_json(), "data_path": str(intel_path) if intel_path else None}
   marker = out / "inputs.json"
@@ -467,7 +469,8 @@ def run_q1(config: Config, workdir: Path, intel_path: Path | None, n_images: int
   if reused:
     log(f"Q1: reusing the finished run in {out}")
   else:
-    summary = q1.run(cfg, out, data_path=str(intel_path) if intel_path else None, log=log)
+    summary = q1.run(cfg, out, data_path=str(intel_path) if intel_path else None, log=log,
+                     data=data)
     runlog.write_json(marker, inputs)
   return {"status": "done", "dir": _rel(out, workdir), "summary": summary, "reused": reused,
           "check_table": (out / q1.CHECK_TABLE).read_text()}
@@ -588,7 +591,7 @@ def run_q3(config: Config, data: phonemes.P2GData | None, reason: str | None, co
 def _plot_q2_comparison(runs: list[dict], seed: int, workdir: Path) -> None:
   if not runlog.primary():
     return
-  with runlog.figure(workdir / Q2_COMPARISON, dpi=110, figsize=(11, 4)) as fig:
+  with runlog.figure(workdir / Q2_COMPARISON, dpi=110, figsize=(11, 5)) as fig:
     acc, loss = fig.subplots(1, 2)
     for r in runs:
       if r["seed"] != seed:
@@ -600,12 +603,11 @@ def _plot_q2_comparison(runs: list[dict], seed: int, workdir: Path) -> None:
                markersize=3, label=label)
       loss.plot(epochs, [math.nan if h.get("train_loss") is None else h["train_loss"]
                          for h in history], marker="o", markersize=3, label=label)
-    acc.set(xlabel="epoch", ylabel="validation accuracy", title="validation accuracy")
-    loss.set(xlabel="epoch", ylabel="training loss (true mean of the epoch)",
-             title="training loss")
+    acc.set(ylabel="validation accuracy", title="validation accuracy")
+    loss.set(ylabel="training loss (true mean of the epoch)", title="training loss")
     for ax in (acc, loss):
-      ax.grid(alpha=0.3)
-      ax.legend(fontsize=8)
+      runlog.epoch_axis(ax)
+      runlog.legend_below(ax, fontsize=8)
     fig.suptitle(f"Q2: the four runs of Table 2.1 (seed {seed})")
     fig.tight_layout()
 
@@ -637,8 +639,8 @@ def missing_items(markdown: str, results: dict, workdir: str | Path) -> list[str
   """What REPORT.md lacks: figures it links that do not exist, and the tables of every part
   that ran whose headings are absent."""
   workdir = Path(workdir)
-  missing = [f"figure {link}" for link in _IMAGE_RE.findall(markdown)
-             if not (workdir / link).is_file()]
+  links = _IMAGE_RE.findall(markdown) + _LINK_RE.findall(markdown)
+  missing = [f"figure {link}" for link in links if not (workdir / link).is_file()]
   for part, headings in REQUIRED.items():
     if results.get(part, {}).get("status") != "done":
       continue
@@ -813,6 +815,7 @@ def _render_q2(r: dict, results: dict) -> str:
   out.append(markdown_table(["model", "lr", "val acc", "test acc", "seed val acc",
                              "seed test acc", "test acc at best val", "status", "train time"],
                             rows))
+  out.append("— in a seed column: the seed report has no run with these settings.\n")
   out.append(_quick_note(results, f"{_epochs(r['epochs'])} on {data['train']:,} training images"))
   out.append("### Table 2.3\n")
   p = r["params"]
@@ -857,9 +860,10 @@ def _render_ablations(r: dict, results: dict) -> str:
                  mean_std([f["val_accuracy"] for f in finals]),
                  mean_std([f["test_accuracy"] for f in finals]), _statuses(runs),
                  mean_std(per_epoch, 1) + " s",
-                 "Q2 BN+GAP run" if runs[0].get("shared_with_q2") else runs[0]["dir"]])
+                 ("(the Q2 BN+GAP run) " if runs[0].get("shared_with_q2") else "")
+                 + f"[curves]({runs[0]['dir']}/{q2.CURVES})"])
   out.append(markdown_table(["kernel", "max-pool", "parameters", "val acc", "test acc", "status",
-                             "time per epoch", "run"], rows))
+                             "time per epoch", f"run (seed {_seeds(r, results)[0]})"], rows))
   out.append(_quick_note(results, f"{_epochs(r['epochs'])} on {data['train']:,} training images"))
   return "\n".join(out)
 
@@ -901,6 +905,8 @@ def _render_q3(r: dict, results: dict) -> str:
                    fmt(seed["wer"]), fmt(seed["wer_at_k"])])
   out.append(markdown_table(["table", "model", "decoding", "CER", "WER", "WER@3", "seed CER",
                              "seed WER", "seed WER@3"], rows))
+  out.append("— in a seed column: the seed report has no such row (it ran no beam search); in "
+             "the WER@3 column: only sampling draws several spellings per word.\n")
   out.append("Test set. CER and WER of nucleus sampling average all samples; WER@3: none of the "
              "3 samples is the gold spelling.\n")
   out.append(_quick_note(results, f"{_epochs(r['epochs'])} on {data['train']:,} training pairs"))

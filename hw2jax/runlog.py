@@ -162,7 +162,7 @@ def plot_history(history: Sequence[dict], path: str | Path, *, title: str,
   path = Path(path)
   if not primary():
     return path
-  with figure(path, dpi=120, figsize=(5.5 * len(panels), 4)) as fig:
+  with figure(path, dpi=120, figsize=(5.5 * len(panels), 5)) as fig:
     _draw_history(fig, history, title=title, panels=panels, running_mean_of=running_mean_of,
                   note=note)
   return path
@@ -181,14 +181,27 @@ def _draw_history(fig, history, *, title, panels, running_mean_of, note) -> None
       if key == running_mean_of:
         ax.plot(epochs, running_mean(ys), linestyle="--",
                 label="training loss, running mean since epoch 1 (the course skeleton's curve)")
-    ax.set_xlabel("epoch")
+    epoch_axis(ax)
     ax.set_ylabel(ylabel)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    legend_below(ax)
   fig.suptitle(title)
   if note:
     fig.text(0.5, 0.005, note, ha="center", fontsize=7)
   fig.tight_layout(rect=(0, 0.03 if note else 0, 1, 1))
+
+
+def epoch_axis(ax) -> None:
+  """An 'epoch' x axis with whole-number ticks only, and a light grid."""
+  from matplotlib.ticker import MaxNLocator
+  ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+  ax.set_xlabel("epoch")
+  ax.grid(alpha=0.3)
+
+
+def legend_below(ax, fontsize: int = 7) -> None:
+  """The legend under the axes, where it cannot hide a data point."""
+  ax.legend(fontsize=fontsize, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=1,
+            frameon=False)
 
 
 @contextlib.contextmanager

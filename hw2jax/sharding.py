@@ -32,6 +32,24 @@ def data_mesh(devices=None) -> Mesh | None:
   return Mesh(np.array(devices), (DATA_AXIS,))
 
 
+def select_devices(count: int = 0) -> list:
+  """The first `count` devices (0: all). With several processes each contributes the same
+  number, so `count` must be a multiple of the process count."""
+  devices = jax.devices()
+  if count < 0 or count > len(devices):
+    raise UserError(f"--devices={count}: this machine has {len(devices)} device(s) "
+                    f"({devices[0].platform}); use all or a number from 1 to {len(devices)}")
+  if not count or count == len(devices):
+    return devices
+  processes = jax.process_count()
+  if count % processes:
+    raise UserError(f"--devices={count} does not split over {processes} processes; use a "
+                    f"multiple of {processes}")
+  per_process = count // processes
+  return [d for p in range(processes)
+          for d in [x for x in devices if x.process_index == p][:per_process]]
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 

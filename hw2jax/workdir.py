@@ -17,8 +17,9 @@ from hw2jax.errors import UserError
 
 CONFIG = "config.json"
 LOCK = ".lock"
-# Settings a run may change when it is resumed (more epochs, another epoch runner).
-RESUMABLE = ("epochs", "epoch_mode", "eval_batch_size")
+# Settings a run may change when it is resumed (more epochs, another epoch runner, whether it
+# writes TensorBoard files, how many devices it spans).
+RESUMABLE = ("epochs", "epoch_mode", "eval_batch_size", "tensorboard", "devices")
 
 
 def archive(workdir: str | Path, names: Iterable[str], globs: Sequence[str] = ()

@@ -85,9 +85,22 @@ def write_kaggle_zip(path: Path, prefix: str = "", **kw) -> Path:
 
 @pytest.fixture(autouse=True)
 def _isolated_env(tmp_path_factory, monkeypatch):
-  """No test reads the user's $HW2JAX_DATA or writes the user's cache."""
+  """No test reads the user's $HW2JAX_DATA or /kaggle/input, writes the user's cache, or
+  downloads anything (tests that download set --download=auto with a fake kagglehub)."""
   monkeypatch.delenv("HW2JAX_DATA", raising=False)
   monkeypatch.setenv("HW2JAX_CACHE", str(tmp_path_factory.mktemp("cache")))
+  monkeypatch.setenv("HW2JAX_KAGGLE_INPUT", str(tmp_path_factory.mktemp("no-kaggle") / "input"))
+  monkeypatch.setenv("HW2JAX_DOWNLOAD", "never")
+  monkeypatch.setenv("KAGGLEHUB_CACHE", str(tmp_path_factory.mktemp("kagglehub")))
+  # The CLI tests' subprocesses share compiled programs (compilation dominates them on CPU).
+  monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(_shared_xla_cache(tmp_path_factory)))
+  monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+
+
+def _shared_xla_cache(tmp_path_factory) -> Path:
+  path = tmp_path_factory.getbasetemp() / "xla-cache"
+  path.mkdir(exist_ok=True)
+  return path
 
 
 @pytest.fixture
@@ -160,3 +173,21 @@ def write_p2g_folder(root: Path, n_train: int = 48, n_valid: int = 12, n_test: i
   for name, rows in cuts.items():
     (root / f"{name}.tsv").write_text("".join(f"{p}\t{w}\n" for p, w in rows), encoding="utf-8")
   return root
+
+
+def read_tensorboard(folder: Path) -> dict[str, list[tuple[int, float]]]:
+  """{tag: [(step, value), ...]} of every scalar in the event files directly in `folder`
+  (TFRecord framing: length, its CRC, the Event proto, its CRC)."""
+  import struct
+  from tensorboardX.proto import event_pb2
+  scalars: dict[str, list[tuple[int, float]]] = {}
+  for path in sorted(Path(folder).glob("events.out.tfevents.*")):
+    data, pos = path.read_bytes(), 0
+    while pos + 12 <= len(data):
+      (length,) = struct.unpack("<Q", data[pos:pos + 8])
+      event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
+      pos += 12 + length + 4
+      for value in event.summary.value:
+        if value.HasField("simple_value"):
+          scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+  return scalars

@@ -1,6 +1,7 @@
 """Intel loaders: course npz in every layout, Kaggle folder and zip, cache, discovery, bad input."""
 
 import os
+import sys
 import zipfile
 
 import numpy as np
@@ -188,7 +189,7 @@ def test_zip_without_layout_and_corrupt_zip(tmp_path):
 # ---------------------------------------------------------------- discovery
 
 
-def test_discovery_order(tmp_path, monkeypatch):
+def test_discovery_order(tmp_path):
   explicit = write_npz(tmp_path / "explicit.npz")
   env_dir = tmp_path / "env"
   env_dir.mkdir()
@@ -196,17 +197,33 @@ def test_discovery_order(tmp_path, monkeypatch):
   cwd = tmp_path / "cwd"
   (cwd / "data").mkdir(parents=True)
   local = write_kaggle_zip(cwd / "data" / "intel-image-classification.zip")
-  mount = write_kaggle_folder(tmp_path / "kaggle_mount")
-  monkeypatch.setattr(intel, "KAGGLE_MOUNT", mount)
-  env = {"HW2JAX_DATA": str(env_dir)}
+  kaggle = tmp_path / "kaggle_input"
+  mount = write_kaggle_folder(kaggle / "intel-image-classification")
+  env = {"HW2JAX_DATA": str(env_dir), "HW2JAX_KAGGLE_INPUT": str(kaggle)}
+  no_env = {"HW2JAX_KAGGLE_INPUT": str(kaggle)}
   assert intel.discover(explicit, environ=env, cwd=cwd) == explicit
   assert intel.discover(None, environ=env, cwd=cwd) == env_npz
-  assert intel.discover(None, environ={}, cwd=cwd) == local
-  assert intel.discover(None, environ={}, cwd=tmp_path / "nowhere") == mount
+  assert intel.discover(None, environ=no_env, cwd=cwd) == local
+  assert intel.discover(None, environ=no_env, cwd=tmp_path / "nowhere") == mount
 
 
-def test_discovery_finds_npz_and_folder_in_data(tmp_path, monkeypatch):
-  monkeypatch.setattr(intel, "KAGGLE_MOUNT", tmp_path / "absent")
+@pytest.mark.parametrize("nested", ["intel-image-classification",
+                                    "datasets/puneet6060/intel-image-classification",
+                                    "some-other-name/v2"])
+def test_kaggle_inputs_are_searched_a_few_levels_deep(tmp_path, nested):
+  """Kaggle has mounted datasets at /kaggle/input/<slug> and /kaggle/input/datasets/<owner>/
+  <slug>: the layout is found wherever it sits, up to three levels down."""
+  root = tmp_path / "input"
+  (root / "aaa-unrelated" / "files").mkdir(parents=True)
+  folder = write_kaggle_folder(root / nested)
+  assert intel.discover(None, environ={"HW2JAX_KAGGLE_INPUT": str(root)},
+                        cwd=tmp_path / "nowhere") == folder
+  levels = nested.count("/") + 1
+  assert intel.find_kaggle_layout(root, depth=levels) == folder
+  assert intel.find_kaggle_layout(root, depth=levels - 1) is None
+
+
+def test_discovery_finds_npz_and_folder_in_data(tmp_path):
   (tmp_path / "a/data").mkdir(parents=True)
   npz = write_npz(tmp_path / "a/data/intel_landscapes.v2.npz")
   assert intel.discover(None, environ={}, cwd=tmp_path / "a") == npz
@@ -214,15 +231,61 @@ def test_discovery_finds_npz_and_folder_in_data(tmp_path, monkeypatch):
   assert intel.discover(None, environ={}, cwd=tmp_path / "b") == tmp_path / "b/data"
 
 
-def test_nothing_found_lists_every_option(tmp_path, monkeypatch):
-  monkeypatch.setattr(intel, "KAGGLE_MOUNT", tmp_path / "absent")
+def test_nothing_found_lists_every_option(tmp_path):
+  absent = tmp_path / "absent"
   with pytest.raises(UserError) as e:
-    intel.discover(None, environ={}, cwd=tmp_path)
+    intel.discover(None, environ={"HW2JAX_KAGGLE_INPUT": str(absent)}, cwd=tmp_path)
   message = str(e.value)
-  for part in ("--data_path", "$HW2JAX_DATA", "./data/", str(tmp_path / "absent"),
-               "kaggle datasets download -d puneet6060/intel-image-classification"):
+  for part in ("--data_path", "$HW2JAX_DATA", "./data/", str(absent), "--download=auto",
+               "https://www.kaggle.com/datasets/puneet6060/intel-image-classification"):
     assert part in message
   assert "\n" not in message
+
+
+class FakeKagglehub:
+  """kagglehub's dataset_download, without a network: 'downloads' a fixture folder."""
+
+  def __init__(self, folder=None, error=None):
+    self.folder, self.error, self.calls = folder, error, []
+
+  def dataset_download(self, handle, **kwargs):
+    self.calls.append(handle)
+    if self.error is not None:
+      raise self.error
+    return str(self.folder)
+
+
+def test_nothing_found_downloads_with_kagglehub_and_converts(tmp_path, monkeypatch):
+  versions = tmp_path / "kagglehub/datasets/puneet6060/intel-image-classification/versions/2"
+  write_kaggle_folder(versions)
+  fake = FakeKagglehub(versions)
+  monkeypatch.setitem(sys.modules, "kagglehub", fake)
+  logs = []
+  data = intel.load(None, environ={"KAGGLEHUB_CACHE": str(tmp_path / "kagglehub")},
+                    log=logs.append, download="auto")
+  assert fake.calls == ["puneet6060/intel-image-classification"]
+  assert data.sizes() == {"train": 24, "val": 6, "test": 12}
+  line = next(line for line in logs if "downloading" in line)
+  assert "about 360 MB" in line and str(tmp_path / "kagglehub") in line
+  assert any("converting" in line for line in logs)
+
+
+def test_a_failed_download_is_one_line_with_both_ways_out(tmp_path, monkeypatch):
+  fake = FakeKagglehub(error=ConnectionError("Failed to resolve 'api.kaggle.com'\nmore"))
+  monkeypatch.setitem(sys.modules, "kagglehub", fake)
+  with pytest.raises(UserError) as e:
+    intel.discover(None, environ={}, cwd=tmp_path, download="auto", log=quiet)
+  message = str(e.value)
+  assert "\n" not in message and "ConnectionError: Failed to resolve 'api.kaggle.com'" in message
+  assert "download it by hand" in message and "--download=never" in message
+
+
+def test_download_never_does_not_call_kagglehub(tmp_path, monkeypatch):
+  fake = FakeKagglehub(tmp_path)
+  monkeypatch.setitem(sys.modules, "kagglehub", fake)
+  with pytest.raises(UserError, match="no Intel image data found"):
+    intel.discover(None, environ={}, cwd=tmp_path, download="never")
+  assert fake.calls == []
 
 
 @pytest.mark.parametrize("setup, message", [

@@ -16,13 +16,6 @@ from hw2jax.errors import UserError
 TINY = ["--quick", "--ablation_kernel_sizes=3", "--q3_hidden_size=8", "--q3_beam=2"]
 
 
-@pytest.fixture(autouse=True)
-def _shared_compilation_cache(tmp_path_factory, monkeypatch):
-  """The rerun reuses the first run's compiled programs (XLA:CPU compilation dominates here)."""
-  monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path_factory.mktemp("jax_cache")))
-  monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-
-
 @pytest.mark.slow
 def test_quick_report_is_complete_and_resumes(tmp_path):
   write_npz(tmp_path / "intel.npz", n_train=48, n_val=12, n_test=12)
@@ -115,7 +108,6 @@ def test_quick_report_is_complete_and_resumes(tmp_path):
 
 def test_missing_data_is_reported_as_skipped_and_fresh_archives(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
-  monkeypatch.setattr(intel, "KAGGLE_MOUNT", tmp_path / "no-kaggle")
   config = report.Config(parts=("q2", "q2_ablations"), quick=True)
   results = report.run(config, "rep", log=lambda s: None)
   for part in ("q2", "q2_ablations"):
@@ -124,7 +116,7 @@ def test_missing_data_is_reported_as_skipped_and_fresh_archives(tmp_path, monkey
   assert results["q1"]["status"] == results["q3"]["status"] == "not requested"
   assert results["missing"] == []
   text = (tmp_path / "rep/REPORT.md").read_text()
-  assert "**skipped**: no Intel image data" in text and "kaggle datasets download" in text
+  assert "**skipped**: no Intel image data" in text and "download it by hand" in text
   (tmp_path / "rep/notes.txt").write_text("mine")
   report.run(config, "rep", fresh=True, log=lambda s: None)
   (archived,) = (tmp_path / "rep/archive").iterdir()

@@ -100,6 +100,14 @@ def test_cli_on_eight_devices(tmp_path):
   assert "x8" in s8["device"] and "x1" in s1["device"]
   for key in ("train_loss", "val_loss", "test_loss"):
     assert s1["final"][key] == pytest.approx(s8["final"][key], rel=1e-4)
+  two = run(base + ["--workdir=two", "--devices=2"], tmp_path, **EIGHT)
+  assert two.returncode == 0, two.stderr
+  assert json.loads((tmp_path / "two/summary.json").read_text())["device"].endswith("x2")
+  for flag, message in (("--devices=9", "this machine has 8 device(s)"),
+                        ("--devices=3", "--batch_size=8 does not split over 3 devices"),
+                        ("--devices=none", "--devices=none must be all or a positive number")):
+    proc = run(base + ["--workdir=bad", flag], tmp_path, **EIGHT)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
 
 
 def free_port() -> int:

@@ -31,9 +31,17 @@ VAL_FRACTION = 0.1
 SPLIT_SEED = 42
 NPZ_KEYS = ("train_images", "train_labels", "val_images", "val_labels", "test_images",
             "test_labels")
-KAGGLE_MOUNT = Path("/kaggle/input/intel-image-classification")
-KAGGLE_HINT = ("kaggle datasets download -d puneet6060/intel-image-classification -p data "
-               "(or put the course file intel_landscapes.v2.npz in ./data/)")
+KAGGLE_DATASET = "puneet6060/intel-image-classification"
+# Where Kaggle notebooks mount attached datasets ($HW2JAX_KAGGLE_INPUT overrides it). Kaggle has
+# moved them before (/kaggle/input/<slug>, /kaggle/input/datasets/<owner>/<slug>), so the
+# Kaggle layout is searched for a few levels deep rather than at one fixed path.
+KAGGLE_INPUT = Path("/kaggle/input")
+KAGGLE_INPUT_DEPTH = 3
+DOWNLOAD_MODES = ("auto", "never")
+DOWNLOAD_SIZE = "about 360 MB, 24,335 JPEGs"
+MANUAL_HINT = (f"download it by hand from https://www.kaggle.com/datasets/{KAGGLE_DATASET} "
+               "into ./data/ (the zip or its folder; or the course file "
+               "intel_landscapes.v2.npz)")
 SPLITS = ("train", "val", "test")
 # Bumped whenever the conversion changes, so stale caches are never reused.
 _CACHE_VERSION = 2
@@ -74,12 +82,16 @@ class IntelData:
 
 
 def discover(data_path: str | os.PathLike | None = None, *,
-             environ: Mapping[str, str] | None = None, cwd: str | os.PathLike | None = None
-             ) -> Path:
-  """Where the Intel data is: `data_path`, else $HW2JAX_DATA, ./data/, the Kaggle mount.
+             environ: Mapping[str, str] | None = None, cwd: str | os.PathLike | None = None,
+             download: str = "never", log: Callable[[str], None] = print) -> Path:
+  """Where the Intel data is: `data_path`, else $HW2JAX_DATA, ./data/, a Kaggle notebook's
+  input folder, else (with `download='auto'`) a download of the public Kaggle dataset with
+  kagglehub (cached by kagglehub: a second call finds it at once).
 
   Returns a path to an npz file, a Kaggle zip or a folder in Kaggle's layout.
   """
+  if download not in DOWNLOAD_MODES:
+    raise UserError(f"download={download!r} is not one of {', '.join(DOWNLOAD_MODES)}")
   environ = os.environ if environ is None else environ
   cwd = Path.cwd() if cwd is None else Path(cwd)
   if data_path:
@@ -95,16 +107,70 @@ def discover(data_path: str | os.PathLike | None = None, *,
       raise UserError(f"$HW2JAX_DATA={path} does not exist; fix it or unset it")
     return _resolve(path, origin="$HW2JAX_DATA")
   tried.append("$HW2JAX_DATA (unset)")
-  for candidate, label in ((cwd / "data", "./data/"), (KAGGLE_MOUNT, str(KAGGLE_MOUNT))):
-    if candidate.is_dir():
-      found = _find_in_folder(candidate)
-      if found is not None:
-        return found
-      tried.append(f"{label} (no Intel data inside)")
-    else:
-      tried.append(f"{label} (missing)")
-  raise UserError("no Intel image data found; looked at --data_path (not given), "
-                  + ", ".join(tried) + f". Pass --data_path=..., or download it: {KAGGLE_HINT}")
+  local = cwd / "data"
+  if local.is_dir():
+    found = _find_in_folder(local)
+    if found is not None:
+      return found
+    tried.append("./data/ (no Intel data inside)")
+  else:
+    tried.append("./data/ (missing)")
+  kaggle = Path(environ.get("HW2JAX_KAGGLE_INPUT") or KAGGLE_INPUT)
+  found = find_kaggle_layout(kaggle)
+  if found is not None:
+    return found
+  tried.append(f"{kaggle} ({'nothing in Kaggle layout' if kaggle.is_dir() else 'missing'})")
+  where = "looked at --data_path (not given), " + ", ".join(tried)
+  if download == "auto":
+    return download_kaggle(where, environ, log)
+  raise UserError(f"no Intel image data found; {where}. Pass --data_path=..., or let the CLIs "
+                  f"download it with --download=auto (needs internet), or {MANUAL_HINT}")
+
+
+def find_kaggle_layout(root: Path, depth: int = KAGGLE_INPUT_DEPTH) -> Path | None:
+  """The first folder at most `depth` levels below `root` (breadth first, names sorted) that
+  holds Kaggle's seg_train/ folder; None when there is none."""
+  level = [root] if root.is_dir() else []
+  for _ in range(depth + 1):
+    below = []
+    for folder in level:
+      if (folder / "seg_train").is_dir():
+        return folder
+      try:
+        below += sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+      except OSError:           # unreadable folders of a notebook's inputs are not ours
+        continue
+    level = below
+  return None
+
+
+def download_kaggle(where: str, environ: Mapping[str, str], log: Callable[[str], None]) -> Path:
+  """Downloads the public Kaggle dataset with kagglehub (no account or token needed) and returns
+  the folder in Kaggle's layout inside what it returns. kagglehub caches completed downloads
+  only, so a partial download is never mistaken for data (the converter still counts and
+  validates every image)."""
+  cache = environ.get("KAGGLEHUB_CACHE") or "~/.cache/kagglehub"
+  failed = (f"no Intel image data found ({where}) and downloading it with kagglehub failed")
+  skip = "or pass --download=never to skip the download"
+  try:
+    import kagglehub
+  except ImportError:
+    raise UserError(f"{failed}: kagglehub is not installed (pip install kagglehub); "
+                    f"{MANUAL_HINT}, {skip}") from None
+  log(f"intel data: downloading the Kaggle dataset {KAGGLE_DATASET} ({DOWNLOAD_SIZE}) with "
+      f"kagglehub into its cache {cache} ($KAGGLEHUB_CACHE)")
+  try:
+    path = Path(kagglehub.dataset_download(KAGGLE_DATASET))
+  except Exception as e:  # network, DNS, HTTP, disk: whatever it is, the user's next step is ours
+    cause = str(e).splitlines()[0][:160] if str(e) else ""
+    raise UserError(f"{failed} ({type(e).__name__}{': ' + cause if cause else ''}); "
+                    f"{MANUAL_HINT}, {skip}") from None
+  found = find_kaggle_layout(path)
+  if found is None:
+    raise UserError(f"kagglehub returned {path}, which holds no seg_train/ folder in Kaggle's "
+                    f"layout; {MANUAL_HINT}")
+  log(f"intel data: downloaded to {found}")
+  return found
 
 
 def _resolve(path: Path, origin: str) -> Path:
@@ -151,8 +217,9 @@ def load(data_path: str | os.PathLike | None = None, *, layout: str = "hwc",
          cache_dir: str | os.PathLike | None = None, log: Callable[[str], None] = print,
          environ: Mapping[str, str] | None = None,
          tfds_data_dir: str | os.PathLike | None = None,
-         tfds_manual_dir: str | os.PathLike | None = None) -> IntelData:
-  """Finds (see `discover`) and loads the Intel data into numpy arrays.
+         tfds_manual_dir: str | os.PathLike | None = None, download: str = "never") -> IntelData:
+  """Finds (see `discover`; `download='auto'` may fetch it) and loads the Intel data into numpy
+  arrays.
 
   A `data_path` (or $HW2JAX_DATA) of the form 'tfds:intel48' reads the TFDS dataset in
   `tfds_data_dir`, preparing it first from `tfds_manual_dir` if needed (see hw2jax.data.tfds).
@@ -166,7 +233,8 @@ def load(data_path: str | os.PathLike | None = None, *, layout: str = "hwc",
   elif tfds_data_dir or tfds_manual_dir:
     raise UserError("--tfds_data_dir and --tfds_manual_dir only apply to --data_path=tfds:intel48")
   else:
-    data = _load_source(data_path, layout=layout, cache_dir=cache_dir, log=log, environ=environ)
+    data = _load_source(data_path, layout=layout, cache_dir=cache_dir, log=log, environ=environ,
+                        download=download)
   check_splits(data, log)
   log(f"intel data: {data.source} -> train {data.sizes()['train']}, val {data.sizes()['val']}, "
       f"test {data.sizes()['test']}")
@@ -199,8 +267,8 @@ def check_splits(data: IntelData, log: Callable[[str], None] = print) -> IntelDa
   return data
 
 
-def _load_source(data_path, *, layout, cache_dir, log, environ) -> IntelData:
-  path = discover(data_path, environ=environ)
+def _load_source(data_path, *, layout, cache_dir, log, environ, download) -> IntelData:
+  path = discover(data_path, environ=environ, download=download, log=log)
   if path.is_file() and path.suffix.lower() == ".npz":
     data = load_npz(path, layout=layout)
   else:
