@@ -20,9 +20,11 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
-from hw2jax import classifier, cli, cnn, training
-from hw2jax.data import intel
+from hw2jax import cli
+from hw2jax.data import sources
 from hw2jax.errors import UserError
+from hw2jax.models import cnn
+from hw2jax.train import trainer as trainer_lib
 
 flags.DEFINE_list("models", ["vanilla", "bn_gap"], "Models to time: vanilla, bn_gap.")
 flags.DEFINE_integer("n_images", 12_630, "Training images per epoch (the course's train split).")
@@ -37,7 +39,7 @@ FLAGS = flags.FLAGS
 
 def images_and_labels(n: int, data_path: str | None) -> tuple[np.ndarray, np.ndarray]:
   if data_path:
-    data = intel.load(data_path)
+    data = sources.load_intel(data_path)
     images, labels = data.train_images, data.train_labels
     reps = -(-n // len(labels))
     return np.tile(images, (reps, 1, 1, 1))[:n], np.tile(labels, reps)[:n]
@@ -50,12 +52,12 @@ def jax_epoch_seconds(images, labels, *, batch_norm: bool, batch_size: int, epoc
                       epoch_mode: str) -> tuple[list[float], float, str]:
   """(timed epoch seconds, first-epoch seconds incl. compilation, epoch mode used)."""
   model = cnn.CNN(batch_norm=batch_norm)
-  trainer = training.Trainer(classifier.loss_fn, classifier.eval_fn, batch_size=batch_size,
-                             epoch_mode=epoch_mode)
-  state = training.create_train_state(model, (jnp.zeros((1, 48, 48, 3), jnp.uint8),),
-                                      training.make_optimizer("sgd"), 42, learning_rate=0.01,
+  trainer = trainer_lib.Trainer(cnn.loss_fn, cnn.eval_fn, batch_size=batch_size,
+                                epoch_mode=epoch_mode)
+  state = trainer_lib.create_train_state(model, (jnp.zeros((1, 48, 48, 3), jnp.uint8),),
+                                      trainer_lib.make_optimizer("sgd"), 42, learning_rate=0.01,
                                       train=False)
-  data = training.to_device(classifier.as_dataset(images, labels.astype(np.int32)))
+  data = trainer.put(cnn.as_dataset(images, labels.astype(np.int32)))
   start = time.perf_counter()
   state, _ = trainer.train_epoch(state, data, 0)       # host floats: the epoch has finished
   first = time.perf_counter() - start

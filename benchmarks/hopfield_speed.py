@@ -30,8 +30,10 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
-from hw2jax import cli, hopfield as hf, training
+from hw2jax import cli
 from hw2jax.errors import UserError
+from hw2jax.models import hopfield as hf
+from hw2jax.train import trainer as trainer_lib
 
 flags.DEFINE_integer("n", 65_536, "Stored patterns N.")
 flags.DEFINE_integer("d", 64, "Pattern dimension D.")
@@ -157,7 +159,7 @@ def main(argv):
   kind = getattr(device, "device_kind", device.platform)
   dtype = jnp.dtype(FLAGS.dtype)
   size = dtype.itemsize
-  kx, kq = jax.random.split(training.prng_key(0))
+  kx, kq = jax.random.split(trainer_lib.prng_key(0))
   X = jax.random.normal(kx, (n, d), jnp.float32)
   Q = X[jax.random.randint(kq, (b,), 0, n)] + 0.5 * jax.random.normal(kq, (b, d))
   X, Q = X.astype(dtype), Q.astype(dtype)

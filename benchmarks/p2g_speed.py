@@ -27,8 +27,10 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from hw2jax import decoding, q3, seq2seq
-from hw2jax.data import phonemes
+from hw2jax.data import phonemes, sources
+from hw2jax.experiments import p2g, spellings
+from hw2jax.models import decoding
+from hw2jax.train import trainer as trainer_lib
 
 flags.DEFINE_string("data_path", None, "Course TSV folder (default: the CMUdict split).")
 flags.DEFINE_bool("attention", True, "Benchmark the attention model.")
@@ -41,7 +43,7 @@ flags.DEFINE_integer("torch_decode_words", 0, "Test words PyTorch decodes one at
                      "--decode_words); its time is scaled to --decode_words.")
 flags.DEFINE_integer("k", 3, "Nucleus samples per word.")
 flags.DEFINE_float("topp", 0.8, "Nucleus p.")
-flags.DEFINE_integer("widths", 3, "JAX padded widths of the training batches (as q3.Config).")
+flags.DEFINE_integer("widths", 3, "JAX padded widths of the training batches (as p2g.Config).")
 flags.DEFINE_integer("unroll", 1, "JAX scan unroll of the LSTM recurrences.")
 flags.DEFINE_enum("epoch_mode", "auto", ["auto", "scan", "loop"], "JAX epoch runner.")
 flags.DEFINE_bool("torch", True, "Also run the PyTorch baseline.")
@@ -54,13 +56,13 @@ MAX_LEN = decoding.MAX_LEN
 
 
 def jax_side(data: phonemes.P2GData, words: list) -> dict:
-  config = q3.Config(attention=FLAGS.attention, hidden_size=FLAGS.hidden_size,
+  config = p2g.Config(attention=FLAGS.attention, hidden_size=FLAGS.hidden_size,
                      batch_size=FLAGS.batch_size, widths=FLAGS.widths, unroll=FLAGS.unroll,
                      epoch_mode=FLAGS.epoch_mode)
   model = config.build_model(len(data.src_vocab), len(data.tgt_vocab))
-  trainer = q3.make_trainer(config)
-  train = q3.train_widths(config, data, trainer)
-  state = trainer.put(q3.new_state(config, model))
+  trainer = p2g.make_trainer(config)
+  train = p2g.train_widths(config, data, trainer)
+  state = trainer.put(p2g.new_state(config, model))
   t0 = time.perf_counter()
   state, _ = trainer.train_epoch(state, train, 0)
   warmup = time.perf_counter() - t0
@@ -69,7 +71,7 @@ def jax_side(data: phonemes.P2GData, words: list) -> dict:
     t0 = time.perf_counter()
     state, m = trainer.train_epoch(state, train, epoch)
     times.append(time.perf_counter() - t0)
-  key = q3.sampling_key(0)
+  key = spellings.sampling_key(0)
 
   def decode():
     arrays = phonemes.encode_sources(words, data.src_vocab)
@@ -90,7 +92,7 @@ def jax_side(data: phonemes.P2GData, words: list) -> dict:
           "first_epoch_seconds_with_compile": warmup, "last_loss": m["loss"],
           "mode": trainer.mode, "decode_seconds": float(np.median(decode_times)),
           "decode_first_call_seconds_with_compile": decode_warmup,
-          "params": seq2seq.count_params(state.params)}
+          "params": trainer_lib.count_params(state.params)}
 
 
 # -- PyTorch, as the course wrote it ------------------------------------------------------------
@@ -222,7 +224,7 @@ def torch_side(data: phonemes.P2GData, words: list) -> dict:
 
 def main(argv):
   del argv
-  data = phonemes.load(FLAGS.data_path, FLAGS.train_words)
+  data = sources.load_p2g(FLAGS.data_path, FLAGS.train_words)
   words = [p for p, _ in data.test][:FLAGS.decode_words]
   if len(words) < FLAGS.decode_words:
     words = (words * math.ceil(FLAGS.decode_words / len(words)))[:FLAGS.decode_words]

@@ -1,4 +1,4 @@
-r"""Q2: train the course CNN on Intel images (48x48, 6 classes).
+r"""The CNN experiment (Q2): train the course CNN on Intel images (48x48, 6 classes).
 
   python -m experiments.cnn --lr=0.01                      # one run
   python -m experiments.cnn --lr=0.1,0.01,0.001            # Table 2.1 + one figure per rate
@@ -13,23 +13,28 @@ import dataclasses
 
 from absl import flags
 
-from hw2jax import cli, q2
-from hw2jax.data import intel
+from hw2jax import cli
+from hw2jax.data import sources
 from hw2jax.errors import UserError
+from hw2jax.experiments import cnn
 
-flags.DEFINE_enum("model", "vanilla", list(q2.MODELS),
+_D = cnn.Config()
+flags.DEFINE_enum("model", _D.model, list(cnn.MODELS),
                   "vanilla CNN, or bn_gap (BatchNorm + global average pooling).")
-flags.DEFINE_list("lr", ["0.01"], "Learning rate, or a comma-separated list for a sweep.")
-flags.DEFINE_integer("epochs", 40, "Training epochs (in total, counting resumed ones).")
-flags.DEFINE_integer("batch_size", 8, "Training batch size.")
-flags.DEFINE_enum("optimizer", "sgd", ["sgd", "adam"], "sgd (no momentum) or adam.")
-flags.DEFINE_float("l2_decay", 0.0, "L2 penalty added to the gradient (PyTorch weight_decay).")
-flags.DEFINE_float("dropout", 0.1, "Dropout probability.")
-flags.DEFINE_integer("seed", 42, "Seed of initialisation, dropout and batch order.")
-flags.DEFINE_integer("kernel_size", 3, "Convolution kernel size (odd; 'same' padding).")
-flags.DEFINE_bool("maxpool", True, "2x2 max-pooling after each conv block.")
-flags.DEFINE_list("channels", ["32", "64", "128"], "Channels of the conv blocks.")
-flags.DEFINE_enum("init", "torch", ["torch", "flax"],
+flags.DEFINE_list("lr", [f"{_D.learning_rate:g}"],
+                  "Learning rate, or a comma-separated list for a sweep.")
+flags.DEFINE_integer("epochs", _D.epochs, "Training epochs (in total, counting resumed ones).")
+flags.DEFINE_integer("batch_size", _D.batch_size, "Training batch size.")
+flags.DEFINE_enum("optimizer", _D.optimizer, ["sgd", "adam"], "sgd (no momentum) or adam.")
+flags.DEFINE_float("l2_decay", _D.l2_decay,
+                   "L2 penalty added to the gradient (PyTorch weight_decay).")
+flags.DEFINE_float("dropout", _D.dropout, "Dropout probability.")
+flags.DEFINE_integer("seed", _D.seed, "Seed of initialisation, dropout and batch order.")
+flags.DEFINE_integer("kernel_size", _D.kernel_size,
+                     "Convolution kernel size (odd; 'same' padding).")
+flags.DEFINE_bool("maxpool", _D.maxpool, "2x2 max-pooling after each conv block.")
+flags.DEFINE_list("channels", [str(c) for c in _D.channels], "Channels of the conv blocks.")
+flags.DEFINE_enum("init", _D.init, ["torch", "flax"],
                   "torch: PyTorch's default initialisation, as the course; flax: lecun-normal.")
 flags.DEFINE_string("data_path", None,
                     "Intel npz, Kaggle zip or folder, or tfds:intel48 (a TFDS dataset in "
@@ -41,18 +46,14 @@ flags.DEFINE_string("tfds_data_dir", None,
 flags.DEFINE_string("tfds_manual_dir", None,
                     "With --data_path=tfds:intel48 not yet prepared: prepare it (once) from this "
                     "Intel npz, Kaggle zip or folder. Default: <tfds_data_dir>/downloads/manual/.")
-flags.DEFINE_enum("layout", "hwc", ["hwc", "chw"],
+flags.DEFINE_enum("layout", "hwc", list(sources.LAYOUTS),
                   "How to read flattened (N, 6912) npz images; 4-D arrays are detected.")
 flags.DEFINE_string("workdir", None,
                     "Output folder. Default: runs/cnn/<model>-lr<lr> (or <model>-sweep), then "
                     "every setting that differs from the course's, e.g. bn_gap-lr0.01-k5.")
-flags.DEFINE_enum("epoch_mode", "auto", ["auto", "scan", "loop"],
-                  "auto: one lax.scan per epoch on GPU/TPU, a Python loop of jitted steps on CPU.")
-flags.DEFINE_bool("fresh", False,
-                  "Start over: move the workdir's previous run to <workdir>/archive/<time>/.")
+cli.define_run_flags(_D.epoch_mode)
 cli.define_download_flag()
 cli.define_training_flags()
-cli.define_distributed_flag()
 flags.adopt_module_key_flags(cli)       # --help lists the shared flags too
 FLAGS = flags.FLAGS
 
@@ -60,7 +61,7 @@ FLAGS = flags.FLAGS
 def main(argv):
   del argv
   lrs = cli.parse_floats(FLAGS.lr, "lr")
-  config = q2.Config(
+  config = cnn.Config(
       model=FLAGS.model, learning_rate=lrs[0], epochs=FLAGS.epochs, batch_size=FLAGS.batch_size,
       optimizer=FLAGS.optimizer, l2_decay=FLAGS.l2_decay, dropout=FLAGS.dropout, seed=FLAGS.seed,
       kernel_size=FLAGS.kernel_size, maxpool=FLAGS.maxpool,
@@ -71,14 +72,15 @@ def main(argv):
     raise UserError(f"--lr={','.join(FLAGS.lr)} repeats a learning rate; give each rate once")
   for lr in lrs:
     dataclasses.replace(config, learning_rate=lr).validate()
-  print(q2.describe_params(config), flush=True)
-  data = intel.load(FLAGS.data_path, layout=FLAGS.layout, tfds_data_dir=FLAGS.tfds_data_dir,
-                    tfds_manual_dir=FLAGS.tfds_manual_dir, download=FLAGS.download)
+  print(cnn.describe_params(config), flush=True)
+  data = sources.load_intel(FLAGS.data_path, layout=FLAGS.layout,
+                            tfds_data_dir=FLAGS.tfds_data_dir,
+                            tfds_manual_dir=FLAGS.tfds_manual_dir, download=FLAGS.download)
   workdir = FLAGS.workdir or f"runs/cnn/{config.run_name(sweep=len(lrs) > 1)}"
   if len(lrs) == 1:
-    q2.train_and_evaluate(config, data, workdir, fresh=FLAGS.fresh)
+    cnn.train_and_evaluate(config, data, workdir, fresh=FLAGS.fresh)
   else:
-    q2.sweep(config, lrs, data, workdir, fresh=FLAGS.fresh)
+    cnn.sweep(config, lrs, data, workdir, fresh=FLAGS.fresh)
   print(f"outputs in {workdir}", flush=True)
 
 

@@ -1,4 +1,5 @@
-r"""Q1: modern Hopfield networks — the homework's claims checked, image retrieval, capacity.
+r"""The Hopfield experiment (Q1): modern Hopfield networks — the homework's claims checked,
+image retrieval, capacity.
 
   python -m experiments.hopfield --check                   # the table of Q1 claims only
   python -m experiments.hopfield                           # check + retrieval + capacity
@@ -14,14 +15,16 @@ import sys
 
 from absl import flags
 
-from hw2jax import cli, q1
+from hw2jax import cli
+from hw2jax.experiments.hopfield import retrieval
+from hw2jax.experiments.hopfield import run as hopfield
 
-_D = q1.Config()
+_D = hopfield.Config()
 flags.DEFINE_bool("check", False, "Only the table of Q1 claims (same as --parts=check).")
-flags.DEFINE_list("parts", list(q1.PARTS), "Parts to run: check, retrieval, capacity.")
+flags.DEFINE_list("parts", list(hopfield.PARTS), "Parts to run: check, retrieval, capacity.")
 flags.DEFINE_integer("seed", _D.seed, "Seed of every random pattern, query and problem.")
 flags.DEFINE_integer("check_trials", _D.check_trials, "Random problems per claim in the check.")
-flags.DEFINE_enum("patterns", _D.patterns, list(q1.PATTERN_SOURCES),
+flags.DEFINE_enum("patterns", _D.patterns, list(retrieval.PATTERN_SOURCES),
                   "Retrieval patterns: auto (Intel when found, else random), intel, random.")
 flags.DEFINE_string("data_path", None,
                     "Intel npz, Kaggle zip or folder. Default: $HW2JAX_DATA, ./data/, a Kaggle "
@@ -59,7 +62,7 @@ FLAGS = flags.FLAGS
 def main(argv):
   del argv
   parts = ("check",) if FLAGS.check else tuple(FLAGS.parts)
-  config = q1.Config(
+  config = hopfield.Config(
       parts=parts, seed=FLAGS.seed, check_trials=FLAGS.check_trials, patterns=FLAGS.patterns,
       num_patterns=FLAGS.num_patterns, betas=tuple(cli.parse_floats(FLAGS.betas, "betas")),
       queries=tuple(FLAGS.queries), noise=FLAGS.noise, steps=FLAGS.steps, eps=FLAGS.eps,
@@ -70,9 +73,10 @@ def main(argv):
       capacity_max_patterns=FLAGS.capacity_max_patterns, capacity_queries=FLAGS.capacity_queries,
       capacity_noise=FLAGS.capacity_noise, capacity_steps=FLAGS.capacity_steps,
       failure_prob=FLAGS.failure_prob).validate()
-  summary = q1.run(config, FLAGS.workdir, data_path=FLAGS.data_path, download=FLAGS.download)
+  summary = hopfield.run(config, FLAGS.workdir, data_path=FLAGS.data_path,
+                         download=FLAGS.download)
   print(f"outputs in {FLAGS.workdir}", flush=True)
-  if "check" in summary and not summary["check"]["all_ok"]:
+  if summary.check is not None and not summary.check.all_ok:
     print("some Q1 checks FAILED (see the table)", file=sys.stderr, flush=True)
     sys.exit(1)
 

@@ -15,47 +15,46 @@ import sys
 
 from absl import flags
 
-from hw2jax import cli, report
+from hw2jax import cli
+from hw2jax.data import sources
+from hw2jax.report import config as report_config
+from hw2jax.report import run as report
 
-_D = report.Config()
+_D = report_config.Config()
 flags.DEFINE_string("workdir", "runs/report", "Output folder: REPORT.md and one folder per part.")
 flags.DEFINE_string("intel_data_path", None,
                     "Intel npz, Kaggle zip or folder (Q1 retrieval, Q2). Default: $HW2JAX_DATA, "
                     "./data/, a Kaggle notebook's /kaggle/input, else a download (--download); "
                     "none: Q2 is skipped and Q1 retrieves random patterns.")
-flags.DEFINE_enum("layout", _D.layout, ["hwc", "chw"],
+flags.DEFINE_enum("layout", _D.layout, list(sources.LAYOUTS),
                   "How to read flattened (N, 6912) npz images; 4-D arrays are detected.")
 flags.DEFINE_string("p2g_data_path", None,
                     "Folder with the course's train.tsv, valid.tsv, test.tsv (Q3). Default: "
                     "CMUdict (the seed report's numbers are for the course data).")
-flags.DEFINE_list("parts", list(report.PARTS), "Parts to run: q1, q2, q2_ablations, q3.")
-flags.DEFINE_bool("quick", False,
+flags.DEFINE_list("parts", list(_D.parts), "Parts to run: q1, q2, q2_ablations, q3.")
+flags.DEFINE_bool("quick", _D.quick,
                   "Shrink epochs and data so that the whole report runs on a laptop CPU in "
                   "minutes (every number labelled as such).")
 flags.DEFINE_list("seeds", [str(s) for s in _D.seeds],
                   "Seeds of the training runs; several: tables show mean ± std.")
-flags.DEFINE_enum("epoch_mode", _D.epoch_mode, ["auto", "scan", "loop"],
-                  "auto: one lax.scan per epoch on GPU/TPU, a Python loop of jitted steps on CPU.")
 flags.DEFINE_list("ablation_kernel_sizes", [str(k) for k in _D.ablation_kernel_sizes],
                   "Q2.4: convolution kernel sizes (odd).")
 flags.DEFINE_list("ablation_pooling", list(_D.ablation_pooling),
                   "Q2.4: max (2x2 max-pooling in each block), none, or both.")
 flags.DEFINE_integer("q3_hidden_size", _D.q3_hidden_size, "Q3 hidden size (course: 128).")
 flags.DEFINE_integer("q3_beam", _D.q3_beam, "Q3 beam width for the beam-search rows (0: off).")
-flags.DEFINE_enum("overlap", _D.overlap, list(report.OVERLAP),
+flags.DEFINE_enum("overlap", _D.overlap, list(report_config.OVERLAP),
                   "Run Q3 in a second thread beside Q1/Q2/Q2.4, so that its compilation and "
                   "host work hide behind their device time. auto: on one GPU or TPU, not on CPU.")
-flags.DEFINE_bool("fresh", False,
-                  "Start over: move the previous report's files to <workdir>/archive/<time>/.")
+cli.define_run_flags(_D.epoch_mode)
 cli.define_download_flag()
-cli.define_distributed_flag()
 flags.adopt_module_key_flags(cli)       # --help lists the shared flags too
 FLAGS = flags.FLAGS
 
 
 def main(argv):
   del argv
-  config = report.Config(
+  config = report_config.Config(
       parts=tuple(FLAGS.parts), seeds=tuple(cli.parse_ints(FLAGS.seeds, "seeds")),
       quick=FLAGS.quick, epoch_mode=FLAGS.epoch_mode, layout=FLAGS.layout,
       ablation_kernel_sizes=tuple(cli.parse_ints(FLAGS.ablation_kernel_sizes,
@@ -67,13 +66,13 @@ def main(argv):
                        download=FLAGS.download,
                        command=" ".join(["python -m experiments.report", *sys.argv[1:]]))
   print(f"report: {FLAGS.workdir}/{report.REPORT} ({'quick, ' if config.quick else ''}"
-        f"{results['meta']['wall_seconds']:.0f} s)", flush=True)
-  if results["missing"]:
-    print("REPORT.md is incomplete: " + "; ".join(results["missing"]), file=sys.stderr,
+        f"{results.meta.wall_seconds:.0f} s)", flush=True)
+  if results.missing:
+    print("REPORT.md is incomplete: " + "; ".join(results.missing), file=sys.stderr,
           flush=True)
     sys.exit(1)
-  q1_summary = results["q1"].get("summary") or {}
-  if "check" in q1_summary and not q1_summary["check"]["all_ok"]:
+  q1 = results.q1.summary
+  if q1 is not None and q1.check is not None and not q1.check.all_ok:
     print("some Q1 checks FAILED (see REPORT.md)", file=sys.stderr, flush=True)
     sys.exit(1)
 

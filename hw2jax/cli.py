@@ -1,4 +1,6 @@
-"""The edge between users and the library: flag errors and `UserError`s become one line + exit 2."""
+"""The edge between users and the library: flag errors and `UserError`s become one line + exit 2;
+the flags several CLIs share are defined here once. (Only experiments/ imports this module: the
+library itself never reads absl flags.)"""
 
 from __future__ import annotations
 
@@ -12,6 +14,8 @@ from absl import app, flags, logging
 
 from hw2jax.cache import enable_compilation_cache
 from hw2jax.errors import UserError
+from hw2jax.train import sharding
+from hw2jax.train.trainer import EPOCH_MODES
 
 EXIT_USAGE = 2
 
@@ -36,8 +40,14 @@ def _parse_flags(argv: Sequence[str]) -> list[str]:
     fail(f"{e}. See --helpfull for the flags")
 
 
-def define_distributed_flag() -> None:
-  """--distributed, for CLIs that train: jax.distributed.initialize() before anything else."""
+def define_run_flags(epoch_mode: str) -> None:
+  """--epoch_mode (default: the experiment Config's), --fresh and --distributed, for the CLIs
+  that train."""
+  flags.DEFINE_enum("epoch_mode", epoch_mode, list(EPOCH_MODES),
+                    "auto: one lax.scan per epoch on GPU/TPU, a Python loop of jitted steps on "
+                    "CPU.")
+  flags.DEFINE_bool("fresh", False,
+                    "Start over: move the previous run's files to <workdir>/archive/<time>/.")
   flags.DEFINE_bool("distributed", False,
                     "Multi-host run (TPU pod slice, GPU cluster): call "
                     "jax.distributed.initialize() first; see BUILD.md.")
@@ -96,7 +106,6 @@ def run(main: Callable[[Sequence[str]], None], *, memory_flags: str = "--batch_s
       fail(f"unexpected arguments {' '.join(argv[1:])}; flags look like --name=value")
     try:
       if "distributed" in flags.FLAGS and flags.FLAGS.distributed:
-        from hw2jax import sharding
         sharding.initialize_distributed()
       enable_compilation_cache()
       main(argv)

@@ -1,86 +1,16 @@
-"""Shared fixtures: small learnable Intel-like data made on the fly, and an isolated environment."""
+"""Fixtures every test gets: an isolated environment (no user data, cache, Kaggle inputs or
+downloads) and a shared compilation cache for the CLI subprocesses. Helpers: tests/helpers.py."""
 
 from __future__ import annotations
 
-import io
-import os
 import sys
-import zipfile
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
-CLASSES = ("buildings", "forest", "glacier", "mountain", "sea", "street")
+sys.path.insert(0, str(Path(__file__).resolve().parent))     # `import helpers`, from any folder
 
-
-COLOURS = np.array([(220, 40, 40), (40, 220, 40), (40, 40, 220), (220, 220, 40), (220, 40, 220),
-                    (40, 220, 220)], np.uint8)
-
-
-def learnable_images(n: int, seed: int = 0, size: int = 48) -> tuple[np.ndarray, np.ndarray]:
-  """(n, size, size, 3) uint8 images: noise plus a square of the class's colour at a random
-  place, and their labels (n,). Learnable by both CNN variants (global average pooling too)."""
-  rng = np.random.default_rng(seed)
-  labels = np.arange(n) % 6
-  rng.shuffle(labels)
-  images = rng.integers(0, 60, size=(n, size, size, 3)).astype(np.uint8)
-  side = 3 * size // 4
-  for i, y in enumerate(labels):
-    r, c = rng.integers(0, size - side + 1, 2)
-    images[i, r:r + side, c:c + side] = COLOURS[y]
-  return images, labels.astype(np.int64)
-
-
-def write_npz(path: Path, n_train=96, n_val=24, n_test=24, seed=0, **overrides) -> Path:
-  """The course's npz layout; every split of at least 6 images holds every class."""
-  arrays = {}
-  for k, (split, n) in enumerate((("train", n_train), ("val", n_val), ("test", n_test))):
-    arrays[f"{split}_images"], arrays[f"{split}_labels"] = learnable_images(n, seed + 1000 * k)
-  arrays.update(overrides)
-  arrays = {k: v for k, v in arrays.items() if v is not None}
-  np.savez(path, **arrays)
-  return path
-
-
-def jpeg_bytes(array: np.ndarray) -> bytes:
-  buf = io.BytesIO()
-  Image.fromarray(array).save(buf, format="JPEG", quality=95)
-  return buf.getvalue()
-
-
-def kaggle_files(n_per_class_train=5, n_per_class_test=2, seed=0) -> dict[str, bytes]:
-  """Kaggle's layout as {relative path: bytes}: 150x150 JPEGs, some of odd sizes, one corrupt
-  JPEG and one non-image file in the labelled folders, plus an unlabelled seg_pred image."""
-  rng = np.random.default_rng(seed)
-  files = {}
-  for split, n in (("train", n_per_class_train), ("test", n_per_class_test)):
-    for c, cls in enumerate(CLASSES):
-      for i in range(n):
-        h = 150 if i % 3 else int(rng.integers(72, 150))
-        img = np.full((h, 150, 3), 20 * c, np.uint8)
-        files[f"seg_{split}/seg_{split}/{cls}/{c * 100 + i}.jpg"] = jpeg_bytes(img)
-  files["seg_train/seg_train/forest/broken.jpg"] = b"\xff\xd8\xff\xe0 not really a jpeg"
-  files["seg_train/seg_train/sea/notes.txt"] = b"hello"
-  files["seg_pred/seg_pred/1.jpg"] = jpeg_bytes(np.zeros((374, 500, 3), np.uint8))
-  return files
-
-
-def write_kaggle_folder(root: Path, **kw) -> Path:
-  for rel, data in kaggle_files(**kw).items():
-    p = root / rel
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_bytes(data)
-  return root
-
-
-def write_kaggle_zip(path: Path, prefix: str = "", **kw) -> Path:
-  with zipfile.ZipFile(path, "w") as zf:
-    for rel, data in kaggle_files(**kw).items():
-      zf.writestr(prefix + rel, data)
-  return path
+from helpers import write_npz  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -106,88 +36,3 @@ def _shared_xla_cache(tmp_path_factory) -> Path:
 @pytest.fixture
 def npz_path(tmp_path) -> Path:
   return write_npz(tmp_path / "intel_landscapes.v2.npz")
-
-
-def cli_env(tmp_path: Path) -> dict:
-  env = dict(os.environ)
-  env.pop("HW2JAX_DATA", None)
-  env["HW2JAX_CACHE"] = str(tmp_path / "cache")
-  env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-  env["JAX_PLATFORMS"] = "cpu"
-  return env
-
-
-def assert_clean_failure(proc, *fragments):
-  """A CLI's bad-input exit: code 2, no traceback, stderr exactly one 'error:' line holding
-  every fragment."""
-  assert proc.returncode == 2, proc.stdout + proc.stderr
-  assert "Traceback" not in proc.stderr
-  lines = [line for line in proc.stderr.splitlines() if line.strip()]
-  assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
-  for fragment in fragments:
-    assert fragment in lines[0], lines[0]
-
-
-def checksums(root: Path) -> dict[str, str]:
-  """{relative path: sha256} of every file under `root`: what a failed command must not change."""
-  import hashlib
-  root = Path(root)
-  if not root.exists():
-    return {}
-  return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-          for p in sorted(root.rglob("*")) if p.is_file() and p.name != ".lock"}
-
-
-def run_cli(module: str, *args: str, cwd: Path, timeout: int = 600):
-  import subprocess
-  return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=cli_env(cwd),
-                        capture_output=True, text=True, timeout=timeout)
-
-
-# -- P2G: a tiny learnable phoneme-to-spelling language ----------------------------------------
-
-P2G_SPELLINGS = {"t͡ʃ": "ch", "iː": "ee", "æ": "a", "k": "c", "s": "s", "ɹ": "r", "ə": "e",
-                 "p": "p", "l": "l", "ʃ": "sh", "ŋ": "ng", "ɒ": "ó"}
-
-
-def p2g_pairs(n: int, seed: int = 0, max_len: int = 5) -> list[tuple[str, str]]:
-  """n (phonemes, spelling) lines of a deterministic sound-to-letter code: multi-character
-  phonemes, a multi-letter spelling per phoneme, an accented letter, capitalised every 7th."""
-  rng = np.random.default_rng(seed)
-  symbols = sorted(P2G_SPELLINGS)
-  out = []
-  for i in range(n):
-    phones = [symbols[j] for j in rng.integers(0, len(symbols), rng.integers(2, max_len + 1))]
-    spelling = "".join(P2G_SPELLINGS[p] for p in phones)
-    out.append((" ".join(phones), spelling.capitalize() if i % 7 == 0 else spelling))
-  return out
-
-
-def write_p2g_folder(root: Path, n_train: int = 48, n_valid: int = 12, n_test: int = 12,
-                     seed: int = 0) -> Path:
-  """train.tsv / valid.tsv / test.tsv of `p2g_pairs` in `root`."""
-  root.mkdir(parents=True, exist_ok=True)
-  pairs = p2g_pairs(n_train + n_valid + n_test, seed)
-  cuts = {"train": pairs[:n_train], "valid": pairs[n_train:n_train + n_valid],
-          "test": pairs[n_train + n_valid:]}
-  for name, rows in cuts.items():
-    (root / f"{name}.tsv").write_text("".join(f"{p}\t{w}\n" for p, w in rows), encoding="utf-8")
-  return root
-
-
-def read_tensorboard(folder: Path) -> dict[str, list[tuple[int, float]]]:
-  """{tag: [(step, value), ...]} of every scalar in the event files directly in `folder`
-  (TFRecord framing: length, its CRC, the Event proto, its CRC)."""
-  import struct
-  from tensorboardX.proto import event_pb2
-  scalars: dict[str, list[tuple[int, float]]] = {}
-  for path in sorted(Path(folder).glob("events.out.tfevents.*")):
-    data, pos = path.read_bytes(), 0
-    while pos + 12 <= len(data):
-      (length,) = struct.unpack("<Q", data[pos:pos + 8])
-      event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
-      pos += 12 + length + 4
-      for value in event.summary.value:
-        if value.HasField("simple_value"):
-          scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
-  return scalars

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, cli_env, write_npz
+from helpers import REPO, cli_env, write_npz
 
 NOTEBOOK = REPO / "experiments" / "colab.ipynb"
 

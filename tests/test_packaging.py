@@ -10,7 +10,7 @@ import tomllib
 
 import pytest
 
-from conftest import REPO, cli_env, read_tensorboard, write_kaggle_folder
+from helpers import REPO, cli_env, read_tensorboard, write_kaggle_folder
 
 
 def pyproject():

@@ -1,1 +1,2 @@
-"""Data sources: Intel images (`intel`) and phoneme-to-grapheme pairs (`phonemes`)."""
+"""The data: Intel images (`intel`), phoneme-to-grapheme pairs (`phonemes`), TFDS builders of both
+(`tfds`), and where either comes from (`sources`: the one entry point)."""

@@ -1,7 +1,9 @@
-"""Intel Image Classification at 48x48: the course npz, Kaggle's folder or zip, discovery, caching.
+"""Intel Image Classification at 48x48: the course npz, Kaggle's folder or zip, the split checks
+and the conversion cache. (Where the data is found, or downloaded: `hw2jax.data.sources`.)
 
 Everything ends as uint8 NHWC numpy arrays (N, 48, 48, 3) with int32 labels in 0..5; moving them
-onto the device is the trainer's job (once per run). Bad input raises `UserError` with one line.
+onto the device is the trainer's job (once per run). Bad input raises `UserError` with one line
+that names the file it is about.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import zlib
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
+import einops
 import numpy as np
 from PIL import Image
 
@@ -31,17 +34,6 @@ VAL_FRACTION = 0.1
 SPLIT_SEED = 42
 NPZ_KEYS = ("train_images", "train_labels", "val_images", "val_labels", "test_images",
             "test_labels")
-KAGGLE_DATASET = "puneet6060/intel-image-classification"
-# Where Kaggle notebooks mount attached datasets ($HW2JAX_KAGGLE_INPUT overrides it). Kaggle has
-# moved them before (/kaggle/input/<slug>, /kaggle/input/datasets/<owner>/<slug>), so the
-# Kaggle layout is searched for a few levels deep rather than at one fixed path.
-KAGGLE_INPUT = Path("/kaggle/input")
-KAGGLE_INPUT_DEPTH = 3
-DOWNLOAD_MODES = ("auto", "never")
-DOWNLOAD_SIZE = "about 360 MB, 24,335 JPEGs"
-MANUAL_HINT = (f"download it by hand from https://www.kaggle.com/datasets/{KAGGLE_DATASET} "
-               "into ./data/ (the zip or its folder; or the course file "
-               "intel_landscapes.v2.npz)")
 SPLITS = ("train", "val", "test")
 # Bumped whenever the conversion changes, so stale caches are never reused.
 _CACHE_VERSION = 2
@@ -67,115 +59,32 @@ class IntelData:
   def sizes(self) -> dict[str, int]:
     return {name: int(self.split(name)[1].shape[0]) for name in SPLITS}
 
-  def subset(self, n_train: int | None = None, n_eval: int | None = None) -> "IntelData":
-    """The first n images of each split (for quick runs and benchmarks)."""
-    cut = lambda a, n: a if n is None else a[:n]
-    return dataclasses.replace(
-        self,
-        train_images=cut(self.train_images, n_train), train_labels=cut(self.train_labels, n_train),
-        val_images=cut(self.val_images, n_eval), val_labels=cut(self.val_labels, n_eval),
-        test_images=cut(self.test_images, n_eval), test_labels=cut(self.test_labels, n_eval))
+  def subset(self, n_train: int | None, n_eval: int | None, seed: int = 0) -> "IntelData":
+    """A seeded random subset of each split (Kaggle's train split is ordered by class, so the
+    first n images would hold one class), for quick runs; None keeps a whole split. Its source
+    names the subset, so runs on it never mix with runs on all the data."""
+    if n_train is None and n_eval is None:
+      return self
+    rng = np.random.default_rng(seed)
+    cut = {}
+    for name, n in (("train", n_train), ("val", n_eval), ("test", n_eval)):
+      images, labels = self.split(name)
+      idx = np.sort(rng.permutation(len(labels))[:n]) if n is not None else slice(None)
+      cut[f"{name}_images"], cut[f"{name}_labels"] = images[idx], labels[idx]
+    sizes = " / ".join(str(len(cut[f"{name}_labels"])) for name in SPLITS)
+    return dataclasses.replace(self, **cut,
+                               source=f"{self.source}; random subset {sizes} (seed {seed})")
 
 
 # ----------------------------------------------------------------------------------------------
-# Discovery
+# Sources
 
 
-def discover(data_path: str | os.PathLike | None = None, *,
-             environ: Mapping[str, str] | None = None, cwd: str | os.PathLike | None = None,
-             download: str = "never", log: Callable[[str], None] = print) -> Path:
-  """Where the Intel data is: `data_path`, else $HW2JAX_DATA, ./data/, a Kaggle notebook's
-  input folder, else (with `download='auto'`) a download of the public Kaggle dataset with
-  kagglehub (cached by kagglehub: a second call finds it at once).
-
-  Returns a path to an npz file, a Kaggle zip or a folder in Kaggle's layout.
-  """
-  if download not in DOWNLOAD_MODES:
-    raise UserError(f"download={download!r} is not one of {', '.join(DOWNLOAD_MODES)}")
-  environ = os.environ if environ is None else environ
-  cwd = Path.cwd() if cwd is None else Path(cwd)
-  if data_path:
-    path = Path(data_path).expanduser()
-    if not path.exists():
-      raise UserError(f"--data_path {path} does not exist; give an Intel npz, the Kaggle zip or "
-                      "its extracted folder")
-    return _resolve(path, origin="--data_path")
-  tried = []
-  if environ.get("HW2JAX_DATA"):
-    path = Path(environ["HW2JAX_DATA"]).expanduser()
-    if not path.exists():
-      raise UserError(f"$HW2JAX_DATA={path} does not exist; fix it or unset it")
-    return _resolve(path, origin="$HW2JAX_DATA")
-  tried.append("$HW2JAX_DATA (unset)")
-  local = cwd / "data"
-  if local.is_dir():
-    found = _find_in_folder(local)
-    if found is not None:
-      return found
-    tried.append("./data/ (no Intel data inside)")
-  else:
-    tried.append("./data/ (missing)")
-  kaggle = Path(environ.get("HW2JAX_KAGGLE_INPUT") or KAGGLE_INPUT)
-  found = find_kaggle_layout(kaggle)
-  if found is not None:
-    return found
-  tried.append(f"{kaggle} ({'nothing in Kaggle layout' if kaggle.is_dir() else 'missing'})")
-  where = "looked at --data_path (not given), " + ", ".join(tried)
-  if download == "auto":
-    return download_kaggle(where, environ, log)
-  raise UserError(f"no Intel image data found; {where}. Pass --data_path=..., or let the CLIs "
-                  f"download it with --download=auto (needs internet), or {MANUAL_HINT}")
-
-
-def find_kaggle_layout(root: Path, depth: int = KAGGLE_INPUT_DEPTH) -> Path | None:
-  """The first folder at most `depth` levels below `root` (breadth first, names sorted) that
-  holds Kaggle's seg_train/ folder; None when there is none."""
-  level = [root] if root.is_dir() else []
-  for _ in range(depth + 1):
-    below = []
-    for folder in level:
-      if (folder / "seg_train").is_dir():
-        return folder
-      try:
-        below += sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-      except OSError:           # unreadable folders of a notebook's inputs are not ours
-        continue
-    level = below
-  return None
-
-
-def download_kaggle(where: str, environ: Mapping[str, str], log: Callable[[str], None]) -> Path:
-  """Downloads the public Kaggle dataset with kagglehub (no account or token needed) and returns
-  the folder in Kaggle's layout inside what it returns. kagglehub caches completed downloads
-  only, so a partial download is never mistaken for data (the converter still counts and
-  validates every image)."""
-  cache = environ.get("KAGGLEHUB_CACHE") or "~/.cache/kagglehub"
-  failed = (f"no Intel image data found ({where}) and downloading it with kagglehub failed")
-  skip = "or pass --download=never to skip the download"
-  try:
-    import kagglehub
-  except ImportError:
-    raise UserError(f"{failed}: kagglehub is not installed (pip install kagglehub); "
-                    f"{MANUAL_HINT}, {skip}") from None
-  log(f"intel data: downloading the Kaggle dataset {KAGGLE_DATASET} ({DOWNLOAD_SIZE}) with "
-      f"kagglehub into its cache {cache} ($KAGGLEHUB_CACHE)")
-  try:
-    path = Path(kagglehub.dataset_download(KAGGLE_DATASET))
-  except Exception as e:  # network, DNS, HTTP, disk: whatever it is, the user's next step is ours
-    cause = str(e).splitlines()[0][:160] if str(e) else ""
-    raise UserError(f"{failed} ({type(e).__name__}{': ' + cause if cause else ''}); "
-                    f"{MANUAL_HINT}, {skip}") from None
-  found = find_kaggle_layout(path)
-  if found is None:
-    raise UserError(f"kagglehub returned {path}, which holds no seg_train/ folder in Kaggle's "
-                    f"layout; {MANUAL_HINT}")
-  log(f"intel data: downloaded to {found}")
-  return found
-
-
-def _resolve(path: Path, origin: str) -> Path:
+def resolve(path: Path, origin: str) -> Path:
+  """The Intel source `path` names (an npz, a zip, or the one inside a folder); `origin` says
+  how the user gave it (e.g. '--data_path'), for the message if it is none."""
   if path.is_dir():
-    found = _find_in_folder(path)
+    found = find_in_folder(path)
     if found is None:
       raise UserError(f"{origin} {path} holds no Intel data: expected seg_train/seg_train/<class>/ "
                       "folders, an Intel npz or the Kaggle zip")
@@ -185,7 +94,7 @@ def _resolve(path: Path, origin: str) -> Path:
   return path
 
 
-def _find_in_folder(folder: Path) -> Path | None:
+def find_in_folder(folder: Path) -> Path | None:
   """The Intel source inside `folder`: Kaggle layout first, then one npz, then one zip."""
   if (folder / "seg_train").is_dir():
     return folder
@@ -211,34 +120,6 @@ def _zip_has_layout(path: Path) -> bool:
 
 # ----------------------------------------------------------------------------------------------
 # Loading
-
-
-def load(data_path: str | os.PathLike | None = None, *, layout: str = "hwc",
-         cache_dir: str | os.PathLike | None = None, log: Callable[[str], None] = print,
-         environ: Mapping[str, str] | None = None,
-         tfds_data_dir: str | os.PathLike | None = None,
-         tfds_manual_dir: str | os.PathLike | None = None, download: str = "never") -> IntelData:
-  """Finds (see `discover`; `download='auto'` may fetch it) and loads the Intel data into numpy
-  arrays.
-
-  A `data_path` (or $HW2JAX_DATA) of the form 'tfds:intel48' reads the TFDS dataset in
-  `tfds_data_dir`, preparing it first from `tfds_manual_dir` if needed (see hw2jax.data.tfds).
-  """
-  spec = str(data_path) if data_path else (os.environ if environ is None else environ).get(
-      "HW2JAX_DATA", "")
-  if spec.startswith("tfds:"):
-    from hw2jax.data import tfds  # lazy: only tfds: paths need tensorflow-datasets
-    data = tfds.load_intel_tfds(spec, tfds_data_dir, manual_dir=tfds_manual_dir, layout=layout,
-                                log=log)
-  elif tfds_data_dir or tfds_manual_dir:
-    raise UserError("--tfds_data_dir and --tfds_manual_dir only apply to --data_path=tfds:intel48")
-  else:
-    data = _load_source(data_path, layout=layout, cache_dir=cache_dir, log=log, environ=environ,
-                        download=download)
-  check_splits(data, log)
-  log(f"intel data: {data.source} -> train {data.sizes()['train']}, val {data.sizes()['val']}, "
-      f"test {data.sizes()['test']}")
-  return data
 
 
 def check_splits(data: IntelData, log: Callable[[str], None] = print) -> IntelData:
@@ -267,15 +148,6 @@ def check_splits(data: IntelData, log: Callable[[str], None] = print) -> IntelDa
   return data
 
 
-def _load_source(data_path, *, layout, cache_dir, log, environ, download) -> IntelData:
-  path = discover(data_path, environ=environ, download=download, log=log)
-  if path.is_file() and path.suffix.lower() == ".npz":
-    data = load_npz(path, layout=layout)
-  else:
-    data = load_kaggle(path, cache_dir=cache_dir, log=log, environ=environ)
-  return data
-
-
 def load_npz(path: str | os.PathLike, *, layout: str = "hwc") -> IntelData:
   """Reads the course's npz. Images may be (N,48,48,3), (N,3,48,48) or flat (N,6912).
 
@@ -284,7 +156,7 @@ def load_npz(path: str | os.PathLike, *, layout: str = "hwc") -> IntelData:
   """
   path = Path(path)
   if layout not in ("hwc", "chw"):
-    raise UserError(f"--layout={layout!r} is not valid; use hwc or chw")
+    raise UserError(f"layout {layout!r} is not valid; use hwc or chw")
   if path.is_file() and not zipfile.is_zipfile(path):
     with open(path, "rb") as f:
       damaged = f.read(2) == b"PK"
@@ -328,11 +200,11 @@ def _to_nhwc(images: np.ndarray, layout: str, what: str) -> np.ndarray:
   if images.ndim == 4 and images.shape[1:] == (s, s, c):
     return images
   if images.ndim == 4 and images.shape[1:] == (c, s, s):
-    return np.ascontiguousarray(images.transpose(0, 2, 3, 1))
+    return np.ascontiguousarray(einops.rearrange(images, "n c h w -> n h w c"))
   if images.ndim == 2 and images.shape[1] == s * s * c:
     if layout == "hwc":
       return images.reshape(-1, s, s, c)
-    return np.ascontiguousarray(images.reshape(-1, c, s, s).transpose(0, 2, 3, 1))
+    return np.ascontiguousarray(einops.rearrange(images, "n (c h w) -> n h w c", c=c, h=s))
   raise UserError(f"{what} has shape {images.shape}; expected (N,48,48,3), (N,3,48,48) or "
                   "(N,6912)")
 

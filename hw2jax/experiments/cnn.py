@@ -1,0 +1,392 @@
+"""The CNN experiment (the homework's Q2): train the course CNN on Intel images, evaluate, write
+the run's workdir; the seed report's Table 2.1.
+
+`train_and_evaluate` is one run (resumable) and returns a `CnnRunSummary`, the typed form of
+its summary.json; `sweep` runs several learning rates on one compiled program and writes Table
+2.1, rendered by `table_2_1` (which the report uses too). The absl main in experiments/cnn.py
+only parses flags into a `Config` and calls these.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from pathlib import Path
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from hw2jax import markdown, plots, records
+from hw2jax.data import intel
+from hw2jax.errors import UserError
+from hw2jax.models import cnn
+from hw2jax.train import fit as fit_lib
+from hw2jax.train import runlog, sharding, tensorboard as tb, trainer as trainer_lib
+from hw2jax.train import workdir as workdir_lib
+
+MODELS = ("vanilla", "bn_gap")
+EXPECTED_PARAMS = {"vanilla": 5_340_742, "bn_gap": 755_718}
+IMAGE_SIZE = intel.IMAGE_SIZE
+MAX_POOLED_BLOCKS = 6           # 48 -> 24 -> 12 -> 6 -> 3 -> 1: the sixth block sees 1x1
+CURVES = "curves.png"
+TABLE = "table_2_1.md"
+SWEEP = "sweep.json"
+# What a run leaves in its workdir; --fresh moves these aside (nothing else is touched).
+RUN_FILES = (runlog.METRICS, runlog.SUMMARY, CURVES, "checkpoints", TABLE, SWEEP, tb.FOLDER)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """One run; the defaults are the course skeleton's."""
+  model: str = "vanilla"
+  learning_rate: float = 0.01
+  epochs: int = 40
+  batch_size: int = 8
+  optimizer: str = "sgd"
+  l2_decay: float = 0.0
+  dropout: float = 0.1
+  seed: int = 42
+  kernel_size: int = 3
+  maxpool: bool = True
+  channels: tuple[int, ...] = (32, 64, 128)
+  init: str = "torch"
+  epoch_mode: str = "auto"
+  eval_batch_size: int = 1000
+  tensorboard: bool = True           # event files in <workdir>/tb/ (metrics.jsonl regardless)
+  devices: int = 0                   # data parallelism over the first N devices (0: all)
+
+  def validate(self) -> "Config":
+    smallest = min(self.feature_map_sizes()) if self.channels else 0
+    records.require([
+        (self.model in MODELS, f"--model={self.model!r} is not one of {', '.join(MODELS)}"),
+        (self.optimizer in ("sgd", "adam"), f"--optimizer={self.optimizer!r}: use sgd or adam"),
+        (self.learning_rate > 0 and math.isfinite(self.learning_rate),
+         f"--lr={self.learning_rate} must be a positive number"),
+        (self.epochs >= 1, f"--epochs={self.epochs} must be at least 1"),
+        (self.batch_size >= 1, f"--batch_size={self.batch_size} must be at least 1"),
+        (self.eval_batch_size >= 1, f"eval batch size {self.eval_batch_size} must be >= 1"),
+        (self.l2_decay >= 0, f"--l2_decay={self.l2_decay} must be >= 0"),
+        (0 <= self.dropout < 1, f"--dropout={self.dropout} must be in [0, 1)"),
+        (self.kernel_size >= 1 and self.kernel_size % 2 == 1,
+         f"--kernel_size={self.kernel_size} must be a positive odd number ('same' padding)"),
+        (len(self.channels) >= 1 and all(c >= 1 for c in self.channels),
+         f"--channels={','.join(map(str, self.channels))} must be positive widths"),
+        (smallest >= 1,
+         f"--channels={','.join(map(str, self.channels))}: {len(self.channels)} blocks with "
+         f"2x2 max-pooling shrink a {IMAGE_SIZE}x{IMAGE_SIZE} image to nothing; use at most "
+         f"{MAX_POOLED_BLOCKS} blocks, or --nomaxpool"),
+        (self.kernel_size <= max(1, smallest),
+         f"--kernel_size={self.kernel_size} is larger than the smallest feature map it "
+         f"convolves ({smallest}x{smallest}"
+         f"{' after max-pooling' if self.maxpool and len(self.channels) > 1 else ''}); use at "
+         f"most {smallest if smallest % 2 else smallest - 1}"),
+        (self.init in ("torch", "flax"), f"--init={self.init!r}: use torch or flax"),
+        (self.epoch_mode in trainer_lib.EPOCH_MODES,
+         f"--epoch_mode={self.epoch_mode!r} is not one of {', '.join(trainer_lib.EPOCH_MODES)}"),
+        (self.devices >= 0, f"--devices={self.devices} must be all or a positive number"),
+    ])
+    return self
+
+  def feature_map_sizes(self) -> list[int]:
+    """Height (= width) of the input of every conv block: 48, 24, 12 with max-pooling."""
+    return [IMAGE_SIZE // 2 ** (i if self.maxpool else 0) for i in range(len(self.channels))]
+
+  def check_data(self, data: intel.IntelData) -> "Config":
+    """Settings that depend on the data: a batch must not be larger than the training set."""
+    n = data.sizes()["train"]
+    if self.batch_size > n:
+      raise UserError(f"--batch_size={self.batch_size} is larger than the training set ({n:,} "
+                      f"images); use at most {n:,}")
+    return self
+
+  def build_model(self) -> cnn.CNN:
+    """The config's model: one shared instance per architecture, because the train state holds
+    `model.apply` and jit keys its programs on it (a new, equal module would compile again)."""
+    return _model(self.model == "bn_gap", tuple(self.channels), self.kernel_size, self.maxpool,
+                  self.dropout, self.init)
+
+  def to_json(self) -> dict:
+    return records.to_json(self)
+
+  def label(self) -> str:
+    return f"{self.model} lr={self.learning_rate:g}"
+
+  def run_name(self, sweep: bool = False) -> str:
+    """The default workdir's name: the model, the learning rate (or 'sweep') and every other
+    setting that differs from the course's, e.g. 'bn_gap-lr0.01-k5-nopool'. Settings a run may
+    change when resumed (workdir.RESUMABLE) are left out."""
+    default = Config()
+    parts = [self.model, "sweep" if sweep else f"lr{self.learning_rate:g}"]
+    for field, fmt in _NAME_PARTS:
+      value = getattr(self, field)
+      if value != getattr(default, field):
+        parts.append(fmt(value))
+    return "-".join(parts)
+
+
+# How a setting that differs from the default shows in a run's default workdir name.
+_NAME_PARTS = (
+    ("kernel_size", lambda v: f"k{v}"), ("maxpool", lambda v: "maxpool" if v else "nopool"),
+    ("channels", lambda v: "ch" + "_".join(map(str, v))), ("batch_size", lambda v: f"bs{v}"),
+    ("optimizer", str), ("l2_decay", lambda v: f"l2_{v:g}"), ("dropout", lambda v: f"drop{v:g}"),
+    ("seed", lambda v: f"seed{v}"), ("init", lambda v: f"init_{v}"),
+)
+
+
+@functools.lru_cache(maxsize=None)
+def _model(batch_norm, channels, kernel_size, maxpool, dropout, init) -> cnn.CNN:
+  return cnn.CNN(batch_norm=batch_norm, channels=channels, kernel_size=kernel_size,
+                 maxpool=maxpool, dropout=dropout, init_scheme=init)
+
+
+# ----------------------------------------------------------------------------------------------
+# Results
+
+
+@dataclasses.dataclass(frozen=True)
+class Accuracies:
+  """Validation and test accuracy of one model (the seed report gives these two)."""
+  val_accuracy: float | None
+  test_accuracy: float | None
+
+
+# The seed report's accuracies after 40 epochs, batch 8, plain SGD, by (model, learning rate).
+SEED_REPORT = {("vanilla", 0.1): Accuracies(val_accuracy=0.5734, test_accuracy=0.5533),
+               ("vanilla", 0.01): Accuracies(val_accuracy=0.7123, test_accuracy=0.6907),
+               ("vanilla", 0.001): Accuracies(val_accuracy=0.6353, test_accuracy=0.6203),
+               ("bn_gap", 0.01): Accuracies(val_accuracy=0.7279, test_accuracy=0.7440)}
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSizes:
+  source: str
+  train: int
+  val: int
+  test: int
+
+
+@dataclasses.dataclass(frozen=True)
+class FinalMetrics:
+  """The last epoch's numbers, and the test set evaluated with its state."""
+  train_loss: float | None
+  val_loss: float | None
+  val_accuracy: float | None
+  test_loss: float | None
+  test_accuracy: float | None
+
+
+@dataclasses.dataclass(frozen=True)
+class BestEpoch:
+  """The best-validation epoch, and the test accuracy of its checkpoint."""
+  epoch: int                        # 1-based; the earliest one on ties
+  val_accuracy: float
+  test_accuracy: float | None       # None when its checkpoint could not be read
+
+
+@dataclasses.dataclass(frozen=True)
+class CnnRunSummary:
+  """What one run did: <workdir>/summary.json, typed."""
+  config: Config
+  trainable_params: int
+  data: DataSizes
+  epochs_done: int
+  diverged_at: int | None
+  status: str
+  final: FinalMetrics
+  best_val: BestEpoch | None
+  train_seconds_total: float
+  train_seconds_this_call: float
+  device: str
+  jax_version: str
+  seed_report: Accuracies | None
+
+  def to_json(self) -> dict:
+    return records.to_json(self)
+
+  @classmethod
+  def from_json(cls, data: dict) -> "CnnRunSummary":
+    return records.from_json(cls, data)
+
+
+def param_count(config: Config) -> int:
+  model = config.build_model()
+  shapes = jax.eval_shape(lambda: model.init({"params": jax.random.PRNGKey(0)},
+                                             jnp.zeros((1, 48, 48, 3), jnp.uint8), train=False))
+  return trainer_lib.count_params(shapes["params"])
+
+
+def describe_params(config: Config) -> str:
+  """The parameter-count line the CLI prints; it names Table 2.3 only for the course's two
+  architectures (kernel size, pooling and widths of the ablations change the count)."""
+  default = Config()
+  course = (config.kernel_size, config.maxpool, tuple(config.channels)) == (
+      default.kernel_size, default.maxpool, default.channels)
+  return (f"{config.model}: {param_count(config):,} trainable parameters"
+          + (" (Table 2.3)" if course else ""))
+
+
+def device_data(data: intel.IntelData, trainer: trainer_lib.Trainer) -> dict:
+  """Every split onto the trainer's device(s) once: {'train'|'val'|'test': {'image', 'label'}}."""
+  return {split: trainer.put(cnn.as_dataset(*data.split(split))) for split in intel.SPLITS}
+
+
+def make_trainer(config: Config) -> trainer_lib.Trainer:
+  """The config's trainer; data-parallel over the chosen devices when there are several."""
+  return trainer_lib.trainer_for(cnn.loss_fn, cnn.eval_fn, config)
+
+
+# ----------------------------------------------------------------------------------------------
+# Runs
+
+
+def train_and_evaluate(config: Config, data: intel.IntelData, workdir: str | Path, *,
+                       fresh: bool = False, arrays: dict | None = None,
+                       trainer: trainer_lib.Trainer | None = None,
+                       log: Callable[[str], None] = print, prefix: str = "") -> CnnRunSummary:
+  """One run: trains (resuming from `workdir`), evaluates val/test, writes summary and plot.
+
+  `arrays` (from `device_data`) and `trainer` can be shared between runs of a sweep.
+  """
+  config.validate().check_data(data)
+  trainer = trainer or make_trainer(config)     # checks the batch against the devices
+  with workdir_lib.locked(workdir) as workdir:
+    return _train_and_evaluate(config, data, workdir, fresh=fresh, arrays=arrays,
+                               trainer=trainer, log=log, prefix=prefix)
+
+
+def _train_and_evaluate(config, data, workdir, *, fresh, arrays, trainer, log, prefix):
+  workdir = workdir_lib.prepare(workdir, config.to_json(), data.source, fresh=fresh,
+                                run_files=RUN_FILES, log=log)
+  arrays = arrays or device_data(data, trainer)
+  tx = trainer_lib.make_optimizer(config.optimizer, config.l2_decay)
+  state = trainer.put(trainer_lib.create_train_state(
+      config.build_model(), (jnp.zeros((1, 48, 48, 3), jnp.uint8),), tx, config.seed,
+      learning_rate=config.learning_rate, train=False))
+
+  def evaluate(s):
+    m = trainer.evaluate(s, arrays["val"])
+    return {"val_loss": m["loss"], "val_accuracy": m["accuracy"]}
+
+  result = fit_lib.fit(trainer, state, arrays["train"], epochs=config.epochs, evaluate=evaluate,
+                       workdir=workdir, best_metric="val_accuracy", best_mode="max",
+                       progress_keys=("train_loss", "val_loss", "val_accuracy"), log=log,
+                       prefix=prefix, tensorboard=config.tensorboard)
+  last = dict(result.history[-1]) if result.history else {}
+  test = trainer.evaluate(result.state, arrays["test"])
+  best = None
+  if result.best is not None and not result.diverged_at:
+    best_state = fit_lib.restore_best(workdir, result.state, best_metric="val_accuracy",
+                                      log=log)
+    best_test = trainer.evaluate(best_state, arrays["test"]) if best_state is not None else None
+    best = BestEpoch(epoch=result.best["epoch"], val_accuracy=result.best["val_accuracy"],
+                     test_accuracy=best_test and best_test["accuracy"])
+  summary = CnnRunSummary(
+      config=config, trainable_params=trainer_lib.count_params(state.params),
+      data=DataSizes(data.source, **data.sizes()), epochs_done=len(result.history),
+      diverged_at=result.diverged_at, status=result.status(config.epochs),
+      final=FinalMetrics(last.get("train_loss"), last.get("val_loss"), last.get("val_accuracy"),
+                         test["loss"], test["accuracy"]),
+      best_val=best, train_seconds_total=result.train_seconds_total,
+      train_seconds_this_call=result.train_seconds, device=sharding.device_name(trainer.mesh),
+      jax_version=jax.__version__,
+      seed_report=SEED_REPORT.get((config.model, config.learning_rate)))
+  runlog.write_json(workdir / runlog.SUMMARY, summary.to_json())
+  tb.write_hparams(workdir, config.to_json(), {
+      **records.to_json(summary.final),
+      "best_val_test_accuracy": best and best.test_accuracy}, enabled=config.tensorboard)
+  if result.history:
+    plots.plot_history(
+        result.history, workdir / CURVES,
+        title=f"{config.label()}: {config.init} init, batch {config.batch_size}, "
+              f"{config.optimizer}" + (f" (diverged at epoch {result.diverged_at})"
+                                       if result.diverged_at else ""),
+        panels=(("validation accuracy", ("val_accuracy",)),
+                ("loss", ("train_loss", "val_loss"))),
+        running_mean_of="train_loss",
+        note="solid training loss: true mean over each epoch; dashed: running mean since "
+             "epoch 1, which is what the course skeleton plotted")
+  log(f"{prefix}{config.label()}: {summary.status}; final val acc "
+      f"{markdown.fmt(summary.final.val_accuracy)}, test acc {test['accuracy']:.4f}")
+  return summary
+
+
+def sweep(config: Config, learning_rates: Sequence[float], data: intel.IntelData,
+          workdir: str | Path, *, fresh: bool = False, log: Callable[[str], None] = print
+          ) -> list[CnnRunSummary]:
+  """One run per learning rate in <workdir>/lr_<lr>/ (one compiled program for all), then
+  Table 2.1 as markdown in <workdir>/table_2_1.md and the summaries in <workdir>/sweep.json."""
+  if len(set(learning_rates)) != len(learning_rates):
+    raise UserError(f"--lr={','.join(f'{lr:g}' for lr in learning_rates)} repeats a learning "
+                    "rate; give each rate once")
+  for lr in learning_rates:
+    dataclasses.replace(config, learning_rate=lr).validate().check_data(data)
+  with workdir_lib.locked(workdir) as workdir:
+    return _sweep(config, learning_rates, data, workdir, fresh=fresh, log=log)
+
+
+def _sweep(config, learning_rates, data, workdir, *, fresh, log) -> list[CnnRunSummary]:
+  if fresh:
+    archived = workdir_lib.archive(workdir, (*RUN_FILES, workdir_lib.CONFIG), globs=("lr_*",))
+    if archived:
+      log(f"--fresh: moved the previous sweep's files to {archived}")
+  trainer = make_trainer(config)
+  arrays = device_data(data, trainer)
+  summaries = []
+  for lr in learning_rates:
+    run_config = dataclasses.replace(config, learning_rate=lr)
+    log(f"== {run_config.label()} ==")
+    summaries.append(train_and_evaluate(run_config, data, workdir / f"lr_{lr:g}", arrays=arrays,
+                                        trainer=trainer, log=log, prefix=f"[lr {lr:g}] "))
+  table = table_2_1([TableRow(s.config.model, s.config.learning_rate, [s],
+                              f"lr_{s.config.learning_rate:g}/{CURVES}") for s in summaries])
+  (workdir / TABLE).write_text(table)
+  runlog.write_json(workdir / SWEEP, [s.to_json() for s in summaries])
+  log(table)
+  return summaries
+
+
+# ----------------------------------------------------------------------------------------------
+# Tables
+
+
+@dataclasses.dataclass(frozen=True)
+class TableRow:
+  """One row of Table 2.1 / 2.4: the runs of one setting (one per seed) and their curves."""
+  model: str
+  learning_rate: float
+  runs: Sequence[CnnRunSummary]
+  curves: str | None = None
+
+
+def model_label(model: str) -> str:
+  return "BN+GAP" if model == "bn_gap" else "vanilla"
+
+
+def statuses(runs: Sequence[tuple[int, str]]) -> str:
+  """'completed', or each (seed, status) that is not."""
+  if all(s == "completed" for _, s in runs):
+    return "completed"
+  return "; ".join(f"seed {seed}: {s}" for seed, s in runs)
+
+
+def table_2_1(rows: Sequence[TableRow]) -> str:
+  """The seed report's Table 2.1: our last-epoch accuracies (mean ± std over seeds) beside the
+  seed report's, the test accuracy at the best-validation epoch, status and training time."""
+  lines = []
+  for row in rows:
+    seed = SEED_REPORT.get((row.model, row.learning_rate))
+    finals = [r.final for r in row.runs]
+    lines.append([
+        model_label(row.model), f"{row.learning_rate:g}",
+        markdown.mean_std([f.val_accuracy for f in finals]),
+        markdown.mean_std([f.test_accuracy for f in finals]),
+        markdown.fmt(seed and seed.val_accuracy), markdown.fmt(seed and seed.test_accuracy),
+        markdown.mean_std([r.best_val and r.best_val.test_accuracy for r in row.runs]),
+        statuses([(r.config.seed, r.status) for r in row.runs]),
+        markdown.mean_std([r.train_seconds_total for r in row.runs], 1) + " s",
+        f"[curves]({row.curves})" if row.curves else markdown.DASH])
+  return markdown.table(["model", "lr", "val acc", "test acc", "seed val acc", "seed test acc",
+                         "test acc at best val", "status", "train time", "curves"], lines) + \
+      "\n— in a seed column: the seed report has no run with these settings.\n"

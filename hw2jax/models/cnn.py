@@ -1,0 +1,191 @@
+"""The course's CNN for 48x48 Intel images: vanilla, or with BatchNorm and global average pooling.
+
+Conv(k x k, 'same') -> [BatchNorm] -> ReLU -> [MaxPool 2x2] -> Dropout per block; then either
+flatten -> Dense 1024 -> ReLU -> Dropout -> Dense 512 -> ReLU -> Dense 6 (vanilla, 5,340,742
+parameters) or GAP -> Dense 1024 -> ReLU -> BatchNorm -> Dropout -> Dense 512 -> ReLU -> Dense 6
+(BN + GAP, 755,718 parameters). BatchNorm statistics live in the `batch_stats` collection.
+
+Below the model: its task in the form `hw2jax.train.trainer.Trainer` expects (as
+`hw2jax.models.seq2seq` has its own): `loss_fn` (training mode: mean loss, new model state, the
+batch's summed metrics) and `eval_fn` (eval mode: the summed metrics). Batches are
+{'image': (B, H, W, C), 'label': (B,) int}; `mask` (B,) float marks real examples. The loss is
+the course's NLL of log-softmax, averaged over the real examples of the batch.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+# PyTorch's BatchNorm2d/1d defaults: momentum 0.1 (Flax 0.9) and eps 1e-5.
+BN_MOMENTUM = 0.9
+BN_EPSILON = 1e-5
+# The skeleton scales pixels by 1/256 (not 1/255); kept for fidelity.
+PIXEL_SCALE = 1.0 / 256.0
+
+
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+  """2x2 max-pooling with stride 2 (floor, like PyTorch), (B, H, W, C) -> (B, H//2, W//2, C).
+
+  Written as a reshape + max: XLA's generic reduce-window gradient (select-and-scatter) costs
+  about 4x more on CPU for the same result.
+  """
+  b, h, w, c = x.shape
+  x = x[:, :h - h % 2, :w - w % 2]
+  return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+def dropout_keep_masks(key: jax.Array, rate: float, shapes: Sequence[tuple[int, ...]]
+                       ) -> list[jax.Array]:
+  """Keep-masks for every dropout site of a step, drawn with ONE random-bits call.
+
+  Each element keeps with probability thr / 65536, thr = round((1 - rate) * 65536), from 16 random
+  bits (two per 32-bit word): half the random words of `nn.Dropout` and one RNG kernel instead of
+  one per site. `apply_dropout` rescales by the exact keep probability, so E[output] = input.
+  """
+  sizes = [math.prod(s) for s in shapes]
+  words = jax.random.bits(key, ((sum(sizes) + 1) // 2,), jnp.uint32)
+  halves = jax.lax.bitcast_convert_type(words, jnp.uint16).reshape(-1)
+  keep = halves < keep_threshold(rate)
+  offsets = [0] + list(itertools.accumulate(sizes))
+  return [keep[a:b].reshape(s) for a, b, s in zip(offsets, offsets[1:], shapes)]
+
+
+def keep_threshold(rate: float) -> int:
+  return int(round((1.0 - rate) * 65536))
+
+
+def apply_dropout(x: jax.Array, keep: jax.Array, rate: float) -> jax.Array:
+  return jnp.where(keep, x * (65536.0 / keep_threshold(rate)), 0.0).astype(x.dtype)
+
+
+def torch_uniform(fan_in: int) -> nn.initializers.Initializer:
+  """U(-1/sqrt(fan_in), 1/sqrt(fan_in)): PyTorch's default for Conv/Linear weights and biases."""
+  bound = 1.0 / math.sqrt(fan_in)
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
+
+
+class CNN(nn.Module):
+  """Image classifier; `init_scheme` is 'torch' (the course's PyTorch defaults) or 'flax'.
+
+  Input: (B, H, W, 3) uint8 or float pixels in [0, 255]. Output: (B, num_classes) logits.
+  `mask` (B,) marks real examples, so padding rows of a partial batch never touch BN statistics.
+  """
+  batch_norm: bool = False
+  num_classes: int = 6
+  channels: Sequence[int] = (32, 64, 128)
+  hidden: Sequence[int] = (1024, 512)
+  kernel_size: int = 3
+  maxpool: bool = True
+  dropout: float = 0.1
+  init_scheme: str = "torch"
+
+  def _dense(self, x, features, name=None):
+    if self.init_scheme == "torch":
+      fan_in = x.shape[-1]
+      return nn.Dense(features, kernel_init=nn.initializers.variance_scaling(
+          1 / 3, "fan_in", "uniform"), bias_init=torch_uniform(fan_in), name=name)(x)
+    return nn.Dense(features, name=name)(x)
+
+  def _conv(self, x, features, name=None):
+    k = self.kernel_size
+    kwargs = {}
+    if self.init_scheme == "torch":
+      kwargs = dict(kernel_init=nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform"),
+                    bias_init=torch_uniform(x.shape[-1] * k * k))
+    return nn.Conv(features, (k, k), padding="SAME", name=name, **kwargs)(x)
+
+  def _bn(self, x, train, mask, name):
+    if mask is not None:
+      mask = jnp.broadcast_to(mask.reshape((-1,) + (1,) * (x.ndim - 1)), x.shape)
+    return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
+                        name=name)(x, mask=mask if train else None)
+
+  def _keep_masks(self, image_shape) -> list[jax.Array]:
+    """Dropout masks of the step: after each conv block and after the first dense layer."""
+    b, h, w, _ = image_shape
+    shapes = []
+    for c in self.channels:
+      if self.maxpool:
+        h, w = h // 2, w // 2
+      shapes.append((b, h, w, c))
+    shapes.append((b, self.hidden[0]))
+    return dropout_keep_masks(self.make_rng("dropout"), self.dropout, shapes)
+
+  @nn.compact
+  def __call__(self, images: jax.Array, *, train: bool, mask: jax.Array | None = None
+               ) -> jax.Array:
+    if self.init_scheme not in ("torch", "flax"):
+      raise ValueError(f"init_scheme must be 'torch' or 'flax', got {self.init_scheme!r}")
+    if not 0.0 <= self.dropout < 1.0:
+      raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+    keep = iter(self._keep_masks(images.shape) if train and self.dropout > 0 else [])
+    dropout = lambda h: apply_dropout(h, next(keep), self.dropout) if train and self.dropout > 0 \
+        else h
+    x = images.astype(jnp.float32) * PIXEL_SCALE
+    for i, features in enumerate(self.channels):
+      x = self._conv(x, features, name=f"conv{i}")
+      if self.batch_norm:
+        x = self._bn(x, train, mask, name=f"bn{i}")
+      x = nn.relu(x)
+      if self.maxpool:
+        x = max_pool_2x2(x)
+      x = dropout(x)
+    if self.batch_norm:
+      x = jnp.mean(x, axis=(1, 2))                     # global average pooling: (B, C)
+    else:
+      x = x.reshape(x.shape[0], -1)                    # flatten: (B, H * W * C)
+    x = nn.relu(self._dense(x, self.hidden[0], name="fc0"))
+    if self.batch_norm:
+      x = self._bn(x, train, mask, name="bn_fc0")
+    x = dropout(x)
+    for j, features in enumerate(self.hidden[1:], 1):
+      x = nn.relu(self._dense(x, features, name=f"fc{j}"))
+    return self._dense(x, self.num_classes, name="logits")
+
+
+# -- the task ----------------------------------------------------------------------------------
+
+
+def _sums(logits, labels, mask):
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32))
+  nll = -jnp.take_along_axis(logp, labels[:, None].astype(jnp.int32), axis=1)[:, 0]
+  correct = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
+  return {"loss": jnp.sum(nll * mask), "accuracy": jnp.sum(correct * mask),
+          "count": jnp.sum(mask)}
+
+
+def loss_fn(apply_fn, params, batch_stats, batch, mask, rng):
+  """Training-mode forward: mean NLL over real examples, updated BN statistics, batch sums."""
+  variables = {"params": params}
+  mutable = []
+  if batch_stats:
+    variables["batch_stats"] = batch_stats
+    mutable = ["batch_stats"]
+  logits, updates = apply_fn(variables, batch["image"], train=True, mask=mask,
+                             rngs={"dropout": rng}, mutable=mutable)
+  sums = _sums(logits, batch["label"], mask)
+  loss = sums["loss"] / jnp.maximum(sums["count"], 1.0)
+  return loss, (updates.get("batch_stats", batch_stats), sums)
+
+
+def eval_fn(apply_fn, variables, batch, mask):
+  """Eval-mode forward (running BN statistics, no dropout): summed loss, correct, count."""
+  if not variables.get("batch_stats"):
+    variables = {"params": variables["params"]}
+  logits = apply_fn(variables, batch["image"], train=False)
+  return _sums(logits, batch["label"], mask)
+
+
+def as_dataset(images, labels) -> dict:
+  """The pytree the trainer gathers batches from: images (N, H, W, C), labels (N,)."""
+  return {"image": images, "label": labels}

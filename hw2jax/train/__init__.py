@@ -1,0 +1,1 @@
+"""Training, model-agnostic: the trainer, the epoch loop, checkpoints, workdirs, logs."""

@@ -1,0 +1,302 @@
+"""Orbax checkpoints of a run: one manager keeps the latest epochs and the best-validation one.
+
+Layout: <workdir>/checkpoints/<epoch>/{state,meta}: the last `keep_latest` epochs and the best
+one by the run's validation metric (Orbax's `LatestN` + `BestN` preservation policies; the best
+epoch is written once, not twice). `meta` is JSON (epoch, history, best record, and a
+fingerprint of the state, so that damage Orbax itself would not notice is found on restore).
+
+A checkpoint that cannot be read, or whose state does not match its fingerprint, is moved to
+<workdir>/checkpoints/corrupt/<epoch>-<time>/ (never deleted) with one line saying so, and the
+previous one is used: a damaged step must not block the save of the same epoch when it is
+trained again. Workdirs of the older layout (checkpoints/latest/ and checkpoints/best/, two
+managers) are adopted into this one on first use. A full disk while writing becomes one line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import errno
+import hashlib
+import json
+import re
+import shutil
+import sys
+import threading
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as policies
+
+from hw2jax.errors import UserError
+from hw2jax.train.trainer import TrainState
+
+# Orbax keeps process-global state for a save (its current operation id keys the signals between
+# its threads), so the synchronous parts of two saves in two threads (the report runs Q3 beside
+# Q2) must not interleave: every call into Orbax holds this lock. The asynchronous writes still
+# overlap training.
+_ORBAX = threading.RLock()
+CORRUPT = "corrupt"
+LEGACY = ("latest", "best")      # the two managers of the older layout
+_STEP_RE = re.compile(r"^\d+$")
+
+
+def state_tree(state: TrainState) -> dict:
+  """What a checkpoint holds of a TrainState (its arrays, no functions)."""
+  return {"params": state.params, "batch_stats": state.batch_stats, "opt_state": state.opt_state,
+          "step": state.step, "key": state.key}
+
+
+def _host(x):
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    x = x.addressable_data(0)
+  return np.asarray(jax.device_get(x))
+
+
+def fingerprint(state: TrainState) -> str:
+  """A hash of every array of the state (dtype, shape, bytes), to verify a restored state."""
+  h = hashlib.blake2b(digest_size=16)
+  for leaf in jax.tree_util.tree_leaves(state_tree(state)):
+    a = np.ascontiguousarray(_host(leaf))
+    h.update(f"{a.dtype}{a.shape}".encode())
+    h.update(a.tobytes())
+  return h.hexdigest()
+
+
+def _quiet_orbax_leftovers() -> None:
+  """After a failed read or write (a damaged checkpoint, a full disk) Orbax closes its event
+  loop while TensorStore still finishes the other reads or writes of that checkpoint: their
+  callbacks fail with 'Event loop is closed' and their coroutines with the same I/O error,
+  harmlessly, but Python prints each as a traceback. Those leftovers (and nothing else) are
+  not printed; the failure itself is reported by `Checkpoints` as one line."""
+  previous = sys.unraisablehook
+  if getattr(previous, "hw2jax_quiet", False):
+    return
+
+  def leftover(unraisable) -> bool:
+    value = unraisable.exc_value
+    if isinstance(value, RuntimeError) and "Event loop is closed" in str(value):
+      return True
+    frames = traceback.extract_tb(unraisable.exc_traceback) if unraisable.exc_traceback else []
+    return any("orbax/checkpoint/_src/serialization" in f.filename for f in frames)
+
+  def hook(unraisable):
+    if not leftover(unraisable):
+      previous(unraisable)
+
+  hook.hw2jax_quiet = True
+  sys.unraisablehook = hook
+
+
+def _ranking(metrics: dict) -> tuple[float, int]:
+  """Orbax sorts ascending and keeps the last: the higher score wins, the earlier epoch on ties
+  (as `fit`, whose best is the first epoch that reached the best value)."""
+  return metrics["score"], -metrics["epoch"]
+
+
+def _disk_full(e: BaseException) -> bool:
+  while e is not None:
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+      return True
+    if "No space left on device" in str(e) or "RESOURCE_EXHAUSTED: Disk" in str(e):
+      return True
+    e = e.__cause__ or e.__context__
+  return False
+
+
+class Checkpoints:
+  """Saves and restores TrainStates (+ JSON metadata) under `<workdir>/checkpoints`.
+
+  The best checkpoint is the one with the highest (`best_mode='max'`) or lowest ('min') value
+  of `best_metric` in its epoch's record.
+  """
+
+  def __init__(self, workdir: str | Path, *, best_metric: str, best_mode: str = "max",
+               keep_latest: int = 2, log: Callable[[str], None] = print):
+    if best_mode not in ("max", "min"):
+      raise ValueError(f"best_mode must be 'max' or 'min', got {best_mode!r}")
+    self.root = Path(workdir).resolve() / "checkpoints"
+    self.log = log
+    self.best_metric = best_metric
+    self._sign = 1.0 if best_mode == "max" else -1.0
+    policy = policies.AnyPreservationPolicy([
+        policies.LatestN(keep_latest),
+        policies.BestN(get_metric_fn=_ranking, n=1, keep_checkpoints_without_metrics=True)])
+    _quiet_orbax_leftovers()
+    self._set_aside_unparseable()
+    with _ORBAX:
+      self._manager = ocp.CheckpointManager(
+          self.root, item_names=("state", "meta"),
+          # A run killed mid-save leaves <epoch>.orbax-checkpoint-tmp*: removed on start.
+          options=ocp.CheckpointManagerOptions(preservation_policy=policy, best_fn=_ranking,
+                                               best_mode="max", create=True,
+                                               cleanup_tmp_directories=True))
+      self._set_aside_uncommitted()
+
+  # -- saving -----------------------------------------------------------------------------------
+
+  def save(self, epoch: int, state: TrainState, meta: dict[str, Any],
+           record: dict[str, Any]) -> None:
+    """Saves `state` as epoch `epoch` (asynchronously); `record` (the epoch's metrics) ranks
+    it for the best checkpoint (without `best_metric`, e.g. diverged: never the best)."""
+    meta = {**meta, "fingerprint": fingerprint(state)}
+    score = record.get(self.best_metric)
+    metrics = None if score is None else {"score": self._sign * score, "epoch": epoch}
+    with self._disk_errors():
+      with _ORBAX:
+        self._manager.save(epoch, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state_tree(state)), meta=ocp.args.JsonSave(meta)),
+            metrics=metrics, force=True)
+
+  def wait(self) -> None:
+    with self._disk_errors():
+      with _ORBAX:
+        self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    with _ORBAX:
+      self._manager.close()
+
+  # -- reading ----------------------------------------------------------------------------------
+
+  def epochs(self) -> list[int]:
+    with _ORBAX:
+      return sorted(self._manager.all_steps())
+
+  def best_epoch(self) -> int | None:
+    with _ORBAX:
+      return self._manager.best_step()
+
+  def restore(self, template: TrainState) -> tuple[TrainState, dict[str, Any]] | None:
+    """The newest readable checkpoint, restored onto `template`'s structure; None if there is
+    none. Unreadable ones are moved to checkpoints/corrupt/ on the way."""
+    self._adopt_legacy(template)
+    for epoch in reversed(self.epochs()):
+      restored = self.read(epoch, template)
+      if restored is not None:
+        return restored
+    return None
+
+  def restore_best(self, template: TrainState) -> tuple[TrainState, dict[str, Any]] | None:
+    """The best checkpoint (None if there is none, or it is unreadable: it is moved aside)."""
+    self._adopt_legacy(template)
+    epoch = self.best_epoch()
+    return None if epoch is None else self.read(epoch, template)
+
+  def read(self, epoch: int, template: TrainState) -> tuple[TrainState, dict] | None:
+    """Epoch `epoch`'s state and meta; None (and the step set aside) if it cannot be read."""
+    abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, state_tree(template))
+    with _ORBAX:
+      self._manager.wait_until_finished()
+    try:
+      with _ORBAX:
+        restored = self._manager.restore(epoch, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+      state, meta = template.replace(**restored["state"]), dict(restored["meta"])
+      if meta.get("epoch") != epoch:
+        raise ValueError(f"its metadata is of epoch {meta.get('epoch')}")
+      if "fingerprint" in meta and fingerprint(state) != meta["fingerprint"]:
+        raise ValueError("its arrays do not match the fingerprint saved with them")
+    except Exception as e:  # a damaged checkpoint must not end or wedge the run: set it aside
+      first = str(e).split(". See full TensorStore")[0].splitlines()[0] if str(e) else ""
+      self._set_aside(epoch, f"{type(e).__name__}: {first[:120]}" if first else
+                      type(e).__name__)
+      return None
+    return state, meta
+
+  # -- damage -----------------------------------------------------------------------------------
+
+  def _set_aside(self, epoch: int | str, why: str, reload: bool = True) -> None:
+    """Moves the step folder to checkpoints/corrupt/<epoch>-<time>/ and forgets it."""
+    source = self.root / str(epoch)
+    target = self.root / CORRUPT / f"{epoch}-{datetime.datetime.now():%Y%m%d-%H%M%S-%f}"
+    if jax.process_index() == 0 and source.exists():
+      target.parent.mkdir(parents=True, exist_ok=True)
+      shutil.move(str(source), str(target))
+    self.log(f"checkpoint of epoch {epoch} is unreadable ({why}); moved it to {target} and "
+             "using the previous one")
+    if reload:
+      with _ORBAX:
+        self._manager.reload()
+
+  def _step_dirs(self) -> list[Path]:
+    return sorted((p for p in self.root.iterdir() if p.is_dir() and _STEP_RE.match(p.name)),
+                  key=lambda p: int(p.name)) if self.root.is_dir() else []
+
+  def _set_aside_unparseable(self) -> None:
+    """Orbax reads every step's metadata and metrics when the manager opens, so a damaged one
+    would fail the manager itself: such steps are set aside before it opens."""
+    for step in self._step_dirs():
+      for name in ("_CHECKPOINT_METADATA", "metrics/metrics"):
+        f = step / name
+        try:
+          if f.is_file():
+            json.loads(f.read_text())
+        except (ValueError, UnicodeDecodeError) as e:
+          self._set_aside(step.name, f"{name}: {type(e).__name__}", reload=False)
+          break
+
+  def _set_aside_uncommitted(self) -> None:
+    """Step folders Orbax does not list (their commit marker is gone) would block a new save of
+    the same epoch: they are damaged too."""
+    known = {str(s) for s in self._manager.all_steps()}
+    for path in self._step_dirs():
+      if path.name not in known:
+        self._set_aside(path.name, "no commit marker")
+
+  def _adopt_legacy(self, template: TrainState) -> None:
+    """Copies the readable steps of checkpoints/latest/ and checkpoints/best/ (the older
+    layout) into this manager, then moves those folders to checkpoints/legacy-<time>/."""
+    folders = [self.root / name for name in LEGACY if (self.root / name).is_dir()]
+    if not folders:
+      return
+    abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, state_tree(template))
+    found: dict[int, tuple[TrainState, dict]] = {}
+    for folder in folders:
+      with _ORBAX:
+        old = ocp.CheckpointManager(folder, item_names=("state", "meta"),
+                                    options=ocp.CheckpointManagerOptions(read_only=True))
+      for epoch in old.all_steps():
+        try:
+          with _ORBAX:
+            r = old.restore(epoch, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+          found.setdefault(epoch, (template.replace(**r["state"]), dict(r["meta"])))
+        except Exception as e:
+          self.log(f"older-layout checkpoint {folder.name}/{epoch} is unreadable "
+                   f"({type(e).__name__}); left in the legacy folder")
+      with _ORBAX:
+        old.close()
+    have = set(self.epochs())
+    for epoch in sorted(found):
+      if epoch in have:
+        continue
+      state, meta = found[epoch]
+      history = meta.get("history") or []
+      self.save(epoch, state, meta, history[epoch - 1] if len(history) >= epoch else {})
+    self.wait()
+    target = self.root / f"legacy-{datetime.datetime.now():%Y%m%d-%H%M%S-%f}"
+    if jax.process_index() == 0:
+      target.mkdir(parents=True)
+      for folder in folders:
+        shutil.move(str(folder), str(target / folder.name))
+    self.log(f"adopted {len(found)} checkpoint(s) of the older layout; its folders are now in "
+             f"{target}")
+
+  # -- errors -----------------------------------------------------------------------------------
+
+  @contextlib.contextmanager
+  def _disk_errors(self):
+    """A full disk (now, or in an asynchronous write that failed) becomes one line."""
+    try:
+      yield
+    except Exception as e:
+      if not _disk_full(e):
+        raise
+      committed = [int(p.name) for p in self._step_dirs()]
+      raise UserError(f"disk full while writing checkpoints into {self.root}; free space and "
+                      f"rerun: the run resumes from epoch {max(committed, default=0)}") from None

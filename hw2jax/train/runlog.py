@@ -1,0 +1,124 @@
+"""What a run logs in its workdir: metrics.jsonl (one line per epoch), summary.json and other
+JSON written atomically, and the progress line printed per epoch. Only process 0 writes."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from hw2jax.errors import UserError
+from hw2jax.markdown import format_seconds
+from hw2jax.train.sharding import primary
+
+METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+  """Writes JSON atomically (temp file + rename), so a killed run never leaves half a file.
+  (Process 0 only.)"""
+  if not primary():
+    return
+  path = Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+  tmp.write_text(json.dumps(finite(obj), indent=2, sort_keys=True, default=_jsonable) + "\n")
+  os.replace(tmp, path)
+
+
+def finite(obj: Any) -> Any:
+  """`obj` with every NaN/inf float replaced by None (JSON has no NaN)."""
+  if isinstance(obj, float):
+    return obj if math.isfinite(obj) else None
+  if isinstance(obj, dict):
+    return {k: finite(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [finite(v) for v in obj]
+  return obj
+
+
+def read_json(path: str | Path) -> Any:
+  """The JSON in `path`; a damaged file is a UserError naming it (not a traceback)."""
+  path = Path(path)
+  try:
+    return json.loads(path.read_text())
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise UserError(f"{path} is damaged (not valid JSON: {e}); repair or remove it, or use "
+                    "--fresh to archive the run and start over") from None
+
+
+def _jsonable(x):
+  if hasattr(x, "tolist"):  # numpy/JAX scalars and arrays alike
+    return x.tolist()
+  raise TypeError(f"not JSON serialisable: {type(x).__name__}")
+
+
+class RunLog:
+  """Appends one JSON line per epoch to `<workdir>/metrics.jsonl` and prints a progress line.
+
+  `reset(history)` rewrites the file to the epochs a resumed checkpoint holds, so the log never
+  shows epochs that were trained after the last checkpoint and are about to be redone.
+  """
+
+  def __init__(self, workdir: str | Path, *, total_epochs: int, prefix: str = "",
+               printer: Callable[[str], None] | None = None):
+    self.workdir = Path(workdir)
+    self.workdir.mkdir(parents=True, exist_ok=True)
+    self.path = self.workdir / METRICS
+    self.total_epochs = total_epochs
+    self.prefix = prefix
+    self.printer = printer or (lambda line: print(line, flush=True))
+    self._epoch_seconds: list[float] = []
+
+  def reset(self, history: Sequence[dict]) -> None:
+    if not primary():
+      return
+    tmp = self.path.with_name(f".{METRICS}.tmp{os.getpid()}")
+    tmp.write_text("".join(json.dumps(finite(r), sort_keys=True) + "\n" for r in history))
+    os.replace(tmp, self.path)
+
+  def append(self, record: dict) -> None:
+    if not primary():
+      return
+    with open(self.path, "a") as f:
+      f.write(json.dumps(finite(record), sort_keys=True, default=_jsonable) + "\n")
+
+  def progress(self, record: dict, keys: Iterable[str]) -> str:
+    """Prints 'epoch e/E  k1 v1  k2 v2 ...  12.3s  ETA 4m05s' for `record` and returns it."""
+    seconds = float(record.get("seconds", 0.0))
+    self._epoch_seconds.append(seconds)
+    # The first epoch of a process includes compilation: leave it out of the ETA when possible.
+    steady = self._epoch_seconds[1:] or self._epoch_seconds
+    remaining = self.total_epochs - int(record["epoch"])
+    eta = remaining * (sum(steady) / len(steady))
+    parts = [f"{self.prefix}epoch {record['epoch']:>3d}/{self.total_epochs}"]
+    for k in keys:
+      if k in record:
+        v = record[k]
+        parts.append(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}")
+    parts.append(f"{seconds:.1f}s")
+    parts.append(f"ETA {format_seconds(eta)}")
+    line = "  ".join(parts)
+    if primary():
+      self.printer(line)
+    return line
+
+
+def read_metrics(workdir: str | Path) -> list[dict]:
+  """The records of metrics.jsonl; a last line cut short by a killed run is left out."""
+  path = Path(workdir) / METRICS
+  if not path.exists():
+    return []
+  lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+  records = []
+  for i, line in enumerate(lines):
+    try:
+      records.append(json.loads(line))
+    except json.JSONDecodeError:
+      if i < len(lines) - 1:
+        raise UserError(f"{path}:{i + 1} is damaged (not valid JSON); repair or remove that "
+                        "line, or use --fresh to archive the run and start over") from None
+  return records

@@ -1,0 +1,73 @@
+"""TensorBoard event files of a run (tensorboardX: no TensorFlow), what JAX/Flax users look at first.
+
+metrics.jsonl stays the source of truth: <workdir>/tb/ is rebuilt from the run's history
+whenever training (re)starts, so a resumed run shows every epoch exactly once, also the epochs a
+killed run had logged beyond its last checkpoint. Only process 0 writes.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from hw2jax.train.sharding import primary
+
+FOLDER = "tb"
+HPARAMS = "hparams"
+
+
+class Board:
+  """Scalars per epoch (every number of the epoch's record, e.g. train_loss, val_accuracy,
+  seconds, learning_rate) under <workdir>/tb/, and the run's hyper-parameters with its final
+  metrics (TensorBoard's HPARAMS tab) under <workdir>/tb/hparams/."""
+
+  def __init__(self, workdir: str | Path, enabled: bool = True):
+    self.dir = Path(workdir) / FOLDER
+    self.enabled = enabled and primary()
+    self._writer = None
+
+  def start(self, history: Sequence[Mapping[str, Any]]) -> None:
+    """Drops earlier event files and writes `history` (the epochs the run resumes from)."""
+    if not self.enabled:
+      return
+    from tensorboardX import SummaryWriter
+    if self.dir.exists():
+      shutil.rmtree(self.dir)
+    self._writer = SummaryWriter(str(self.dir), flush_secs=30)
+    for record in history:
+      self.epoch(record)
+
+  def epoch(self, record: Mapping[str, Any]) -> None:
+    if self._writer is None:
+      return
+    for key, value in record.items():
+      if key != "epoch" and _number(value):
+        self._writer.add_scalar(key, float(value), int(record["epoch"]))
+    self._writer.flush()
+
+  def close(self) -> None:
+    if self._writer is not None:
+      self._writer.close()
+      self._writer = None
+
+
+def write_hparams(workdir: str | Path, hparams: Mapping[str, Any], metrics: Mapping[str, Any],
+                  enabled: bool = True) -> None:
+  """The run's settings beside its final (test) metrics, replacing an earlier call's."""
+  if not enabled or not primary():
+    return
+  from tensorboardX import SummaryWriter
+  folder = Path(workdir) / FOLDER / HPARAMS
+  if folder.exists():
+    shutil.rmtree(folder)
+  values = {k: v if isinstance(v, (bool, int, float, str)) else str(v)
+            for k, v in hparams.items() if v is not None}
+  numbers = {f"final/{k}": float(v) for k, v in metrics.items() if _number(v)}
+  with SummaryWriter(str(folder)) as writer:
+    writer.add_hparams(values, numbers, name=".")
+
+
+def _number(value: Any) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

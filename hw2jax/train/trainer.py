@@ -1,0 +1,388 @@
+"""Model-agnostic training: TrainState with BatchNorm statistics, jitted steps, epoch runners.
+
+The whole dataset lives on the device as a pytree of arrays with a leading example axis. An
+epoch is a device-side permutation cut into batches of fixed size (the last one padded and
+masked, never dropped); a step gathers its batch on the device. On GPU/TPU an epoch is ONE
+jitted `lax.scan`; on CPU it is a Python loop over a jitted step (XLA:CPU runs conv backward
+inside while loops ~35x slower). Both run the same step function and agree to float rounding.
+
+A task plugs in two pure functions (beside each model: `hw2jax.models.cnn`, `...seq2seq`):
+  loss_fn(apply_fn, params, model_state, batch, mask, rng)
+      -> (mean loss, (new model_state, sums))   # sums: dict of per-batch summed metrics
+  eval_fn(apply_fn, variables, batch, mask) -> sums
+where `mask` (B,) is 1 for real examples, `model_state` the `batch_stats` collection ({} if none)
+and `sums` holds at least 'count' (the number of examples or tokens the loss averages over).
+
+Variable-length data (P2G words) comes as `Widths`: the same examples padded to a few widths (a
+single dataset is one width). An epoch's `BatchPlan` draws random batches from all examples and
+names the narrowest copy that holds all of a batch's members; in 'scan' mode the epoch is one
+`lax.scan` choosing the copy with `lax.switch`, in 'loop' mode each width has its jitted step.
+Padding beyond a batch's longest member changes nothing, so this equals training on the widest
+copy, at the cost of the batch's own length.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, Callable, Mapping, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+from flax.training import train_state
+from jax.sharding import Mesh
+
+from hw2jax.train import sharding
+
+EPOCH_MODES = ("auto", "scan", "loop")
+# XLA's RngBitGenerator ('rbg') instead of threefry: the same statistical quality for dropout
+# and initialisation, 3-4x faster to compile on CPU and cheaper per step on accelerators.
+PRNG_IMPL = "rbg"
+Sums = Mapping[str, jax.Array]
+
+
+class TrainState(train_state.TrainState):
+  """Params, optimizer state, step, plus `batch_stats` ({} if unused) and the run's PRNG key.
+
+  `key` holds raw key data (uint32, so checkpoints need no special handling); `rng(state)`
+  wraps it. Dropout keys are `fold_in(rng, step)`, epoch permutations
+  `fold_in(fold_in(rng, 1), epoch)`: everything random is a function of (seed, step, epoch), so
+  a resumed run repeats exactly.
+  """
+  batch_stats: Any = struct.field(default_factory=dict)
+  key: jax.Array = None
+
+
+def prng_key(seed: int) -> jax.Array:
+  """A typed PRNG key of the project's implementation."""
+  return jax.random.key(seed, impl=PRNG_IMPL)
+
+
+def rng(state: TrainState) -> jax.Array:
+  """The run's typed PRNG key."""
+  return jax.random.wrap_key_data(state.key, impl=PRNG_IMPL)
+
+
+def make_optimizer(name: str, l2_decay: float = 0.0) -> optax.GradientTransformation:
+  """'sgd' (no momentum) or 'adam'; `l2_decay` is added to the gradient like PyTorch's weight_decay.
+
+  The learning rate is an injected hyper-parameter held in the optimizer state (set it with
+  `create_train_state(..., learning_rate=)`), and the transformation is cached, so runs that
+  differ only in the learning rate share one compiled program.
+  """
+  if name not in ("sgd", "adam"):
+    raise ValueError(f"optimizer must be 'sgd' or 'adam', got {name!r}")
+  return _optimizer(name, float(l2_decay))
+
+
+@functools.lru_cache(maxsize=None)
+def _optimizer(name: str, l2_decay: float) -> optax.GradientTransformation:
+  base = optax.sgd if name == "sgd" else optax.adam
+
+  def build(learning_rate):
+    parts = [optax.add_decayed_weights(l2_decay)] if l2_decay else []
+    return optax.chain(*parts, base(learning_rate))
+
+  return optax.inject_hyperparams(build)(learning_rate=0.0)
+
+
+def create_train_state(model, init_inputs: tuple, tx: optax.GradientTransformation, seed: int,
+                       *, learning_rate: float | None = None, **init_kwargs) -> TrainState:
+  """Initialises `model` on `init_inputs` (a batch's shapes suffice) with key `seed`.
+
+  `learning_rate` sets the injected hyper-parameter of a `make_optimizer` transformation.
+  """
+  params_key, dropout_key, run_key = jax.random.split(prng_key(seed), 3)
+  variables = _jitted_init(model, tuple(sorted(init_kwargs.items())))(
+      {"params": params_key, "dropout": dropout_key}, *init_inputs)
+  params = variables["params"]
+  state = TrainState.create(apply_fn=model.apply, params=params, tx=tx,
+                            batch_stats=variables.get("batch_stats", {}),
+                            key=jax.random.key_data(run_key))
+  # A strongly typed step counter: a restored checkpoint's step has the same type, so resuming
+  # reuses the compiled (and disk-cached) programs instead of compiling them again.
+  state = state.replace(step=jnp.zeros((), jnp.int32))
+  if learning_rate is not None:
+    state.opt_state.hyperparams["learning_rate"] = jnp.asarray(learning_rate, jnp.float32)
+  return state
+
+
+@functools.lru_cache(maxsize=64)
+def _jitted_init(model, init_kwargs: tuple):
+  """One compiled `model.init` per (model config, keyword arguments): runs of a sweep share it."""
+  return jax.jit(functools.partial(model.init, **dict(init_kwargs)))
+
+
+def resolve_mode(mode: str, backend: str | None = None) -> str:
+  """'auto' -> 'scan' on GPU/TPU, 'loop' on CPU."""
+  if mode not in EPOCH_MODES:
+    raise ValueError(f"epoch_mode must be one of {EPOCH_MODES}, got {mode!r}")
+  if mode != "auto":
+    return mode
+  backend = backend or jax.default_backend()
+  return "loop" if backend == "cpu" else "scan"
+
+
+def num_batches(n: int, batch_size: int) -> int:
+  return max(1, math.ceil(n / batch_size))
+
+
+def batch_plan(key: jax.Array | None, n: int, batch_size: int) -> tuple[jax.Array, jax.Array]:
+  """Example indices and a validity mask, both (num_batches, batch_size).
+
+  With a key the order is a permutation of range(n); without, it is sequential. The last batch
+  is padded with index 0 and mask 0, so every example is seen exactly once.
+  """
+  nb = num_batches(n, batch_size)
+  order = jnp.arange(n, dtype=jnp.int32) if key is None else jax.random.permutation(key, n)
+  pad = nb * batch_size - n
+  idx = jnp.concatenate([order.astype(jnp.int32), jnp.zeros((pad,), jnp.int32)])
+  mask = jnp.arange(nb * batch_size) < n
+  return idx.reshape(nb, batch_size), mask.reshape(nb, batch_size)
+
+
+def gather(data, idx: jax.Array):
+  """The batch `idx` (B,) of every array in `data` (a pytree with a leading example axis)."""
+  return jax.tree_util.tree_map(lambda a: jnp.take(a, idx, axis=0, mode="clip"), data)
+
+
+def epoch_key(state: TrainState, epoch: int) -> jax.Array:
+  return jax.random.fold_in(jax.random.fold_in(rng(state), 1), epoch)
+
+
+def _add(acc, sums):
+  return jax.tree_util.tree_map(lambda a, s: a + s.astype(a.dtype), acc, sums)
+
+
+def _zeros_like_sums(shape_tree):
+  return jax.tree_util.tree_map(lambda s: jnp.zeros((), jnp.float32), shape_tree)
+
+
+class Widths(tuple):
+  """One dataset stored at several padded widths, narrowest first: every copy holds all N
+  examples in the same order (cut short where they do not fit), and `need` (N,) is the index of
+  the narrowest copy that holds each example whole. `Trainer.train_epoch` and
+  `Trainer.evaluate` accept it wherever they accept a single dataset (which is one width)."""
+
+  def __new__(cls, copies, need):
+    self = super().__new__(cls, copies)
+    self.need = np.asarray(need, np.int32)
+    sizes = {_num_examples(c) for c in self} | {len(self.need)}
+    if len(sizes) != 1:
+      raise ValueError(f"every copy and `need` must hold the same examples, got sizes {sizes}")
+    return self
+
+  @classmethod
+  def of(cls, data) -> "Widths":
+    """`data` itself if it is `Widths`, else a single dataset as one width."""
+    if isinstance(data, Widths):
+      return data
+    return cls([data], np.zeros(_num_examples(data), np.int32))
+
+
+class BatchPlan(NamedTuple):
+  """Which examples each batch of an epoch holds, and which copy (width) it trains on.
+
+  idx (num_batches, B) int32 example indices, mask (num_batches, B) bool (padding of the last
+  batch is False), which (num_batches,) int32 on the host: the narrowest copy holding every
+  member of the batch (all 0 for a single dataset).
+  """
+  idx: jax.Array
+  mask: jax.Array
+  which: np.ndarray
+
+
+def train_step(state: TrainState, batch, mask: jax.Array, *, loss_fn: Callable,
+               mesh: Mesh | None = None):
+  """One optimizer step on a gathered `batch` (leading axis B) with validity `mask` (B,):
+  returns (new state, the batch's summed metrics). Pure; with `mesh` the batch is split along
+  its 'data' axis (data parallelism) and XLA all-reduces the gradients."""
+  batch, mask = _split(mesh, (batch, mask))
+  dropout_rng = jax.random.fold_in(rng(state), state.step)
+  grads, (model_state, sums) = jax.grad(functools.partial(loss_fn, state.apply_fn),
+                                        has_aux=True)(
+      state.params, state.batch_stats, batch, mask.astype(jnp.float32), dropout_rng)
+  return state.apply_gradients(grads=grads, batch_stats=model_state), sums
+
+
+def _split(mesh: Mesh | None, tree):
+  """Constrains batch-major arrays to be split along the mesh's 'data' axis."""
+  if mesh is None:
+    return tree
+  split = sharding.split_batch(mesh)
+  return jax.tree_util.tree_map(lambda x: jax.lax.with_sharding_constraint(x, split), tree)
+
+
+class Trainer:
+  """Train and evaluate one task on device-resident data; its programs trace once per shape.
+
+  Public: `put` (a state or dataset onto the trainer's devices), `train_epoch`, `evaluate`
+  (both return host floats: the epoch's means of the task's sums, e.g. `loss`, `accuracy`),
+  `mode` ('scan' or 'loop'), `mesh`, `batch_size`, `eval_batch_size`.
+  """
+
+  def __init__(self, loss_fn: Callable, eval_fn: Callable, *, batch_size: int,
+               eval_batch_size: int = 1000, epoch_mode: str = "auto",
+               mesh: Mesh | None = None):
+    """`mesh`: data parallelism over its 'data' axis (see hw2jax.train.sharding); None: one
+    device."""
+    self.loss_fn, self.eval_fn = loss_fn, eval_fn
+    self.mesh = mesh
+    sharding.check_batch_size(batch_size, mesh)
+    if mesh is not None:       # evaluation batches also split evenly: round up
+      eval_batch_size = -(-eval_batch_size // mesh.devices.size) * mesh.devices.size
+    self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+    self.mode = resolve_mode(epoch_mode)
+    # Donating the state saves memory on accelerators; on CPU it makes each step ~40% slower.
+    donate = jax.default_backend() != "cpu"
+    self._loop_step = jax.jit(self._loop_step_fn, donate_argnums=(0, 1) if donate else ())
+    self._loop_eval_step = jax.jit(self._loop_eval_step_fn)
+    self._scan_epoch = jax.jit(self._scan_epoch_fn, donate_argnums=(0,) if donate else ())
+    self._scan_eval = jax.jit(self._scan_eval_fn)
+    self._plan = jax.jit(batch_plan, static_argnums=(1, 2))
+    self._zero_train_sums = jax.jit(self._zero_train_sums_fn)
+    self._zero_eval_sums = jax.jit(self._zero_eval_sums_fn)
+
+  def put(self, tree):
+    """A state or dataset (numpy or device arrays) onto the trainer's devices: replicated on
+    every device of the mesh, or the default device."""
+    return sharding.put_replicated(tree, self.mesh)
+
+  # -- drivers ----------------------------------------------------------------------------------
+
+  def train_epoch(self, state: TrainState, data, epoch: int) -> tuple[TrainState, dict]:
+    """One pass over every example of `data` (a dataset or `Widths`) in a random order seeded
+    by (state.key, epoch): random batches, each on the narrowest copy that holds it."""
+    widths = Widths.of(data)
+    copies = tuple(widths)
+    plan = self.plan_epoch(state, widths, epoch)
+    if self.mode == "scan":
+      state, acc = self._scan_epoch(state, copies, plan.idx, plan.mask, plan.which)
+      return state, summarize(acc)
+    acc, pos = self._zero_train_sums(state, copies[0]), jnp.zeros((), jnp.int32)
+    for k in plan.which.tolist():
+      state, acc, pos = self._loop_step(state, acc, pos, copies[k], plan.idx, plan.mask)
+    return state, summarize(acc)
+
+  def plan_epoch(self, state: TrainState, widths: Widths, epoch: int) -> BatchPlan:
+    """The batches of epoch `epoch`: a seeded permutation cut into batches of `batch_size`."""
+    idx, mask = self._plan(epoch_key(state, epoch), len(widths.need), self.batch_size)
+    if len(widths) == 1:
+      which = np.zeros(idx.shape[0], np.int32)
+    else:
+      which = batch_widths(widths.need, _host(idx), _host(mask))
+    return BatchPlan(idx, mask, which)
+
+  def evaluate(self, state: TrainState, data) -> dict:
+    """Eval-mode metrics over every example of `data`, in batches of `eval_batch_size` (on the
+    widest copy of `Widths`)."""
+    data = Widths.of(data)[-1]
+    idx, mask = self._plan(None, _num_examples(data), self.eval_batch_size)
+    if self.mode == "scan":
+      return summarize(self._scan_eval(state, data, idx, mask))
+    acc, pos = self._zero_eval_sums(state, data), jnp.zeros((), jnp.int32)
+    for _ in range(idx.shape[0]):
+      acc, pos = self._loop_eval_step(state, acc, pos, data, idx, mask)
+    return summarize(acc)
+
+  # -- the programs -----------------------------------------------------------------------------
+
+  def _step(self, state, acc, data, idx, mask):
+    batch = gather(data, _split(self.mesh, idx))
+    state, sums = train_step(state, batch, mask, loss_fn=self.loss_fn, mesh=self.mesh)
+    return state, _add(acc, sums)
+
+  def _loop_step_fn(self, state, acc, pos, data, idx, mask):
+    """`_step` on row `pos` of the epoch's (num_batches, B) plan; the counter stays on the
+    device so the Python loop moves nothing between host and device."""
+    state, acc = self._step(state, acc, data, idx[pos], mask[pos])
+    return state, acc, pos + 1
+
+  def _scan_epoch_fn(self, state, copies: tuple, idx, mask, which):
+    """A whole epoch as one scan; with several copies batch i trains on copy which[i] through
+    `lax.switch` (one branch per copy, each with its own shapes)."""
+    acc = self._zero_train_sums_fn(state, copies[0])
+    branches = [functools.partial(lambda data, carry, i, m: self._step(*carry, data, i, m), data)
+                for data in copies]
+
+    def body(carry, xs):
+      k, i, m = xs
+      if len(branches) == 1:
+        return branches[0](carry, i, m), None
+      return jax.lax.switch(k, branches, carry, i, m), None
+
+    (state, acc), _ = jax.lax.scan(body, (state, acc), (jnp.asarray(which), idx, mask))
+    return state, acc
+
+  def _eval_step(self, state, acc, data, idx, mask):
+    variables = {"params": state.params}
+    if state.batch_stats:
+      variables["batch_stats"] = state.batch_stats
+    idx, mask = _split(self.mesh, (idx, mask))
+    batch = _split(self.mesh, gather(data, idx))
+    return _add(acc, self.eval_fn(state.apply_fn, variables, batch, mask.astype(jnp.float32)))
+
+  def _loop_eval_step_fn(self, state, acc, pos, data, idx, mask):
+    return self._eval_step(state, acc, data, idx[pos], mask[pos]), pos + 1
+
+  def _scan_eval_fn(self, state, data, idx, mask):
+    acc = self._zero_eval_sums_fn(state, data)
+    acc, _ = jax.lax.scan(lambda a, xs: (self._eval_step(state, a, data, *xs), None), acc,
+                          (idx, mask))
+    return acc
+
+  def _zero_train_sums_fn(self, state, data):
+    batch = gather(data, jnp.zeros((self.batch_size,), jnp.int32))
+    shapes = jax.eval_shape(
+        lambda: self.loss_fn(state.apply_fn, state.params, state.batch_stats, batch,
+                             jnp.ones((self.batch_size,)), rng(state))[1][1])
+    return _zeros_like_sums(shapes)
+
+  def _zero_eval_sums_fn(self, state, data):
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    batch = gather(data, jnp.zeros((self.eval_batch_size,), jnp.int32))
+    shapes = jax.eval_shape(lambda: self.eval_fn(state.apply_fn, variables, batch,
+                                                 jnp.ones((self.eval_batch_size,))))
+    return _zeros_like_sums(shapes)
+
+
+def trainer_for(loss_fn: Callable, eval_fn: Callable, config) -> Trainer:
+  """The trainer of an experiment's config (its batch_size, eval_batch_size, epoch_mode and
+  devices): data-parallel over the chosen devices when there are several."""
+  mesh = sharding.data_mesh(sharding.select_devices(config.devices))
+  return Trainer(loss_fn, eval_fn, batch_size=config.batch_size,
+                 eval_batch_size=config.eval_batch_size, epoch_mode=config.epoch_mode, mesh=mesh)
+
+
+def batch_widths(need: np.ndarray, idx: np.ndarray, mask: np.ndarray) -> np.ndarray:
+  """The copy each batch trains on: the widest `need` among its real members (host arrays)."""
+  return np.where(mask, need[idx], 0).max(axis=1).astype(np.int32)
+
+
+def _host(x: jax.Array) -> np.ndarray:
+  """A replicated device array on the host (also when it spans several processes)."""
+  return np.asarray(x if x.is_fully_addressable else x.addressable_data(0))
+
+
+def summarize(acc) -> dict:
+  """Device sums -> host means: every entry divided by 'count' (which itself is kept as-is)."""
+  host = jax.device_get(acc)
+  count = float(host["count"])
+  out = {k: float(v) / max(count, 1.0) for k, v in host.items() if k != "count"}
+  out["count"] = count
+  return out
+
+
+def count_params(params) -> int:
+  """Trainable parameters (the `params` collection only; BN running statistics excluded)."""
+  return int(sum(math.prod(p.shape) for p in jax.tree_util.tree_leaves(params)))
+
+
+def _num_examples(data) -> int:
+  sizes = {a.shape[0] for a in jax.tree_util.tree_leaves(data)}
+  if len(sizes) != 1:
+    raise ValueError(f"all arrays of a dataset need the same leading size, got {sorted(sizes)}")
+  return sizes.pop()

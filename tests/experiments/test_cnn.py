@@ -1,0 +1,204 @@
+"""experiments.cnn end to end in subprocesses: outputs, resume, sweep, --fresh, bad input."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from helpers import (assert_clean_failure, checksums, cnn_summary, learnable_images, run_cli,
+                      write_kaggle_folder, write_npz)
+from hw2jax.experiments import cnn
+
+pytestmark = pytest.mark.slow
+
+
+def lines(path):
+  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_single_run_writes_outputs_and_resumes(tmp_path):
+  data = write_npz(tmp_path / "tiny.npz", n_train=40, n_val=12, n_test=12)
+  args = [f"--data_path={data}", "--workdir=run", "--batch_size=8"]
+  first = run_cli("experiments.cnn", *args, "--epochs=2", cwd=tmp_path)
+  assert first.returncode == 0, first.stderr
+  assert "5,340,742 trainable parameters" in first.stdout
+  assert "epoch   1/2" in first.stdout and "ETA" in first.stdout
+  run = tmp_path / "run"
+  for name in ("metrics.jsonl", "summary.json", "curves.png", "config.json"):
+    assert (run / name).is_file(), name
+  assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["1", "2"]
+  assert [r["epoch"] for r in lines(run / "metrics.jsonl")] == [1, 2]
+  summary = json.loads((run / "summary.json").read_text())
+  assert summary["trainable_params"] == 5_340_742
+  assert summary["status"] == "completed" and summary["epochs_done"] == 2
+  assert 0.0 <= summary["final"]["test_accuracy"] <= 1.0
+  assert summary["seed_report"] == {"test_accuracy": 0.6907, "val_accuracy": 0.7123}
+  assert summary["train_seconds_total"] >= summary["train_seconds_this_call"] > 0
+
+  resumed = run_cli("experiments.cnn", *args, "--epochs=3", cwd=tmp_path)
+  assert resumed.returncode == 0, resumed.stderr
+  assert "resuming from the checkpoint of epoch 2" in resumed.stdout
+  assert "epoch   1/3" not in resumed.stdout and "epoch   3/3" in resumed.stdout
+  assert [r["epoch"] for r in lines(run / "metrics.jsonl")] == [1, 2, 3]
+
+  other = run_cli("experiments.cnn", *args, "--epochs=3", "--lr=0.1", cwd=tmp_path)
+  assert_clean_failure(other, "learning_rate=0.01 (now 0.1)", "For a separate run use "
+                       "--workdir=<another folder>; to replace that run, --fresh")
+
+  fresh = run_cli("experiments.cnn", *args, "--epochs=1", "--lr=0.1", "--fresh", cwd=tmp_path)
+  assert fresh.returncode == 0, fresh.stderr
+  archived = list((run / "archive").iterdir())
+  assert len(archived) == 1
+  assert [r["epoch"] for r in lines(archived[0] / "metrics.jsonl")] == [1, 2, 3]
+  assert [r["epoch"] for r in lines(run / "metrics.jsonl")] == [1]
+
+
+def test_learning_rate_sweep_writes_table_and_one_figure_per_rate(tmp_path):
+  data = write_npz(tmp_path / "tiny.npz", n_train=24, n_val=12, n_test=12)
+  proc = run_cli("experiments.cnn", f"--data_path={data}", "--workdir=sweep", "--model=bn_gap",
+                 "--lr=0.01,0.05", "--epochs=1", "--channels=8,16,32", cwd=tmp_path)
+  assert proc.returncode == 0, proc.stderr
+  sweep = tmp_path / "sweep"
+  table = (sweep / "table_2_1.md").read_text()
+  assert table.count("| BN+GAP |") == 2 and "0.7440" in table      # the seed's BN+GAP number
+  for lr in ("0.01", "0.05"):
+    assert (sweep / f"lr_{lr}" / "curves.png").is_file()
+    assert (sweep / f"lr_{lr}" / "summary.json").is_file()
+  assert len(json.loads((sweep / "sweep.json").read_text())) == 2
+
+
+def test_bn_gap_parameter_count_is_printed(tmp_path):
+  proc = run_cli("experiments.cnn", "--model=bn_gap", "--data_path=missing.npz", cwd=tmp_path)
+  assert "755,718 trainable parameters" in proc.stdout
+  assert_clean_failure(proc, "missing.npz does not exist")
+
+
+def _bad_data(root):
+  """Data that fails when it is loaded (before any training or workdir)."""
+  (root / "bad.npz").write_bytes(b"garbage")
+  np.savez(root / "nokeys.npz", images=np.zeros((2, 48, 48, 3), np.uint8))
+  empty = lambda: (np.zeros((0, 48, 48, 3), np.uint8), np.zeros((0,), np.int64))
+  write_npz(root / "emptyval.npz", n_train=12, n_val=6, n_test=6,
+            val_images=empty()[0], val_labels=empty()[1])
+  write_npz(root / "zero.npz", train_images=empty()[0], train_labels=empty()[1],
+            val_images=empty()[0], val_labels=empty()[1], test_images=empty()[0],
+            test_labels=empty()[1])
+  images, labels = learnable_images(12, 5)
+  write_npz(root / "nosea.npz", n_train=12, n_val=6, n_test=12, test_images=images[labels != 4],
+            test_labels=labels[labels != 4])
+  kaggle = write_kaggle_folder(root / "notest")
+  shutil.rmtree(kaggle / "seg_test")
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["--lr=0.1,abc"], ["--lr=0.1,abc must be numbers", "e.g. --lr=0.1,0.01"]),
+    (["--lr=-1"], ["--lr=-1.0 must be a positive number"]),
+    (["--lr=0.01,0.01"], ["repeats a learning rate"]),
+    (["--model=resnet"], ["--model=resnet"]),
+    (["--kernel_size=4"], ["--kernel_size=4 must be a positive odd number"]),
+    (["--kernel_size=99"], ["larger than the smallest feature map", "use at most 11"]),
+    (["--kernel_size=99", "--nomaxpool"], ["(48x48); use at most 47"]),
+    (["--channels=8,8,8,8,8,8,8"], ["7 blocks with 2x2 max-pooling"]),
+    (["--data_path=bad.npz"], ["bad.npz is not an npz file"]),
+    (["--data_path=nokeys.npz"], ["lacks keys"]),
+    (["--data_path=emptyval.npz"], ["the val split is empty"]),
+    (["--data_path=zero.npz"], ["the train split is empty"]),
+    (["--data_path=nosea.npz"], ["the test split has no image of class sea"]),
+    (["--data_path=notest"], ["the test split is empty", "seg_test"]),
+    (["--data_path=emptyval.npz", "--batch_size=100000"], ["the val split is empty"]),
+    (["--data_path=nokeys.npz", "--kernel_size=99"], ["--kernel_size=99"]),
+    (["--data_path=tiny.npz", "--batch_size=100000"],
+     ["--batch_size=100000 is larger than the training set (12 images)"]),
+    ([], ["no Intel image data found", "download it by hand", "--download=auto"]),
+    (["stray"], ["unexpected arguments stray"]),
+])
+def test_bad_input_is_one_line_and_exit_2_before_anything_changes(tmp_path, args, fragments):
+  _bad_data(tmp_path)
+  write_npz(tmp_path / "tiny.npz", n_train=12, n_val=6, n_test=6)
+  (tmp_path / "runs").mkdir()
+  before = checksums(tmp_path)
+  assert_clean_failure(run_cli("experiments.cnn", *args, cwd=tmp_path), *fragments)
+  after = checksums(tmp_path)
+  assert {k: v for k, v in after.items() if not k.startswith("cache/")} == before
+
+
+def test_default_workdirs_name_every_changed_setting_so_the_readme_runs_in_order():
+  names = [cnn.Config(model="bn_gap", learning_rate=0.01).run_name(),
+           cnn.Config(model="bn_gap", kernel_size=5).run_name(),
+           cnn.Config(model="bn_gap", kernel_size=5, maxpool=False).run_name(),
+           cnn.Config(epochs=3, epoch_mode="loop").run_name(),
+           cnn.Config(channels=(16, 32)).run_name(sweep=True)]
+  assert names == ["bn_gap-lr0.01", "bn_gap-lr0.01-k5", "bn_gap-lr0.01-k5-nopool",
+                   "vanilla-lr0.01", "vanilla-sweep-ch16_32"]
+
+
+def test_the_parameter_line_names_table_2_3_only_for_the_course_architectures():
+  assert cnn.describe_params(cnn.Config(model="bn_gap", learning_rate=0.1)) == \
+      "bn_gap: 755,718 trainable parameters (Table 2.3)"
+  assert cnn.describe_params(cnn.Config(model="bn_gap", kernel_size=5)) == \
+      "bn_gap: 921,094 trainable parameters"
+
+
+def test_data_is_discovered_in_dot_data(tmp_path):
+  from helpers import write_kaggle_zip
+  (tmp_path / "data").mkdir()
+  write_kaggle_zip(tmp_path / "data" / "intel-image-classification.zip")
+  proc = run_cli("experiments.cnn", "--epochs=1", "--channels=4,8,16", "--workdir=run",
+                 cwd=tmp_path)
+  assert proc.returncode == 0, proc.stderr
+  assert "skipped 2 unreadable or non-image files" in proc.stdout
+  assert "-> train 24, val 6, test 12" in proc.stdout
+
+
+def test_tensorboard_events_survive_a_kill_and_hold_every_epoch_once(tmp_path):
+  import signal
+  import subprocess
+  import sys
+  import time
+  from helpers import cli_env, read_tensorboard
+  data = write_npz(tmp_path / "tiny.npz", n_train=48, n_val=6, n_test=6)
+  cmd = [sys.executable, "-m", "experiments.cnn", f"--data_path={data}", "--workdir=run",
+         "--channels=4,8,16", "--epochs=4"]
+  proc = subprocess.Popen(cmd, cwd=tmp_path, env=cli_env(tmp_path), stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  metrics = tmp_path / "run/metrics.jsonl"
+  while proc.poll() is None and not (metrics.exists() and
+                                     len(metrics.read_text().splitlines()) >= 2):
+    time.sleep(0.01)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  done = run_cli("experiments.cnn", *cmd[3:], cwd=tmp_path)
+  assert done.returncode == 0, done.stderr
+  scalars = read_tensorboard(tmp_path / "run/tb")
+  for tag in ("train_loss", "val_loss", "val_accuracy", "seconds", "learning_rate"):
+    assert [step for step, _ in scalars[tag]] == [1, 2, 3, 4], (tag, scalars[tag])
+  logged = [json.loads(line) for line in metrics.read_text().splitlines()]
+  assert [v for _, v in scalars["val_loss"]] == pytest.approx([r["val_loss"] for r in logged])
+  assert scalars["learning_rate"][0][1] == pytest.approx(0.01)
+  hparams = list((tmp_path / "run/tb/hparams").rglob("events.out.tfevents.*"))
+  assert hparams, "the hyper-parameters and test metrics are written at the end"
+  off = run_cli("experiments.cnn", *cmd[3:], "--workdir=off", "--epochs=1", "--notensorboard",
+                cwd=tmp_path)
+  assert off.returncode == 0 and not (tmp_path / "off/tb").exists()
+
+
+def test_table_2_1_puts_mean_and_std_over_seeds_beside_the_seed_report():
+  rows = [cnn.TableRow("vanilla", 0.01, [cnn_summary(seed=42, val=0.7, test=0.6),
+                                          cnn_summary(seed=43, val=0.8, test=0.7)],
+                       "q2/vanilla-lr0.01/seed42/curves.png"),
+          cnn.TableRow("bn_gap", 0.05, [cnn_summary("bn_gap", 0.05, status="diverged at epoch 1")])]
+  lines = cnn.table_2_1(rows).splitlines()
+  assert lines[2] == ("| vanilla | 0.01 | 0.7500 ± 0.0707 | 0.6500 ± 0.0707 | 0.7123 | 0.6907 | "
+                      "0.6900 ± 0.0000 | completed | 3.0 ± 0.0 s | "
+                      "[curves](q2/vanilla-lr0.01/seed42/curves.png) |")
+  assert lines[3].startswith("| BN+GAP | 0.05 | 0.7000 | 0.6800 | — | — |")
+  assert "seed 42: diverged at epoch 1" in lines[3] and lines[3].endswith("| — |")
+
+
+def test_a_summary_survives_json():
+  summary = cnn_summary("bn_gap")
+  data = summary.to_json()
+  assert data["seed_report"] == {"val_accuracy": 0.7279, "test_accuracy": 0.7440}
+  assert data["config"]["channels"] == [32, 64, 128]
+  assert cnn.CnnRunSummary.from_json(data) == summary

@@ -1,0 +1,182 @@
+"""experiments.p2g end to end in subprocesses: train, outputs, resume, --predict, bad input."""
+
+import json
+import shutil
+
+import pytest
+
+from helpers import (REPO, assert_clean_failure, p2g_pairs, p2g_summary, run_cli,
+                     write_p2g_folder)
+from hw2jax.data import sources
+from hw2jax.errors import UserError
+from hw2jax.experiments import p2g
+from hw2jax.train import workdir
+
+pytestmark = pytest.mark.slow
+TINY = ["--hidden_size=8", "--batch_size=16", "--widths=2"]
+
+
+@pytest.fixture(scope="module")
+def jax_cache(tmp_path_factory):
+  return tmp_path_factory.mktemp("jax_cache")
+
+
+@pytest.fixture(autouse=True)
+def _shared_compilation_cache(jax_cache, monkeypatch):
+  """The subprocesses share compiled programs through JAX's persistent cache (a resumed run or
+  --predict recompiles what the first run compiled; XLA:CPU compilation dominates these tests)."""
+  monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(jax_cache))
+  monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+
+
+def lines(path):
+  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_train_resume_predict(tmp_path):
+  write_p2g_folder(tmp_path / "data", n_train=48, n_valid=12, n_test=12)
+  args = ["--data_path=data", "--workdir=run", *TINY]
+  first = run_cli("experiments.p2g", *args, "--epochs=2", "--attention", cwd=tmp_path)
+  assert first.returncode == 0, first.stderr
+  assert "epoch   1/2" in first.stdout and "val_cer" in first.stdout and "ETA" in first.stdout
+  run = tmp_path / "run"
+  for name in ("metrics.jsonl", "summary.json", "config.json", "vocab.json", "tables.md",
+               "test_predictions.tsv", "cer.png", "attention.png"):
+    assert (run / name).is_file(), name
+  assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["1", "2"]
+  assert [r["epoch"] for r in lines(run / "metrics.jsonl")] == [1, 2]
+  summary = json.loads((run / "summary.json").read_text())
+  assert summary["status"] == "completed" and summary["data"]["train"] == 48
+  assert set(summary["test"]) == {"greedy"}
+  assert 0 <= summary["test"]["greedy"]["wer"] <= 1
+  table = (run / "tables.md").read_text()
+  assert "| 3.2 | attention | greedy |" in table and "0.2033" in table
+  assert "| 3.2 | attention | greedy |" in first.stdout
+  predictions = (run / "test_predictions.tsv").read_text().splitlines()
+  assert predictions[0].split("\t") == ["phonemes", "gold", "greedy"] and len(predictions) == 13
+
+  resumed = run_cli("experiments.p2g", *args, "--epochs=3", "--attention", cwd=tmp_path)
+  assert resumed.returncode == 0, resumed.stderr
+  assert "resuming from the checkpoint of epoch 2" in resumed.stdout
+  assert "epoch   1/3" not in resumed.stdout and "epoch   3/3" in resumed.stdout
+  assert [r["epoch"] for r in lines(run / "metrics.jsonl")] == [1, 2, 3]
+
+  words = [p for p, _ in p2g_pairs(2, seed=9)]
+  predicted = run_cli("experiments.p2g", "--workdir=run", f"--predict={', '.join(words)}",
+                      "--beam=2", "--topp=0.5", "--k=2", cwd=tmp_path)
+  assert predicted.returncode == 0, predicted.stderr
+  out = predicted.stdout.splitlines()
+  for w in words:
+    assert w in out
+  assert sum("greedy" in line for line in out) == 2
+  assert sum("beam 2" in line for line in out) == 2
+  assert sum("sample 2" in line for line in out) == 2
+
+  unknown = run_cli("experiments.p2g", "--workdir=run", "--predict=k æ, ʒ q ŋ", cwd=tmp_path)
+  assert_clean_failure(unknown, "word 2", "'ʒ', 'q'")
+
+  other = run_cli("experiments.p2g", *args, "--epochs=3", "--attention", "--lr=0.01",
+                  cwd=tmp_path)
+  assert_clean_failure(other, "learning_rate=0.003 (now 0.01)", "--fresh")
+
+
+def test_tables_put_our_numbers_beside_the_seed_report():
+  runs = [p2g_summary(greedy=(0.25, 0.8), beam=(0.24, 0.79), nucleus=(0.3, 0.85, 0.7))]
+  table = p2g.tables_3([p2g.TableRow(False, runs)]).splitlines()
+  assert table[2] == ("| 3.1 | noattention | greedy | 0.2500 | 0.8000 | — | 0.2992 | 0.7970 "
+                      "| — |")
+  assert table[3].startswith("| 3.1 | noattention | beam 5 (best beam) | 0.2400 | 0.7900 | — |")
+  assert table[4] == ("| 3.3 | noattention | nucleus p=0.8, 3 samples | 0.3000 | 0.8500 | "
+                      "0.7000 | 0.2242 | 0.7660 | 0.6340 |")
+  other_p = [p2g_summary(nucleus=(0.3, 0.85, 0.7), top_p=0.5)]
+  assert p2g.tables_3([p2g.TableRow(False, other_p)]).splitlines()[3].endswith(
+      "| 0.7000 | — | — | — |")
+  two_seeds = [p2g_summary(seed=42, greedy=(0.2, 0.7)), p2g_summary(seed=43, greedy=(0.3, 0.8))]
+  assert "| 0.2500 ± 0.0707 | 0.7500 ± 0.0707 |" in p2g.tables_3([p2g.TableRow(False,
+                                                                                two_seeds)])
+
+
+def test_a_summary_survives_json():
+  summary = p2g_summary(attention=True, beam=(0.2, 0.7), nucleus=(0.3, 0.8, 0.6))
+  data = summary.to_json()
+  assert set(data["test"]["greedy"]) == {"cer", "wer"}               # as summary.json always had
+  assert data["test"]["nucleus"] == {"cer": 0.3, "wer": 0.8, "wer_at_k": 0.6, "top_p": 0.8,
+                                     "k": 3}
+  assert p2g.P2GRunSummary.from_json(data) == summary
+
+
+@pytest.mark.parametrize("args, fragments", [
+    # The parameter counts are printed before the data is read.
+    (["--data_path=missing"], ["--data_path=missing does not exist"]),
+    (["--attention", "--data_path=missing"], ["--data_path=missing does not exist"]),
+    (["--data_path=data"], ["train.tsv:3: no TAB"]),
+    (["--predict=a b"], ["holds no trained P2G model"]),
+    (["--hidden_size=7"], ["--hidden_size=7 must be a positive even number"]),
+    (["--data_path=ok", "--batch_size=100000"],
+     ["--batch_size=100000 is larger than the training set (8 pairs)"]),
+    (["--data_path=ok", "--batch_size=8", "--hidden_size=200000"],
+     ["out of device memory (it tried to allocate", "--batch_size or --hidden_size"]),
+    (["stray"], ["unexpected arguments stray"]),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, args, fragments):
+  write_p2g_folder(tmp_path / "ok", n_train=8, n_valid=2, n_test=2)
+  folder = write_p2g_folder(tmp_path / "data", n_train=8, n_valid=2, n_test=2)
+  text = (folder / "train.tsv").read_text().splitlines()
+  text[2] = text[2].replace("\t", " ")
+  (folder / "train.tsv").write_text("\n".join(text) + "\n")
+  proc = run_cli("experiments.p2g", "--workdir=w", *args, cwd=tmp_path)
+  assert_clean_failure(proc, *fragments)
+  if "--data_path=missing" in args:
+    counts = ("321,757", "322,781") if "--attention" in args else ("256,093", "257,117")
+    for c in counts:
+      assert c in proc.stdout
+
+
+def test_workdir_reuse_and_fresh_archive(tmp_path):
+  prepare = lambda config, data, fresh, log=print: workdir.prepare(
+      tmp_path, config.to_json(), data, fresh=fresh, run_files=p2g.RUN_FILES, log=log)
+  config = p2g.Config(hidden_size=8)
+  prepare(config, "tsv:a", False, log=lambda s: None)
+  for name in ("metrics.jsonl", "vocab.json", "test_predictions.tsv", "attention.png"):
+    (tmp_path / name).write_text("old")
+  (tmp_path / "checkpoints").mkdir()
+  (tmp_path / "notes.txt").write_text("mine")
+  prepare(p2g.Config(hidden_size=8, epochs=30), "tsv:a", False)
+  with pytest.raises(UserError, match="data tsv:a .now tsv:b."):
+    prepare(config, "tsv:b", False)
+  with pytest.raises(UserError, match="attention=False .now True."):
+    prepare(p2g.Config(hidden_size=8, attention=True), "tsv:a", False)
+  logs = []
+  prepare(config, "tsv:b", True, log=logs.append)
+  (archive,) = (tmp_path / "archive").iterdir()
+  assert sorted(p.name for p in archive.iterdir()) == sorted(
+      ["config.json", "metrics.jsonl", "vocab.json", "test_predictions.tsv", "attention.png",
+       "checkpoints"])
+  assert (tmp_path / "notes.txt").read_text() == "mine" and "moved" in logs[0]
+
+
+FIXTURE = REPO / "tests" / "fixtures" / "p2g_workdir_1cb5fe3"
+
+
+def test_a_workdir_written_before_the_redesign_resumes_and_predicts(tmp_path):
+  """tests/fixtures/p2g_workdir_1cb5fe3: 2 epochs of a tiny P2G model trained by commit 1cb5fe3
+  (before the library was laid out by role) on write_p2g_folder(n_train=24, n_valid=6,
+  n_test=6). Its config.json and checkpoints read with today's code: it predicts, and resumed
+  to 3 epochs it ends exactly where a fresh 3-epoch run of today's code does."""
+  folder = write_p2g_folder(tmp_path / "p2g", n_train=24, n_valid=6, n_test=6)
+  data = sources.load_p2g(folder)
+  old = tmp_path / "old"
+  shutil.copytree(FIXTURE, old)
+  saved = json.loads((old / "config.json").read_text())
+  (old / "config.json").write_text(json.dumps({**saved, "data": data.source}))
+  words = [p for p, _ in data.test[:2]]
+  assert len(p2g.predict(old, words, log=lambda line: None)) == 2
+  config = p2g.Config.from_json({**saved["config"], "epochs": 3})
+  logs = []
+  resumed = p2g.train_and_evaluate(config, data, old, log=logs.append)
+  assert any("resuming from the checkpoint of epoch 2" in line for line in logs), logs
+  fresh = p2g.train_and_evaluate(config, data, tmp_path / "fresh", log=lambda line: None)
+  assert resumed.test == fresh.test and resumed.best_val == fresh.best_val
+  strip = lambda path: [{k: v for k, v in r.items() if k != "seconds"}
+                        for r in map(json.loads, (path / "metrics.jsonl").read_text().splitlines())]
+  assert strip(old) == strip(tmp_path / "fresh")

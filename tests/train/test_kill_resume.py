@@ -1,0 +1,94 @@
+"""A training run SIGKILLed at random moments (also mid-checkpoint) and rerun ends identically."""
+
+import json
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import chex
+import jax.numpy as jnp
+import pytest
+
+from helpers import cli_env, run_cli, write_npz
+from hw2jax.experiments import cnn
+from hw2jax.train import checkpoints, trainer as trainer_lib
+
+pytestmark = pytest.mark.slow
+EPOCHS = 16
+
+
+def command(data, workdir):
+  return [sys.executable, "-m", "experiments.cnn", f"--data_path={data}", f"--epochs={EPOCHS}",
+          "--channels=4,8,16", "--batch_size=8", f"--workdir={workdir}"]
+
+
+def checkpoint_being_written(workdir):
+  root = workdir / "checkpoints"
+  return root.exists() and any("orbax-checkpoint-tmp" in p.name for p in root.glob("*/*"))
+
+
+def epochs_logged(workdir):
+  path = workdir / "metrics.jsonl"
+  return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def kill_at_random_moments(cmd, cwd, workdir, rng, max_kills):
+  """Starts `cmd` until it finishes by itself, killing it up to `max_kills` times: alternately
+  as soon as a checkpoint is being written, and at a random moment of the next epoch. Returns the
+  kill points hit."""
+  kinds = []
+  while True:
+    proc = subprocess.Popen(cmd, cwd=cwd, env=cli_env(cwd), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    if len(kinds) < max_kills:
+      mid_save, logged = len(kinds) % 2 == 0, epochs_logged(workdir)
+      while proc.poll() is None:
+        if mid_save and checkpoint_being_written(workdir):
+          break
+        if not mid_save and epochs_logged(workdir) > logged:
+          time.sleep(rng.uniform(0.0, 0.3))
+          break
+        time.sleep(0.0005)
+      if proc.poll() is None:
+        writing = checkpoint_being_written(workdir)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kinds.append("during checkpoint write" if writing else "at a random moment")
+        continue
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out + err
+    assert "Traceback" not in err
+    return kinds
+
+
+def strip(path):
+  records = [json.loads(line) for line in path.read_text().splitlines()]
+  return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
+
+
+def test_sigkill_and_rerun_equals_an_uninterrupted_run(tmp_path):
+  data = write_npz(tmp_path / "tiny.npz", n_train=96, n_val=12, n_test=12)
+  ref = run_cli("experiments.cnn", *command(data, "ref")[3:], cwd=tmp_path)
+  assert ref.returncode == 0, ref.stderr
+  kinds = kill_at_random_moments(command(data, "killed"), tmp_path, tmp_path / "killed",
+                                 random.Random(0), max_kills=6)
+  print("kill points:", kinds)
+  assert len(kinds) >= 4 and "during checkpoint write" in kinds
+  assert strip(tmp_path / "killed/metrics.jsonl") == strip(tmp_path / "ref/metrics.jsonl")
+  a = json.loads((tmp_path / "ref/summary.json").read_text())
+  b = json.loads((tmp_path / "killed/summary.json").read_text())
+  assert a["final"] == b["final"] and b["status"] == "completed"
+  config = cnn.Config(channels=(4, 8, 16), epochs=EPOCHS)
+  template = trainer_lib.create_train_state(
+      config.build_model(), (jnp.zeros((1, 48, 48, 3), jnp.uint8),),
+      trainer_lib.make_optimizer("sgd"), config.seed, learning_rate=0.01, train=False)
+  states = []
+  for name in ("ref", "killed"):
+    ck = checkpoints.Checkpoints(tmp_path / name, best_metric="val_accuracy",
+                                 log=lambda line: None)
+    states.append(ck.restore(template)[0])
+    ck.close()
+  chex.assert_trees_all_equal(states[0].params, states[1].params)
+  chex.assert_trees_all_equal(states[0].opt_state, states[1].opt_state)

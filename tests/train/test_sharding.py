@@ -1,0 +1,133 @@
+"""Data parallelism on 8 fake CPU devices (subprocesses) equals one device; --distributed."""
+
+import json
+import socket
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from helpers import REPO, cli_env, write_npz
+
+pytestmark = pytest.mark.slow
+EIGHT = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+
+WORKER = textwrap.dedent("""
+    import json, re, sys
+    sys.path.insert(0, sys.argv[1])
+    import jax, jax.numpy as jnp, numpy as np
+    from helpers import learnable_images
+    from hw2jax import UserError
+    from hw2jax.models import cnn
+    from hw2jax.train import sharding, trainer as trainer_lib
+
+    assert jax.device_count() == 8, jax.devices()
+    images, labels = learnable_images(72, 0)
+    model = cnn.CNN(batch_norm=True, init_scheme="flax", channels=(4, 8, 16), hidden=(32, 16))
+    example = (jnp.zeros((1, 48, 48, 3), jnp.uint8),)
+    out = {}
+    for mode in ("loop", "scan"):
+      runs = {}
+      for name, mesh in (("one", None), ("eight", sharding.data_mesh())):
+        tr = trainer_lib.Trainer(cnn.loss_fn, cnn.eval_fn, batch_size=16, eval_batch_size=20,
+                                 epoch_mode=mode, mesh=mesh)
+        st = tr.put(trainer_lib.create_train_state(
+            model, example, trainer_lib.make_optimizer("sgd"), 0, learning_rate=0.01,
+            train=False))
+        data = tr.put(cnn.as_dataset(images, labels.astype(np.int32)))
+        losses = []
+        for e in range(2):
+          st, m = tr.train_epoch(st, data, e)
+          losses.append(m["loss"])
+        runs[name] = (st, losses, tr.evaluate(st, data))
+        if mesh is not None and mode == "loop":
+          # The pure step of the trainer, on one batch of 16 split over the 8 devices.
+          step = jax.jit(lambda s, b, m: trainer_lib.train_step(s, b, m, loss_fn=cnn.loss_fn,
+                                                                 mesh=mesh))
+          batch = trainer_lib.gather(data, jnp.arange(16))
+          hlo = step.lower(st, batch, jnp.ones((16,), bool)).compile().as_text()
+          out["all_reduces"] = len(re.findall(r"all-reduce\\(", hlo))
+          out["per_device_conv_batch"] = sorted(set(re.findall(r"f32\\[(\\d+),48,48,4\\]", hlo)))
+          out["eval_batch_size"] = tr.eval_batch_size
+      (s1, l1, v1), (s8, l8, v8) = runs["one"], runs["eight"]
+      out[mode] = {
+          "param_diff": max(float(jnp.max(jnp.abs(a - b))) for a, b in
+                            zip(jax.tree.leaves(s1.params), jax.tree.leaves(s8.params))),
+          "stats_diff": max(float(jnp.max(jnp.abs(a - b))) for a, b in
+                            zip(jax.tree.leaves(s1.batch_stats), jax.tree.leaves(s8.batch_stats))),
+          "losses": [l1, l8], "val": [v1["loss"], v8["loss"]],
+          "replicated": all(a.sharding.is_fully_replicated and len(a.sharding.device_set) == 8
+                            for a in jax.tree.leaves(s8.params))}
+    try:
+      trainer_lib.Trainer(cnn.loss_fn, cnn.eval_fn, batch_size=12, mesh=sharding.data_mesh())
+    except UserError as e:
+      out["bad_batch"] = str(e)
+    print(json.dumps(out))
+""")
+
+
+def run(args, cwd, **env):
+  return subprocess.run(args, cwd=cwd, env={**cli_env(cwd), **env}, capture_output=True,
+                        text=True, timeout=600)
+
+
+def test_eight_devices_train_like_one(tmp_path):
+  (tmp_path / "worker.py").write_text(WORKER)
+  proc = run([sys.executable, "worker.py", str(REPO / "tests")], tmp_path, **EIGHT)
+  assert proc.returncode == 0, proc.stderr
+  out = json.loads(proc.stdout.strip().splitlines()[-1])
+  # The batch of 16 really is split: each device convolves 2 images and gradients are summed.
+  assert out["per_device_conv_batch"] == ["2"] and out["all_reduces"] >= 1
+  assert out["eval_batch_size"] == 24                      # 20 rounded up to a multiple of 8
+  for mode in ("loop", "scan"):
+    r = out[mode]
+    assert r["replicated"] is True
+    assert r["param_diff"] < 2e-4 and r["stats_diff"] < 2e-4, r  # BN at batch 16: rounding grows
+    for a, b in zip(*r["losses"]):
+      assert a == pytest.approx(b, rel=1e-5)
+    assert r["val"][0] == pytest.approx(r["val"][1], rel=1e-5)
+  assert "--batch_size=12 does not split over 8 devices" in out["bad_batch"]
+
+
+def test_cli_on_eight_devices(tmp_path):
+  data = write_npz(tmp_path / "tiny.npz", n_train=32, n_val=8, n_test=8)
+  base = [sys.executable, "-m", "experiments.cnn", f"--data_path={data}", "--epochs=1",
+          "--channels=4,8,16", "--model=bn_gap"]
+  bad = run(base + ["--batch_size=12", "--workdir=bad"], tmp_path, **EIGHT)
+  assert bad.returncode == 2 and "Traceback" not in bad.stderr
+  assert "does not split over 8 devices" in bad.stderr and not (tmp_path / "bad").exists()
+  one = run(base + ["--workdir=one"], tmp_path)
+  eight = run(base + ["--workdir=eight"], tmp_path, **EIGHT)
+  assert one.returncode == 0 and eight.returncode == 0, one.stderr + eight.stderr
+  s1, s8 = [json.loads((tmp_path / w / "summary.json").read_text()) for w in ("one", "eight")]
+  assert "x8" in s8["device"] and "x1" in s1["device"]
+  for key in ("train_loss", "val_loss", "test_loss"):
+    assert s1["final"][key] == pytest.approx(s8["final"][key], rel=1e-4)
+  two = run(base + ["--workdir=two", "--devices=2"], tmp_path, **EIGHT)
+  assert two.returncode == 0, two.stderr
+  assert json.loads((tmp_path / "two/summary.json").read_text())["device"].endswith("x2")
+  for flag, message in (("--devices=9", "this machine has 8 device(s)"),
+                        ("--devices=3", "--batch_size=8 does not split over 3 devices"),
+                        ("--devices=none", "--devices=none must be all or a positive number")):
+    proc = run(base + ["--workdir=bad", flag], tmp_path, **EIGHT)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def test_distributed_single_process(tmp_path):
+  data = write_npz(tmp_path / "tiny.npz", n_train=16, n_val=8, n_test=8)
+  args = [sys.executable, "-m", "experiments.cnn", f"--data_path={data}", "--epochs=1",
+          "--channels=4,8,16", "--distributed", "--workdir=run"]
+  proc = run(args, tmp_path, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{free_port()}",
+             JAX_NUM_PROCESSES="1", JAX_PROCESS_ID="0")
+  assert proc.returncode == 0, proc.stderr
+  assert (tmp_path / "run" / "summary.json").is_file() and "epoch   1/1" in proc.stdout
+  lost = run(args, tmp_path)                  # no cluster, no coordinator: one clear line
+  assert lost.returncode == 2 and "Traceback" not in lost.stderr
+  assert "JAX_COORDINATOR_ADDRESS" in lost.stderr

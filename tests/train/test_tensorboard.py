@@ -1,0 +1,36 @@
+"""TensorBoard event files are rebuilt from the history, so a resumed run shows each epoch once."""
+
+from helpers import read_tensorboard
+
+from hw2jax.train import tensorboard
+
+
+def test_a_restart_rewrites_the_history_once_and_skips_non_numbers(tmp_path):
+  board = tensorboard.Board(tmp_path)
+  board.start([{"epoch": 1, "train_loss": 0.9, "note": "x", "diverged": True}])
+  board.epoch({"epoch": 2, "train_loss": 0.7, "val_accuracy": float("nan")})
+  board.close()
+  board = tensorboard.Board(tmp_path)  # resumed from the checkpoint of epoch 1
+  board.start([{"epoch": 1, "train_loss": 0.9}])
+  board.epoch({"epoch": 2, "train_loss": 0.6})
+  board.close()
+  scalars = read_tensorboard(tmp_path / "tb")
+  assert set(scalars) == {"train_loss"}
+  assert [(s, round(v, 4)) for s, v in scalars["train_loss"]] == [(1, 0.9), (2, 0.6)]
+
+
+def test_hparams_hold_settings_beside_final_numbers_and_replace_earlier_ones(tmp_path):
+  for acc in (0.5, 0.75):
+    tensorboard.write_hparams(tmp_path, {"lr": 0.01, "model": "bn_gap", "dropout": None,
+                                         "kernels": (3, 5)}, {"test_accuracy": acc, "label": "x"})
+  folder = tmp_path / "tb" / "hparams"
+  assert len(list(folder.rglob("events.out.tfevents.*"))) == 1
+  assert read_tensorboard(folder) == {"final/test_accuracy": [(0, 0.75)]}
+
+
+def test_disabled_boards_write_nothing(tmp_path):
+  board = tensorboard.Board(tmp_path, enabled=False)
+  board.start([{"epoch": 1, "train_loss": 1.0}])
+  board.epoch({"epoch": 2, "train_loss": 1.0})
+  tensorboard.write_hparams(tmp_path, {"lr": 1.0}, {"acc": 1.0}, enabled=False)
+  assert not (tmp_path / "tb").exists()

@@ -1,0 +1,96 @@
+"""Workdirs: one run at a time (a lock a kill -9 never leaves stale), and every workdir problem
+of every CLI is one line and exit 2 with nothing changed."""
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from helpers import (assert_clean_failure, checksums, cli_env, run_cli, write_npz,
+                      write_p2g_folder)
+from hw2jax.train import workdir
+from hw2jax.errors import UserError
+
+
+def test_a_second_lock_on_the_same_workdir_names_the_first_ones_pid(tmp_path):
+  with workdir.locked(tmp_path / "run"):
+    with pytest.raises(UserError, match=rf"in use by another run \(pid {os.getpid()}\)"):
+      with workdir.locked(tmp_path / "run"):
+        pass
+  with workdir.locked(tmp_path / "run"):        # released on exit
+    pass
+
+
+def test_a_killed_run_leaves_no_stale_lock(tmp_path):
+  holder = subprocess.Popen(
+      [sys.executable, "-c", "import sys, time; from hw2jax.train import workdir\n"
+       f"with workdir.locked({str(tmp_path / 'run')!r}):\n  print('locked', flush=True)\n"
+       "  time.sleep(600)"], env=cli_env(tmp_path), stdout=subprocess.PIPE, text=True)
+  assert holder.stdout.readline().strip() == "locked"
+  with pytest.raises(UserError, match=f"pid {holder.pid}"):
+    with workdir.locked(tmp_path / "run"):
+      pass
+  holder.send_signal(signal.SIGKILL)
+  holder.wait()
+  with workdir.locked(tmp_path / "run"):
+    pass
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+  root = tmp_path_factory.mktemp("inputs")
+  write_npz(root / "tiny.npz", n_train=24, n_val=6, n_test=6)
+  write_p2g_folder(root / "p2g", n_train=24, n_valid=6, n_test=6)
+  return root
+
+
+def cli_args(cli, root):
+  return {"cnn": [f"--data_path={root}/tiny.npz", "--epochs=1", "--channels=4,8,16"],
+          "p2g": [f"--data_path={root}/p2g", "--epochs=1", "--hidden_size=8",
+                  "--batch_size=8"],
+          "hopfield": ["--check", "--check_trials=1"],
+          "report": ["--parts=q1", "--quick"]}[cli]
+
+
+def test_a_second_run_in_a_busy_workdir_is_refused_with_the_first_ones_pid(inputs, tmp_path):
+  with workdir.locked(tmp_path / "run"):
+    proc = run_cli("experiments.cnn", *cli_args("cnn", inputs), "--workdir=run", cwd=tmp_path)
+  assert_clean_failure(proc, f"in use by another run (pid {os.getpid()})")
+  assert checksums(tmp_path / "run") == {}
+
+
+CLIS = ("cnn", "p2g", "hopfield", "report")
+CONFIG = {"cnn": "config.json", "p2g": "config.json", "report": "report_config.json"}
+
+
+@pytest.mark.parametrize("cli", CLIS)
+@pytest.mark.parametrize("case", ["a file", "under a file", "unwritable", "damaged config"])
+def test_workdir_problems_are_one_line_in_every_cli(cli, case, inputs, tmp_path):
+  (tmp_path / "afile").write_text("mine")
+  if case == "damaged config":
+    if cli not in CONFIG:
+      pytest.skip(f"experiments.{cli} keeps no settings in its workdir")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / CONFIG[cli]).write_text('{"config": {"model": ')
+  target = {"a file": "afile", "under a file": "afile/run", "unwritable": "/proc/hw2jax/run",
+            "damaged config": "run"}[case]
+  expected = {"a file": "is a file, not a folder", "under a file": "a part of its path is a file",
+              "unwritable": "cannot be created",
+              "damaged config": f"{CONFIG.get(cli)} is damaged (not valid JSON"}[case]
+  before = checksums(tmp_path)
+  proc = run_cli(f"experiments.{cli}", *cli_args(cli, inputs), f"--workdir={target}",
+                 cwd=tmp_path)
+  assert_clean_failure(proc, expected)
+  after = checksums(tmp_path)
+  assert {k: v for k, v in after.items() if not k.startswith("cache/")} == before
+
+
+def test_unwritable_workdir_says_so(tmp_path):
+  if os.geteuid() == 0:
+    pytest.skip("root may write anywhere")
+  locked = tmp_path / "locked"
+  locked.mkdir(mode=0o500)
+  with pytest.raises(UserError, match="not writable"):
+    workdir.ensure(locked)
