@@ -75,7 +75,9 @@ install() {
       || pip_args+=(--extra-index-url https://download.pytorch.org/whl/cpu)
   fi
   "$py" -m pip install "${pip_args[@]}" --upgrade pip >/dev/null
-  "$py" -m pip install "${pip_args[@]}" -e "$target"
+  # setuptools warns at every editable install of a package beside its checkout's other
+  # folders (hw2jax/ next to experiments/, tests/); the layout is deliberate, the warning noise.
+  PYTHONWARNINGS="ignore:Editable installation" "$py" -m pip install "${pip_args[@]}" -e "$target"
   mkdir -p "$stamp_dir"
   echo "hw2jax${extras:+[$extras]}" > "$stamp_dir/$want"
   PY="$py"

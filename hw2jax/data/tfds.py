@@ -49,6 +49,15 @@ def _quiet(message: str) -> None:
   del message
 
 
+class _LocalInfo(tfds.core.DatasetInfo):
+  """DatasetInfo of a dataset that exists only where it is prepared: TFDS would ask its GCS
+  bucket for pre-computed info (a network call) and leave an empty temp folder behind each
+  time a builder of an unprepared dataset is made."""
+
+  def initialize_from_bucket(self) -> None:
+    pass
+
+
 class _ManualBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """Common part: array_record files, no shuffling, a source path instead of downloads."""
 
@@ -88,7 +97,7 @@ class _ManualBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def _dataset_info(self, description: str, features: dict, supervised_keys: tuple,
                     homepage: str | None = None):
     """Both builders' DatasetInfo: unshuffled (file order), with metadata for the source."""
-    return tfds.core.DatasetInfo(
+    return _LocalInfo(
         builder=self, description=description,
         features=tfds.features.FeaturesDict(features), supervised_keys=supervised_keys,
         homepage=homepage, disable_shuffling=True, metadata=tfds.core.MetadataDict())

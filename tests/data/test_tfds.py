@@ -39,6 +39,16 @@ def assert_same_intel(a: intel.IntelData, b: intel.IntelData):
   assert a.skipped == b.skipped
 
 
+def test_preparing_leaves_no_temp_folder_and_asks_no_bucket(tmp_path, monkeypatch):
+  """TFDS asks GCS for the info of an unprepared dataset and leaves an empty mkdtemp folder."""
+  scratch = tmp_path / "scratch"
+  scratch.mkdir()
+  monkeypatch.setattr("tempfile.tempdir", str(scratch))
+  npz = write_npz(tmp_path / "intel.npz", n_train=12, n_val=6, n_test=6)
+  hw2tfds.load_intel_tfds("intel48", tmp_path / "tfds", manual_dir=npz, log=quiet)
+  assert list(scratch.iterdir()) == []
+
+
 def test_intel_from_npz_reads_back_identical(tmp_path):
   npz = write_npz(tmp_path / "intel.npz", n_train=30, n_val=12, n_test=6)
   data_dir = tmp_path / "tfds"
