@@ -25,8 +25,13 @@ def command(data, workdir):
 
 
 def checkpoint_being_written(workdir):
+  """True while Orbax has a temporary step folder; tolerant of folders vanishing mid-scan,
+  since the run being watched renames and prunes them concurrently."""
   root = workdir / "checkpoints"
-  return root.exists() and any("orbax-checkpoint-tmp" in p.name for p in root.glob("*/*"))
+  try:
+    return any("orbax-checkpoint-tmp" in p.name for p in root.glob("*/*"))
+  except FileNotFoundError:
+    return False
 
 
 def epochs_logged(workdir):
