@@ -37,7 +37,7 @@ for step in "${steps[@]}"; do
       run "$PY" -m pytest -q -x -p no:cacheprovider tests -m "not slow" --durations=10
       ;;
     cnn_bench)
-      run "$PY" -m benchmarks.cnn_speed --epochs=5 --out="$OUT/cnn_speed.jsonl"
+      run "$PY" -m benchmarks.cnn_speed --repeats=5 --out="$OUT/cnn_speed.jsonl"
       ;;
     cnn_runs)
       [[ -f "$INTEL_ZIP" ]] || { log "missing $INTEL_ZIP: copy ../shared/data/intel48_kaggle_layout.zip there"; continue; }

@@ -4,12 +4,15 @@ r"""P2G speed: the JAX trainer and batched decoders against the course's PyTorch
   python -m benchmarks.p2g_speed --train_words=2000 --torch_decode_words=100   # a quick CPU run
 
 Training: one epoch of the same model (attention by default), batch 64, Adam 0.003, dropout 0.3.
-  PyTorch as the course wrote it: a DataLoader-style loop padding each batch to its longest word,
-  nn.LSTM(bidirectional) over pack_padded_sequence, the decoder LSTM over the whole target,
-  zero_grad / backward / step per batch.
+  PyTorch as the course wrote it (benchmarks.torch_baselines.Seq2Seq, the skeleton's module
+  names): a DataLoader-style loop padding each batch to its longest word, nn.LSTM(bidirectional)
+  over pack_padded_sequence, the decoder LSTM over the whole target, zero_grad / backward / step
+  per batch.
   JAX: hw2jax's Trainer over random batches padded to a few widths (one lax.scan per epoch on GPU/TPU, a loop of
   jitted steps on CPU).
-  Both report the mean of --epochs timed epochs after one untimed warm-up epoch (compilation).
+  Both report the median of --repeats timed epochs after one untimed warm-up epoch
+  (compilation), each framework with the threads it takes by default (printed). --profile=DIR
+  writes per-op tables of one more epoch of each (DIR/p2g_{jax,torch}_ops.txt).
 Decoding: --decode_words test words, greedy + k nucleus samples (p 0.8) each.
   PyTorch as the course: one word at a time (batch 1), one step at a time, stopping at EOS.
   JAX: one jitted program for all words (`decoding.nucleus(with_greedy=True)`), timed from host
@@ -21,14 +24,19 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 import time
+from pathlib import Path
 
 import jax
 import numpy as np
-from absl import app, flags
+from absl import flags
 
+from benchmarks import profiling
+from hw2jax import cli
 from hw2jax.data import phonemes, sources
 from hw2jax.experiments import p2g, spellings
+from hw2jax.errors import UserError
 from hw2jax.models import decoding
 from hw2jax.train import trainer as trainer_lib
 
@@ -37,7 +45,10 @@ flags.DEFINE_bool("attention", True, "Benchmark the attention model.")
 flags.DEFINE_integer("hidden_size", 128, "Model size.")
 flags.DEFINE_integer("batch_size", 64, "Training batch size.")
 flags.DEFINE_integer("train_words", 0, "Use only this many training pairs (0: all).")
-flags.DEFINE_integer("epochs", 2, "Timed epochs per framework (after one warm-up epoch).")
+flags.DEFINE_integer("repeats", 3, "Timed epochs per framework (after one warm-up epoch); the "
+                     "median is reported.")
+flags.DEFINE_string("profile", None, "Write per-op time tables of one epoch of each framework "
+                    "into this folder.")
 flags.DEFINE_integer("decode_words", 1000, "Test words JAX decodes (greedy + k samples).")
 flags.DEFINE_integer("torch_decode_words", 0, "Test words PyTorch decodes one at a time (0: as "
                      "--decode_words); its time is scaled to --decode_words.")
@@ -67,10 +78,15 @@ def jax_side(data: phonemes.P2GData, words: list) -> dict:
   state, _ = trainer.train_epoch(state, train, 0)
   warmup = time.perf_counter() - t0
   times = []
-  for epoch in range(1, FLAGS.epochs + 1):
+  for epoch in range(1, FLAGS.repeats + 1):
     t0 = time.perf_counter()
     state, m = trainer.train_epoch(state, train, epoch)
     times.append(time.perf_counter() - t0)
+  if FLAGS.profile:
+    steps = trainer_lib.num_batches(len(data.train), FLAGS.batch_size)
+    table = profiling.jax_table(lambda: trainer.train_epoch(state, train, FLAGS.repeats + 1),
+                                steps, Path(FLAGS.profile) / "hlo")
+    (Path(FLAGS.profile) / "p2g_jax_ops.txt").write_text(table)
   key = spellings.sampling_key(0)
 
   def decode():
@@ -88,7 +104,7 @@ def jax_side(data: phonemes.P2GData, words: list) -> dict:
     t0 = time.perf_counter()
     decode()
     decode_times.append(time.perf_counter() - t0)
-  return {"epoch_seconds": float(np.mean(times)), "epoch_seconds_all": times,
+  return {"epoch_seconds": statistics.median(times), "epoch_seconds_all": times,
           "first_epoch_seconds_with_compile": warmup, "last_loss": m["loss"],
           "mode": trainer.mode, "decode_seconds": float(np.median(decode_times)),
           "decode_first_call_seconds_with_compile": decode_warmup,
@@ -102,52 +118,14 @@ def torch_side(data: phonemes.P2GData, words: list) -> dict:
   import torch
   from torch import nn
 
+  from benchmarks import torch_baselines
+
   device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
   torch.manual_seed(42)
   H = FLAGS.hidden_size
 
-  class Seq2Seq(nn.Module):
-    def __init__(self, src_vocab, tgt_vocab, attention, dropout=0.3):
-      super().__init__()
-      self.attention = attention
-      self.src_embed = nn.Embedding(src_vocab, H, padding_idx=0)
-      self.encoder = nn.LSTM(H, H // 2, batch_first=True, bidirectional=True)
-      self.tgt_embed = nn.Embedding(tgt_vocab, H, padding_idx=0)
-      self.decoder = nn.LSTM(H, H, batch_first=True)
-      if attention:
-        self.w_s = nn.Linear(H, H, bias=False)
-        self.w_h = nn.Linear(H, H, bias=False)
-        self.v = nn.Linear(H, 1, bias=False)
-        self.w_out = nn.Linear(2 * H, H, bias=False)
-      self.out = nn.Linear(H, tgt_vocab)
-      self.out.weight = self.tgt_embed.weight
-      self.drop = nn.Dropout(dropout)
-
-    def encode(self, src, lengths):
-      x = self.drop(self.src_embed(src))
-      packed = nn.utils.rnn.pack_padded_sequence(x, lengths.cpu(), batch_first=True,
-                                                 enforce_sorted=False)
-      out, (h, c) = self.encoder(packed)
-      out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True,
-                                                total_length=src.shape[1])
-      state = (torch.cat([h[0], h[1]], -1)[None], torch.cat([c[0], c[1]], -1)[None])
-      mask = torch.arange(src.shape[1], device=src.device)[None] < lengths[:, None]
-      return self.drop(out), mask, state
-
-    def decode(self, tgt_in, memory, mask, state):
-      s, state = self.decoder(self.drop(self.tgt_embed(tgt_in)), state)
-      if self.attention:
-        scores = self.v(torch.tanh(self.w_s(s)[:, :, None] + self.w_h(memory)[:, None]))[..., 0]
-        scores = scores.masked_fill(~mask[:, None], float("-inf"))
-        context = torch.softmax(scores, -1) @ memory
-        s = torch.tanh(self.w_out(torch.cat([context, s], -1)))
-      return self.out(self.drop(s)), state
-
-    def forward(self, src, lengths, tgt_in):
-      memory, mask, state = self.encode(src, lengths)
-      return self.decode(tgt_in, memory, mask, state)[0]
-
-  model = Seq2Seq(len(data.src_vocab), len(data.tgt_vocab), FLAGS.attention).to(device)
+  model = torch_baselines.Seq2Seq(len(data.src_vocab), len(data.tgt_vocab), FLAGS.attention,
+                                  hidden=H).to(device)
   n_params = sum(p.numel() for p in model.parameters())
   optimizer = torch.optim.Adam(model.parameters(), lr=0.003)
   criterion = nn.CrossEntropyLoss(ignore_index=phonemes.PAD)
@@ -181,10 +159,14 @@ def torch_side(data: phonemes.P2GData, words: list) -> dict:
   epoch(0)
   warmup = time.perf_counter() - t0
   times = []
-  for e in range(1, FLAGS.epochs + 1):
+  for e in range(1, FLAGS.repeats + 1):
     t0 = time.perf_counter()
     epoch(e)
     times.append(time.perf_counter() - t0)
+  if FLAGS.profile:
+    table = profiling.torch_table(lambda: epoch(FLAGS.repeats + 1),
+                                  math.ceil(len(src_ids) / FLAGS.batch_size))
+    (Path(FLAGS.profile) / "p2g_torch_ops.txt").write_text(table)
 
   @torch.no_grad()
   def decode_word(word, top_p):
@@ -215,7 +197,7 @@ def torch_side(data: phonemes.P2GData, words: list) -> dict:
     for _ in range(FLAGS.k):
       decode_word(word, FLAGS.topp)
   decode_seconds = time.perf_counter() - t0
-  return {"epoch_seconds": float(np.mean(times)), "epoch_seconds_all": times,
+  return {"epoch_seconds": statistics.median(times), "epoch_seconds_all": times,
           "first_epoch_seconds": warmup, "device": str(device), "params": n_params,
           "decode_words_timed": n, "decode_seconds_measured": decode_seconds,
           "decode_seconds": decode_seconds * len(words) / n, "torch_version": torch.__version__,
@@ -224,6 +206,11 @@ def torch_side(data: phonemes.P2GData, words: list) -> dict:
 
 def main(argv):
   del argv
+  if FLAGS.repeats < 1:
+    raise UserError(f"--repeats={FLAGS.repeats} must be at least 1")
+  if FLAGS.profile:
+    Path(FLAGS.profile).mkdir(parents=True, exist_ok=True)
+    profiling.dump_hlo_to(Path(FLAGS.profile).absolute() / "hlo")
   data = sources.load_p2g(FLAGS.data_path, FLAGS.train_words)
   words = [p for p, _ in data.test][:FLAGS.decode_words]
   if len(words) < FLAGS.decode_words:
@@ -232,6 +219,8 @@ def main(argv):
   print(f"data: {data.source}; {len(data.train):,} training pairs, {len(words):,} decoded words; "
         f"JAX on {dev.platform}:{getattr(dev, 'device_kind', '')} (jax {jax.__version__})",
         flush=True)
+  if FLAGS.torch:
+    print(profiling.threads(), flush=True)
   results = {"data": data.source, "train_pairs": len(data.train), "decode_words": len(words),
              "attention": FLAGS.attention, "jax_device": f"{dev.platform}:{dev.device_kind}",
              "jax_version": jax.__version__, "jax": jax_side(data, words)}
@@ -256,4 +245,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

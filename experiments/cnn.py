@@ -6,7 +6,11 @@ r"""The CNN experiment (Q2): train the course CNN on Intel images (48x48, 6 clas
   python -m experiments.cnn --data_path=tfds:intel48 --tfds_manual_dir=data/intel.zip  # TFDS
 
 Writes metrics.jsonl, summary.json, curves.png and Orbax checkpoints into --workdir; rerunning
-the same command resumes from the latest checkpoint.
+the same command resumes from the latest checkpoint. --from_torch evaluates a PyTorch state_dict
+of the course's CNN instead of training, --to_torch exports the workdir's best checkpoint as one:
+
+  python -m experiments.cnn --model=bn_gap --from_torch=bn_gap.pt     # val/test accuracy
+  python -m experiments.cnn --model=bn_gap --lr=0.01 --to_torch=bn_gap_lr0.01.pt
 """
 
 import dataclasses
@@ -16,7 +20,7 @@ from absl import flags
 from hw2jax import cli
 from hw2jax.data import sources
 from hw2jax.errors import UserError
-from hw2jax.experiments import cnn
+from hw2jax.experiments import cnn, torch_checkpoints
 
 _D = cnn.Config()
 flags.DEFINE_enum("model", _D.model, list(cnn.MODELS),
@@ -51,6 +55,14 @@ flags.DEFINE_enum("layout", "hwc", list(sources.LAYOUTS),
 flags.DEFINE_string("workdir", None,
                     "Output folder. Default: runs/cnn/<model>-lr<lr> (or <model>-sweep), then "
                     "every setting that differs from the course's, e.g. bn_gap-lr0.01-k5.")
+flags.DEFINE_string("from_torch", None,
+                    "Evaluate this PyTorch state_dict of the course's CNN "
+                    "(torch.save(model.state_dict()) of TorchCNN, --model and --kernel_size as it "
+                    "was built) on the validation and test images instead of training. Default "
+                    "workdir: runs/cnn/from_torch/<file stem>.")
+flags.DEFINE_string("to_torch", None,
+                    "Export the workdir's best-validation checkpoint to this new file as a "
+                    "PyTorch state_dict of the course's TorchCNN (never overwrites).")
 cli.define_run_flags(_D.epoch_mode)
 cli.define_download_flag()
 cli.define_training_flags()
@@ -60,6 +72,7 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
+  torch_checkpoints.one_mode(from_torch=FLAGS.from_torch, to_torch=FLAGS.to_torch)
   lrs = cli.parse_floats(FLAGS.lr, "lr")
   config = cnn.Config(
       model=FLAGS.model, learning_rate=lrs[0], epochs=FLAGS.epochs, batch_size=FLAGS.batch_size,
@@ -72,16 +85,31 @@ def main(argv):
     raise UserError(f"--lr={','.join(FLAGS.lr)} repeats a learning rate; give each rate once")
   for lr in lrs:
     dataclasses.replace(config, learning_rate=lr).validate()
+  if FLAGS.to_torch is not None:
+    torch_checkpoints.export_cnn(FLAGS.workdir or f"runs/cnn/{config.run_name()}",
+                                 FLAGS.to_torch)
+    return
+  if FLAGS.from_torch is not None:
+    checkpoint, state_dict = torch_checkpoints.read_checkpoint(FLAGS.from_torch)
+    workdir = FLAGS.workdir or torch_checkpoints.default_workdir("cnn", FLAGS.from_torch)
+    torch_checkpoints.evaluate_cnn(checkpoint, state_dict, config, load_data(), workdir,
+                                   fresh=FLAGS.fresh)
+    print(f"outputs in {workdir}", flush=True)
+    return
   print(cnn.describe_params(config), flush=True)
-  data = sources.load_intel(FLAGS.data_path, layout=FLAGS.layout,
-                            tfds_data_dir=FLAGS.tfds_data_dir,
-                            tfds_manual_dir=FLAGS.tfds_manual_dir, download=FLAGS.download)
+  data = load_data()
   workdir = FLAGS.workdir or f"runs/cnn/{config.run_name(sweep=len(lrs) > 1)}"
   if len(lrs) == 1:
     cnn.train_and_evaluate(config, data, workdir, fresh=FLAGS.fresh)
   else:
     cnn.sweep(config, lrs, data, workdir, fresh=FLAGS.fresh)
   print(f"outputs in {workdir}", flush=True)
+
+
+def load_data():
+  return sources.load_intel(FLAGS.data_path, layout=FLAGS.layout,
+                            tfds_data_dir=FLAGS.tfds_data_dir,
+                            tfds_manual_dir=FLAGS.tfds_manual_dir, download=FLAGS.download)
 
 
 if __name__ == "__main__":

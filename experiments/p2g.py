@@ -10,14 +10,19 @@ Trains (resuming from --workdir's latest checkpoint), keeps the best-validation-
 then decodes the test set with it and prints the seed report's Tables 3.1-3.3. Writes
 metrics.jsonl, summary.json, tables.md, test_predictions.tsv, cer.png, attention.png (with
 --attention), vocab.json, config.json and Orbax checkpoints into --workdir.
---predict spells the given pronunciations with the workdir's best checkpoint instead of training.
+--predict spells the given pronunciations with the workdir's best checkpoint instead of training;
+--from_torch evaluates a PyTorch state_dict of the course's model, --to_torch exports the
+workdir's best checkpoint as one:
+
+  python -m experiments.p2g --data_path=data/p2g --attention --from_torch=seq2seq.pt --beam=5
+  python -m experiments.p2g --data_path=data/p2g --attention --to_torch=attention.pt
 """
 
 from absl import flags
 
 from hw2jax import cli
 from hw2jax.data import phonemes, sources
-from hw2jax.experiments import p2g, spellings
+from hw2jax.experiments import p2g, spellings, torch_checkpoints
 
 _D, _O = p2g.Config(), spellings.Decoding()
 flags.DEFINE_bool("attention", _D.attention, "Bahdanau attention over the encoder outputs.")
@@ -48,6 +53,14 @@ flags.DEFINE_integer("widths", _D.widths, "Padded widths of the training batches
                      "random (as in the course), each padded to the narrowest width that holds "
                      "it; fewer widths: more padding, fewer compiled programs.")
 flags.DEFINE_string("workdir", None, "Output folder. Default: runs/p2g/<attention|noattention>.")
+flags.DEFINE_string("from_torch", None, "Evaluate this PyTorch state_dict of the course's "
+                    "Seq2Seq (torch.save(model.state_dict())) instead of training: built with "
+                    "--attention and --hidden_size as it was, vocabularies numbered as the "
+                    "course numbers --data_path's train.tsv; greedy CER/WER on valid and test, "
+                    "--beam and --topp on test. Default workdir: runs/p2g/from_torch/<file stem>.")
+flags.DEFINE_string("to_torch", None, "Export the workdir's best checkpoint to this new file as "
+                    "a PyTorch state_dict of the course's Seq2Seq (never overwrites); needs the "
+                    "run's training data (--data_path) for the course's vocabulary order.")
 flags.DEFINE_string("predict", None, "Spell these pronunciations (space-separated phonemes, "
                     "words separated by commas) with the workdir's best checkpoint.")
 cli.define_run_flags(_D.epoch_mode)
@@ -58,6 +71,8 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
+  torch_checkpoints.one_mode(from_torch=FLAGS.from_torch, to_torch=FLAGS.to_torch,
+                             predict=FLAGS.predict)
   config = p2g.Config(
       attention=FLAGS.attention, learning_rate=FLAGS.lr, batch_size=FLAGS.batch_size,
       epochs=FLAGS.epochs, hidden_size=FLAGS.hidden_size, dropout=FLAGS.dropout,
@@ -69,10 +84,19 @@ def main(argv):
   if FLAGS.predict is not None:
     p2g.predict(workdir, phonemes.parse_words(FLAGS.predict), options)
     return
+  if FLAGS.from_torch is not None:
+    checkpoint, state_dict = torch_checkpoints.read_checkpoint(FLAGS.from_torch)
+    workdir = FLAGS.workdir or torch_checkpoints.default_workdir("p2g", FLAGS.from_torch)
+    torch_checkpoints.evaluate_p2g(checkpoint, state_dict, config, load_data(), workdir,
+                                   decoding=options, fresh=FLAGS.fresh)
+    print(f"outputs in {workdir}", flush=True)
+    return
+  if FLAGS.to_torch is not None:
+    torch_checkpoints.check_new_file(FLAGS.to_torch)       # before the data is read
+    torch_checkpoints.export_p2g(workdir, load_data(), FLAGS.to_torch)
+    return
   print(p2g.describe_params(config), flush=True)
-  data = sources.load_p2g(FLAGS.data_path, FLAGS.max_train_words,
-                          tfds_data_dir=FLAGS.tfds_data_dir,
-                          tfds_manual_dir=FLAGS.tfds_manual_dir)
+  data = load_data()
   sizes = (len(data.src_vocab), len(data.tgt_vocab))
   if sizes != p2g.COURSE_VOCAB:
     print(p2g.describe_data_params(config, sizes), flush=True)
@@ -80,6 +104,12 @@ def main(argv):
         f"{data.sizes()['test']:,} pairs", flush=True)
   p2g.train_and_evaluate(config, data, workdir, decoding_options=options, fresh=FLAGS.fresh)
   print(f"outputs in {workdir}", flush=True)
+
+
+def load_data():
+  return sources.load_p2g(FLAGS.data_path, FLAGS.max_train_words,
+                          tfds_data_dir=FLAGS.tfds_data_dir,
+                          tfds_manual_dir=FLAGS.tfds_manual_dir)
 
 
 if __name__ == "__main__":

@@ -218,3 +218,30 @@ def new_cnn_state(model, lr=0.05, seed=0, optimizer="sgd", l2=0.0):
   tx = trainer_lib.make_optimizer(optimizer, l2)
   return trainer_lib.create_train_state(model, (jnp.zeros((1, 48, 48, 3), jnp.uint8),), tx,
                                         seed, learning_rate=lr, train=False)
+
+
+# -- PyTorch state_dicts as numpy (tests/models/test_torch_port.py) ------------------------------
+
+
+def numpy_state(module) -> dict:
+  """A torch module's state_dict as {name: numpy array} (copies), as hw2jax.models.torch_port
+  takes it."""
+  return {k: v.detach().numpy().copy() for k, v in module.state_dict().items()}
+
+
+def load_numpy_state(module, state: dict) -> None:
+  """{name: numpy array} into a torch module, every key required (strict)."""
+  import torch
+  module.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()},
+                         strict=True)
+
+
+def assert_trees_close(a, b, rtol=1e-5, atol=1e-5):
+  """Same pytree structure and every leaf close; a failure names the leaf."""
+  import jax
+  leaves_a = jax.tree_util.tree_leaves_with_path(a)
+  leaves_b = jax.tree_util.tree_leaves_with_path(b)
+  assert [p for p, _ in leaves_a] == [p for p, _ in leaves_b]
+  for (path, x), (_, y) in zip(leaves_a, leaves_b):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol,
+                               err_msg=jax.tree_util.keystr(path))

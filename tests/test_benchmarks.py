@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from helpers import run_cli
+from helpers import run_cli, write_p2g_folder
 
 torch = pytest.importorskip("torch")
 
@@ -15,10 +15,18 @@ def test_torch_cnn_has_the_same_parameter_count(batch_norm, expected):
   assert torch_baselines.count_params(torch_baselines.TorchCNN(batch_norm=batch_norm)) == expected
 
 
+@pytest.mark.parametrize("attention, expected", [(False, 257_117), (True, 322_781)])
+def test_torch_seq2seq_has_the_course_parameter_count(attention, expected):
+  from benchmarks import torch_baselines
+  model = torch_baselines.Seq2Seq(107, 93, attention)     # the course's vocabulary sizes
+  assert torch_baselines.count_params(model) == expected
+  assert model.generator.weight is model.decoder.embedding.weight
+
+
 @pytest.mark.slow
 def test_cnn_speed_benchmark_runs_and_reports_a_ratio(tmp_path):
   out = tmp_path / "cnn.jsonl"
-  proc = run_cli("benchmarks.cnn_speed", "--n_images=24", "--epochs=1", "--models=bn_gap",
+  proc = run_cli("benchmarks.cnn_speed", "--n_images=24", "--repeats=1", "--models=bn_gap",
                  f"--out={out}", cwd=tmp_path)
   assert proc.returncode == 0, proc.stderr
   assert "JAX is" in proc.stdout
@@ -26,3 +34,32 @@ def test_cnn_speed_benchmark_runs_and_reports_a_ratio(tmp_path):
   assert result["model"] == "bn_gap" and result["n_images"] == 24
   assert result["jax_epoch_s"] > 0 and result["torch_epoch_s"] > 0
   assert result["speedup"] == pytest.approx(result["torch_epoch_s"] / result["jax_epoch_s"])
+
+
+@pytest.mark.slow
+def test_torch_p2g_training_runs_an_epoch_and_saves_weights_hw2jax_reads(tmp_path):
+  from benchmarks import torch_baselines
+  from hw2jax.data import phonemes
+  from hw2jax.models import seq2seq, torch_port
+  data = write_p2g_folder(tmp_path / "p2g", n_train=48, n_valid=12, n_test=12)
+  out, saved = tmp_path / "torch_p2g.json", tmp_path / "best.pt"
+  proc = run_cli("benchmarks.torch_p2g_train", f"--data_path={data}", "--epochs=1",
+                 "--attention", "--threads=1", f"--out={out}", f"--save={saved}", cwd=tmp_path,
+                 timeout=120)
+  assert proc.returncode == 0, proc.stderr
+  result = json.loads(out.read_text())
+  assert result["train_pairs"] == 48 and result["best_epoch"] == 1
+  assert set(result["test"]) == {"greedy", "nucleus"}
+  assert 0 <= result["test"]["nucleus"]["wer_at_k"] <= result["test"]["nucleus"]["wer"] <= 1
+  # The saved state_dict is the course's: it loads strictly, and into hw2jax's sorted vocabulary.
+  pairs = phonemes.load_tsv_folder(data).train
+  course = phonemes.course_vocabs(pairs)
+  state = torch.load(saved)
+  net = torch_baselines.Seq2Seq(len(course[0]), len(course[1]), attention=True)
+  net.load_state_dict(state, strict=True)
+  ours = phonemes.P2GData(pairs, [], [], source="")
+  orders = [torch_port.SymbolOrder(c.symbols, s.symbols)
+            for c, s in zip(course, (ours.src_vocab, ours.tgt_vocab))]
+  model = seq2seq.Seq2Seq(len(course[0]), len(course[1]), attention=True)
+  params = torch_port.seq2seq_from_torch(model, {k: v.numpy() for k, v in state.items()}, *orders)
+  assert params["tgt_embed"]["embedding"].shape == (len(course[1]), 128)

@@ -93,6 +93,17 @@ class Vocab:
     return list(dict.fromkeys(s for s in seq if s not in self))
 
 
+def course_vocabs(pairs: Sequence[Pair]) -> tuple[Vocab, Vocab]:
+  """(source, target) vocabularies numbered as the course's data.py numbers them: the four
+  specials, then every symbol in order of first appearance in `pairs` (train.tsv in file order;
+  phoneme tokens for the source, spelling characters for the target, each vocabulary on its
+  own). The same symbols as `Vocab.build`, in another order: a PyTorch checkpoint of the
+  course's design has its embedding rows in this one (see hw2jax.models.torch_port)."""
+  src = dict.fromkeys(s for phones, _ in pairs for s in phones if s not in SPECIALS)
+  tgt = dict.fromkeys(c for _, spelling in pairs for c in spelling if c not in SPECIALS)
+  return Vocab(SPECIALS + tuple(src)), Vocab(SPECIALS + tuple(tgt))
+
+
 @dataclasses.dataclass(frozen=True)
 class P2GData:
   """The three splits as pairs, with vocabularies built from (the used part of) train."""

@@ -237,6 +237,14 @@ def make_trainer(config: Config) -> trainer_lib.Trainer:
   return trainer_lib.trainer_for(cnn.loss_fn, cnn.eval_fn, config)
 
 
+def new_state(config: Config) -> trainer_lib.TrainState:
+  """The config's initial train state (also the template its checkpoints restore into)."""
+  tx = trainer_lib.make_optimizer(config.optimizer, config.l2_decay)
+  return trainer_lib.create_train_state(
+      config.build_model(), (jnp.zeros((1, 48, 48, 3), jnp.uint8),), tx, config.seed,
+      learning_rate=config.learning_rate, train=False)
+
+
 # ----------------------------------------------------------------------------------------------
 # Runs
 
@@ -260,10 +268,7 @@ def _train_and_evaluate(config, data, workdir, *, fresh, arrays, trainer, log, p
   workdir = workdir_lib.prepare(workdir, config.to_json(), data.source, fresh=fresh,
                                 run_files=RUN_FILES, log=log)
   arrays = arrays or device_data(data, trainer)
-  tx = trainer_lib.make_optimizer(config.optimizer, config.l2_decay)
-  state = trainer.put(trainer_lib.create_train_state(
-      config.build_model(), (jnp.zeros((1, 48, 48, 3), jnp.uint8),), tx, config.seed,
-      learning_rate=config.learning_rate, train=False))
+  state = trainer.put(new_state(config))
 
   def evaluate(s):
     m = trainer.evaluate(s, arrays["val"])

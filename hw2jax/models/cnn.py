@@ -40,6 +40,40 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
   return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
 
 
+class BatchNorm(nn.Module):
+  """PyTorch's BatchNorm over the last axis: training normalises with the batch's biased
+  variance but averages the UNBIASED one (n/(n-1), n values per channel) into the running
+  variance, which Flax's BatchNorm does not (at batch 8 the head's running variances would
+  settle at 7/8 of PyTorch's). Same variable names as Flax's (params scale/bias, batch_stats
+  mean/var), so checkpoints read either way.
+
+  x (..., C); `mask` (broadcastable to x, training only) marks the values that count.
+  """
+  momentum: float = BN_MOMENTUM
+  epsilon: float = BN_EPSILON
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool, mask: jax.Array | None = None) -> jax.Array:
+    c = x.shape[-1]
+    scale = self.param("scale", nn.initializers.ones, (c,))
+    bias = self.param("bias", nn.initializers.zeros, (c,))
+    ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (c,))
+    ra_var = self.variable("batch_stats", "var", jnp.ones, (c,))
+    if train:
+      axes = tuple(range(x.ndim - 1))
+      w = jnp.ones_like(x) if mask is None else jnp.broadcast_to(mask, x.shape).astype(x.dtype)
+      n = w.sum(axes)
+      mean = (w * x).sum(axes) / n
+      var = (w * jnp.square(x - mean)).sum(axes) / n
+      if not self.is_initializing():
+        m = self.momentum
+        ra_mean.value = m * ra_mean.value + (1 - m) * mean
+        ra_var.value = m * ra_var.value + (1 - m) * var * n / jnp.maximum(n - 1, 1)
+    else:
+      mean, var = ra_mean.value, ra_var.value
+    return (x - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + bias
+
+
 def dropout_keep_masks(key: jax.Array, rate: float, shapes: Sequence[tuple[int, ...]]
                        ) -> list[jax.Array]:
   """Keep-masks for every dropout site of a step, drawn with ONE random-bits call.
@@ -106,9 +140,8 @@ class CNN(nn.Module):
 
   def _bn(self, x, train, mask, name):
     if mask is not None:
-      mask = jnp.broadcast_to(mask.reshape((-1,) + (1,) * (x.ndim - 1)), x.shape)
-    return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
-                        name=name)(x, mask=mask if train else None)
+      mask = mask.reshape((-1,) + (1,) * (x.ndim - 1))
+    return BatchNorm(name=name)(x, train, mask if train else None)
 
   def _keep_masks(self, image_shape) -> list[jax.Array]:
     """Dropout masks of the step: after each conv block and after the first dense layer."""

@@ -236,6 +236,18 @@ class Seq2Seq(nn.Module):
     return self.decode(memory, carry, tgt_in, train)[0]
 
 
+def torch_update_scale(tree):
+  """2 for the LSTM biases `b`, 1 for every other parameter of `tree` (params-shaped).
+
+  PyTorch's LSTM keeps two bias vectors, b_ih and b_hh, that always get the same gradient and
+  each take a full optimizer step, so their sum (this model's one `b`) moves twice as far per
+  step. Doubling that update (`trainer.make_optimizer(update_scale=...)`) makes one SGD or
+  Adam step of this model equal to the course's (tests/models/test_torch_port.py).
+  """
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: 2.0 if getattr(path[-1], "key", None) == "b" else 1.0, tree)
+
+
 def torch_param_count(flax_count: int, hidden_size: int) -> int:
   """The same model counted as PyTorch does: its LSTMs carry two bias vectors per gate, so
   every Flax bias (encoder 2 x 4(H/2), decoder 4H) is counted twice."""

@@ -4,7 +4,8 @@ The whole dataset lives on the device as a pytree of arrays with a leading examp
 epoch is a device-side permutation cut into batches of fixed size (the last one padded and
 masked, never dropped); a step gathers its batch on the device. On GPU/TPU an epoch is ONE
 jitted `lax.scan`; on CPU it is a Python loop over a jitted step (XLA:CPU runs conv backward
-inside while loops ~35x slower). Both run the same step function and agree to float rounding.
+inside while loops: a scanned CNN epoch was 7x slower, BUILD.md). Both run the same step
+function and agree to float rounding.
 
 A task plugs in two pure functions (beside each model: `hw2jax.models.cnn`, `...seq2seq`):
   loss_fn(apply_fn, params, model_state, batch, mask, rng)
@@ -66,27 +67,43 @@ def rng(state: TrainState) -> jax.Array:
   return jax.random.wrap_key_data(state.key, impl=PRNG_IMPL)
 
 
-def make_optimizer(name: str, l2_decay: float = 0.0) -> optax.GradientTransformation:
+def make_optimizer(name: str, l2_decay: float = 0.0,
+                   update_scale: Callable[[Any], Any] | None = None
+                   ) -> optax.GradientTransformation:
   """'sgd' (no momentum) or 'adam'; `l2_decay` is added to the gradient like PyTorch's weight_decay.
 
+  `update_scale(tree)` -> a tree of the same structure of factors that multiply each parameter's
+  final update (a hashable function, e.g. `hw2jax.models.seq2seq.torch_update_scale`).
   The learning rate is an injected hyper-parameter held in the optimizer state (set it with
   `create_train_state(..., learning_rate=)`), and the transformation is cached, so runs that
   differ only in the learning rate share one compiled program.
   """
   if name not in ("sgd", "adam"):
     raise ValueError(f"optimizer must be 'sgd' or 'adam', got {name!r}")
-  return _optimizer(name, float(l2_decay))
+  return _optimizer(name, float(l2_decay), update_scale)
 
 
 @functools.lru_cache(maxsize=None)
-def _optimizer(name: str, l2_decay: float) -> optax.GradientTransformation:
+def _optimizer(name: str, l2_decay: float, update_scale) -> optax.GradientTransformation:
   base = optax.sgd if name == "sgd" else optax.adam
 
   def build(learning_rate):
     parts = [optax.add_decayed_weights(l2_decay)] if l2_decay else []
-    return optax.chain(*parts, base(learning_rate))
+    tx = optax.chain(*parts, base(learning_rate))
+    return tx if update_scale is None else _scaled_by(tx, update_scale)
 
   return optax.inject_hyperparams(build)(learning_rate=0.0)
+
+
+def _scaled_by(inner: optax.GradientTransformation, update_scale: Callable[[Any], Any]
+               ) -> optax.GradientTransformation:
+  """`inner` with its updates multiplied by `update_scale(updates)`; its state is `inner`'s
+  own, so checkpoints written without the scale still restore."""
+  def update(updates, state, params=None):
+    updates, state = inner.update(updates, state, params)
+    return jax.tree_util.tree_map(lambda u, s: u * s, updates, update_scale(updates)), state
+
+  return optax.GradientTransformation(inner.init, update)
 
 
 def create_train_state(model, init_inputs: tuple, tx: optax.GradientTransformation, seed: int,
@@ -124,6 +141,30 @@ def resolve_mode(mode: str, backend: str | None = None) -> str:
     return mode
   backend = backend or jax.default_backend()
   return "loop" if backend == "cpu" else "scan"
+
+
+# XLA:CPU hands matmuls, convolutions, elementwise ops and reductions to its YNNPACK library
+# by default; handing it the matmuls only (convolutions back to Eigen) made the CNN step 1.15x
+# and the P2G step 1.05x faster on a 2-core CPU (BUILD.md, "CPU speed").
+CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+
+
+def compiler_options(backend: str | None = None) -> dict | None:
+  """The training programs' XLA options on `backend` (default: JAX's): CPU_COMPILER_OPTIONS on
+  a CPU whose XLA knows them, else None (a jaxlib without the option compiles as it is)."""
+  if (backend or jax.default_backend()) != "cpu" or not _cpu_options_known():
+    return None
+  return dict(CPU_COMPILER_OPTIONS)
+
+
+@functools.cache
+def _cpu_options_known() -> bool:
+  try:
+    jax.jit(lambda x: x @ x, compiler_options=CPU_COMPILER_OPTIONS).lower(
+        jnp.ones((2, 2))).compile()
+  except Exception:                         # noqa: BLE001 - an unknown option or value
+    return False
+  return True
 
 
 def num_batches(n: int, batch_size: int) -> int:
@@ -236,12 +277,13 @@ class Trainer:
       eval_batch_size = -(-eval_batch_size // mesh.devices.size) * mesh.devices.size
     self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
     self.mode = resolve_mode(epoch_mode)
-    # Donating the state saves memory on accelerators; on CPU it makes each step ~40% slower.
+    # Donating the state saves memory on accelerators; on CPU it made no step faster (BUILD.md).
     donate = jax.default_backend() != "cpu"
-    self._loop_step = jax.jit(self._loop_step_fn, donate_argnums=(0, 1) if donate else ())
-    self._loop_eval_step = jax.jit(self._loop_eval_step_fn)
-    self._scan_epoch = jax.jit(self._scan_epoch_fn, donate_argnums=(0,) if donate else ())
-    self._scan_eval = jax.jit(self._scan_eval_fn)
+    jit = functools.partial(jax.jit, compiler_options=compiler_options())
+    self._loop_step = jit(self._loop_step_fn, donate_argnums=(0, 1) if donate else ())
+    self._loop_eval_step = jit(self._loop_eval_step_fn)
+    self._scan_epoch = jit(self._scan_epoch_fn, donate_argnums=(0,) if donate else ())
+    self._scan_eval = jit(self._scan_eval_fn)
     self._plan = jax.jit(batch_plan, static_argnums=(1, 2))
     self._zero_train_sums = jax.jit(self._zero_train_sums_fn)
     self._zero_eval_sums = jax.jit(self._zero_eval_sums_fn)

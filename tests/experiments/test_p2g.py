@@ -162,7 +162,8 @@ def test_a_workdir_written_before_the_redesign_resumes_and_predicts(tmp_path):
   """tests/fixtures/p2g_workdir_1cb5fe3: 2 epochs of a tiny P2G model trained by commit 1cb5fe3
   (before the library was laid out by role) on write_p2g_folder(n_train=24, n_valid=6,
   n_test=6). Its config.json and checkpoints read with today's code: it predicts, and resumed
-  to 3 epochs it ends exactly where a fresh 3-epoch run of today's code does."""
+  to 3 epochs it keeps its two epochs and adds the third. (It no longer ends where a fresh run
+  of today's code does: since then the LSTM biases take PyTorch's doubled update.)"""
   folder = write_p2g_folder(tmp_path / "p2g", n_train=24, n_valid=6, n_test=6)
   data = sources.load_p2g(folder)
   old = tmp_path / "old"
@@ -175,8 +176,7 @@ def test_a_workdir_written_before_the_redesign_resumes_and_predicts(tmp_path):
   logs = []
   resumed = p2g.train_and_evaluate(config, data, old, log=logs.append)
   assert any("resuming from the checkpoint of epoch 2" in line for line in logs), logs
-  fresh = p2g.train_and_evaluate(config, data, tmp_path / "fresh", log=lambda line: None)
-  assert resumed.test == fresh.test and resumed.best_val == fresh.best_val
+  assert resumed.epochs_done == 3 and resumed.status == "completed"
   strip = lambda path: [{k: v for k, v in r.items() if k != "seconds"}
                         for r in map(json.loads, (path / "metrics.jsonl").read_text().splitlines())]
-  assert strip(old) == strip(tmp_path / "fresh")
+  assert strip(old)[:2] == strip(FIXTURE) and strip(old)[2]["epoch"] == 3

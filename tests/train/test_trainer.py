@@ -83,6 +83,47 @@ def test_resolve_mode():
     trainer_lib.resolve_mode("fast")
 
 
+def test_cpu_compiler_options_apply_on_cpu_only():
+  assert trainer_lib.compiler_options("gpu") is None
+  assert trainer_lib.compiler_options("tpu") is None
+  options = trainer_lib.compiler_options("cpu")
+  assert options in (None, trainer_lib.CPU_COMPILER_OPTIONS)   # None: this XLA lacks the option
+  if options is not None:
+    options["mutated"] = 1                       # a copy: the next trainer gets the defaults
+    assert trainer_lib.compiler_options("cpu") == trainer_lib.CPU_COMPILER_OPTIONS
+
+
+@pytest.mark.parametrize("batch_norm, atol", [(False, 1e-6), (True, 2e-4)])
+def test_cpu_compiler_options_change_a_step_by_float_rounding_only(data, batch_norm, atol):
+  """The CPU default hands convolutions from YNNPACK back to Eigen: other kernels, the same
+  step. With BatchNorm, channels of near-constant tiny images have tiny variances whose
+  normalisation magnifies the kernels' last-bit differences (updates here are ~1e-3)."""
+  if trainer_lib.compiler_options("cpu") is None:
+    pytest.skip("this XLA:CPU has no YNNPACK fusion option")
+  model = cnn.CNN(batch_norm=batch_norm, **TINY)
+  batch = trainer_lib.gather(data["train"], jnp.arange(8, dtype=jnp.int32))
+  step = functools.partial(trainer_lib.train_step, loss_fn=cnn.loss_fn)
+  states = [jax.jit(step, compiler_options=opts)(new_state(model), batch, jnp.ones((8,), bool))[0]
+            for opts in (None, trainer_lib.compiler_options("cpu"))]
+  chex.assert_trees_all_close(states[0].params, states[1].params, atol=atol, rtol=0)
+  chex.assert_trees_all_close(states[0].batch_stats, states[1].batch_stats, atol=atol, rtol=0)
+
+
+def test_cpu_compiler_options_keep_convolutions_float32_exact():
+  """Both convolution back ends are within float32 rounding of a float64 reference."""
+  rng = np.random.default_rng(0)
+  x = rng.random((8, 24, 24, 32), np.float32)
+  w = rng.standard_normal((3, 3, 32, 64)).astype(np.float32)
+  padded = np.pad(x.astype(np.float64), ((0, 0), (1, 1), (1, 1), (0, 0)))
+  ref = sum(np.einsum("bhwc,co->bhwo", padded[:, i:i + 24, j:j + 24], w[i, j].astype(np.float64))
+            for i in range(3) for j in range(3))
+  conv = lambda a, b: jax.lax.conv_general_dilated(a, b, (1, 1), "SAME",
+                                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  for opts in (None, trainer_lib.compiler_options("cpu")):
+    out = np.asarray(jax.jit(conv, compiler_options=opts)(x, w))
+    assert np.abs(out - ref).max() < 2e-6 * np.abs(ref).max()
+
+
 # ---------------------------------------------------------------- learning
 
 
