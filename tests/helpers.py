@@ -245,3 +245,18 @@ def assert_trees_close(a, b, rtol=1e-5, atol=1e-5):
   for (path, x), (_, y) in zip(leaves_a, leaves_b):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol,
                                err_msg=jax.tree_util.keystr(path))
+
+
+def torch_adam_steps(net, src, src_len, tgt, steps: int, lr: float):
+  """`net` (benchmarks.torch_baselines.Seq2Seq) after `steps` full-batch Adam steps of
+  teacher-forced cross-entropy on (src, src_len, tgt) tensors: a briefly trained model that
+  spells word-like strings of varying lengths (random weights mostly run all 50 steps)."""
+  import torch
+  optimizer = torch.optim.Adam(net.parameters(), lr=lr)
+  for _ in range(steps):
+    optimizer.zero_grad()
+    logits = net(src, src_len, tgt[:, :-1])
+    torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                      tgt[:, 1:].reshape(-1), ignore_index=0).backward()
+    optimizer.step()
+  return net

@@ -36,7 +36,7 @@ from hw2jax.data import intel, phonemes
 from hw2jax.errors import UserError
 from hw2jax.experiments import cnn, p2g, spellings
 from hw2jax.experiments.spellings import Decoding, Scores
-from hw2jax.models import torch_port
+from hw2jax.models import seq2seq, torch_port
 from hw2jax.models.cnn import as_dataset
 from hw2jax.train import fit as fit_lib
 from hw2jax.train import runlog, sharding, trainer as trainer_lib
@@ -189,15 +189,15 @@ class P2GTorchSummary:
 
 
 def p2g_params(config: p2g.Config, state_dict: Mapping[str, np.ndarray],
-               data: phonemes.P2GData) -> dict:
-  """A course Seq2Seq state_dict -> params of `config`'s model on `data`'s vocabularies, rows
-  moved from the course's first-appearance order (of data.train) to hw2jax's sorted one."""
+               data: phonemes.P2GData) -> tuple[seq2seq.Seq2Seq, dict]:
+  """A course Seq2Seq state_dict -> (`config`'s model on `data`'s vocabularies, its params),
+  rows moved from the course's first-appearance order (of data.train) to hw2jax's sorted one."""
   embedding = np.shape(state_dict.get("decoder.embedding.weight", ()))
   if len(embedding) == 2 and embedding[1] != config.hidden_size:
     raise UserError(f"state_dict: 'decoder.embedding.weight' is {tuple(embedding)}, a model of "
                     f"hidden size {embedding[1]}; add --hidden_size={embedding[1]}")
   model = config.build_model(len(data.src_vocab), len(data.tgt_vocab))
-  return torch_port.seq2seq_from_torch(model, state_dict, *symbol_orders(data))
+  return model, torch_port.seq2seq_from_torch(model, state_dict, *symbol_orders(data))
 
 
 def symbol_orders(data: phonemes.P2GData) -> tuple[torch_port.SymbolOrder, ...]:
@@ -217,7 +217,7 @@ def evaluate_p2g(checkpoint: Checkpoint, state_dict: Mapping[str, np.ndarray],
   decoding) is not recomputed: its summary is printed and returned."""
   config.validate()
   decoding.validate()
-  params = p2g_params(config, state_dict, data)          # any mismatch: before the workdir
+  model, params = p2g_params(config, state_dict, data)   # any mismatch: before the workdir
   key = _workdir_key(checkpoint, "p2g", attention=config.attention,
                      hidden_size=config.hidden_size, decoding=records.to_json(decoding))
   with workdir_lib.locked(workdir) as workdir:
@@ -231,7 +231,6 @@ def evaluate_p2g(checkpoint: Checkpoint, state_dict: Mapping[str, np.ndarray],
     if previous is not None:
       log(f"the test set was decoded with {records.to_json(previous.decoding)} before; now "
           f"with {records.to_json(decoding)}: evaluating again")
-    model = config.build_model(len(data.src_vocab), len(data.tgt_vocab))
     params = jax.device_put(params)
     log(f"evaluating {checkpoint.path} as hw2jax's {config.name()} model, hidden "
         f"{config.hidden_size}, on {data.source}")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from helpers import (assert_clean_failure, checksums, numpy_state, run_cli, write_npz,
-                     write_p2g_folder)
+                     torch_adam_steps, write_p2g_folder)
 from hw2jax import metrics
 from hw2jax.data import intel, phonemes
 from hw2jax.errors import UserError
@@ -67,15 +67,7 @@ def torch_seq2seq(data, attention, hidden=H, steps=40, seed=0):
   src, tgt = phonemes.course_vocabs(data.train)
   net = tb.Seq2Seq(len(src), len(tgt), attention, hidden=hidden, dropout=0.0)
   batch = course_ids(data.train, data)
-  optimizer = torch.optim.Adam(net.parameters(), lr=0.01)
-  for _ in range(steps):
-    optimizer.zero_grad()
-    logits = net(batch["src"], batch["src_len"], batch["tgt"][:, :-1])
-    torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
-                                      batch["tgt"][:, 1:].reshape(-1),
-                                      ignore_index=tb.PAD).backward()
-    optimizer.step()
-  return net.eval()
+  return torch_adam_steps(net, batch["src"], batch["src_len"], batch["tgt"], steps, 0.01).eval()
 
 
 def torch_spellings(net, pairs, data):

@@ -14,7 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import assert_trees_close, load_numpy_state, numpy_state, p2g_pairs
+from helpers import (assert_trees_close, load_numpy_state, numpy_state, p2g_pairs,
+                     torch_adam_steps)
 from hw2jax.data import phonemes
 from hw2jax.errors import UserError
 from hw2jax.models import cnn, decoding, torch_port
@@ -276,18 +277,9 @@ def random_words(n, src_vocab, seed=0):
 
 
 def briefly_trained(net, pairs, src_vocab, tgt_vocab, steps=20):
-  """`net` after a few full-batch Adam steps on `pairs`: it then spells word-like strings of
-  varying lengths and stops at EOS (random weights mostly loop for all 50 steps)."""
+  """`net` after a few full-batch Adam steps on `pairs` (it then stops at EOS)."""
   _, tensors = p2g_batch(pairs, src_vocab, tgt_vocab)
-  optimizer = torch.optim.Adam(net.parameters(), lr=0.003)
-  for _ in range(steps):
-    optimizer.zero_grad()
-    logits = net(tensors["src"], tensors["src_len"], tensors["tgt"][:, :-1])
-    torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
-                                      tensors["tgt"][:, 1:].reshape(-1),
-                                      ignore_index=s2s.PAD).backward()
-    optimizer.step()
-  return net
+  return torch_adam_steps(net, tensors["src"], tensors["src_len"], tensors["tgt"], steps, 0.003)
 
 
 @pytest.mark.parametrize("attention", [False, True], ids=["plain", "attention"])
