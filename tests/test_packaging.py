@@ -2,6 +2,7 @@
 entry points from a plain checkout, a Python without venv, and the first command on a fresh
 machine (data downloaded with kagglehub, TensorBoard files written)."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -10,7 +11,7 @@ import tomllib
 
 import pytest
 
-from helpers import REPO, cli_env, read_tensorboard, write_kaggle_folder
+from helpers import REPO, cli_env, read_tensorboard, write_kaggle_folder, write_npz
 
 
 def pyproject():
@@ -59,7 +60,7 @@ def test_the_entry_points_run_from_a_plain_checkout(tmp_path):
   env = {k: v for k, v in cli_env(tmp_path).items() if k != "PYTHONPATH"}
   proc = subprocess.run([sys.executable, "-m", "experiments.cnn", "--help"], cwd=REPO,
                         env=env, capture_output=True, text=True, timeout=120)
-  assert proc.returncode in (0, 1) and "Traceback" not in proc.stderr, proc.stderr  # absl: 1
+  assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
   assert "--download" in proc.stdout and "--[no]tensorboard" in proc.stdout
 
 
@@ -89,37 +90,100 @@ def test_launch_sh_says_in_one_line_when_python_has_no_venv(tmp_path):
   assert not (copy / ".venv").exists()
 
 
-@pytest.mark.parametrize("command, extras", [
-    (["cnn", "--lr=0.01"], ""), (["install"], ""), (["test", "-x"], "test"),
-    (["bench", "cnn_speed"], "bench")])
-def test_launch_sh_installs_only_what_the_command_needs(tmp_path, command, extras):
+@pytest.mark.slow
+def test_launch_sh_reads_and_writes_relative_paths_in_the_callers_folder(tmp_path):
+  """`cd work && <checkout>/launch.sh cnn --data_path=mine.npz --workdir=myrun`: the data is
+  work/mine.npz and the run lands in work/myrun (and without --workdir in work/runs/), never in
+  the checkout. The interpreter is this one (HW2JAX_SKIP_INSTALL), without the checkout on
+  PYTHONPATH: launch.sh puts it there."""
+  work = tmp_path / "work"
+  work.mkdir()
+  write_npz(work / "mine.npz", n_train=24, n_val=12, n_test=12)
+  env = {k: v for k, v in cli_env(tmp_path).items() if k != "PYTHONPATH"}
+  env.update(HW2JAX_SKIP_INSTALL="1", PYTHON=sys.executable)
+  before = set(REPO.iterdir())
+  for workdir in (["--workdir=myrun"], []):
+    proc = subprocess.run(["bash", str(REPO / "launch.sh"), "cnn", "--data_path=mine.npz",
+                           *workdir, "--epochs=1", "--channels=4,8,16", "--notensorboard"],
+                          cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+  summary = json.loads((work / "myrun" / "summary.json").read_text())
+  assert summary["data"]["source"] == "npz mine.npz" and not (REPO / "mine.npz").exists()
+  assert (work / "runs/cnn/vanilla-lr0.01-ch4_8_16/summary.json").is_file()
+  assert set(REPO.iterdir()) == before
+
+
+CPU_TORCH = "torch --index-url https://download.pytorch.org/whl/cpu"
+
+
+@pytest.mark.parametrize("command, has_torch, cpu, gpu", [
+    (["cnn", "--lr=0.01"], True, [""], ["[gpu]"]),
+    (["install"], False, [""], ["[gpu]"]),
+    (["test", "-x"], False, ["[test]"], ["[gpu,test]"]),
+    (["bench", "cnn_speed"], True, ["[bench]"], ["[gpu,bench]"]),
+    (["bench", "cnn_speed"], False, [CPU_TORCH, "[bench]"], ["torch", "[gpu,bench]"]),
+    (["cnn", "--from_torch=m.pt"], False, ["", CPU_TORCH], ["[gpu]", "torch"]),
+    (["p2g", "--to_torch", "m.pt"], False, ["", CPU_TORCH], ["[gpu]", "torch"]),
+    (["p2g", "--to_torch=m.pt"], True, [""], ["[gpu]"]),
+])
+def test_launch_sh_installs_only_what_the_command_needs(tmp_path, command, has_torch, cpu, gpu):
   """An experiment installs the runtime (and the machine's jax extra) only; `test` adds the
-  test extra, `bench` the PyTorch one. pip is replaced by a recorder."""
+  test extra, `bench` the PyTorch one; PyTorch comes where a command reads or writes PyTorch
+  checkpoints, as the CPU build from PyTorch's CPU index unless there is an NVIDIA GPU (PyPI's
+  Linux torch is the ~3 GB CUDA build), and before the bench extra so pip keeps it. pip is
+  replaced by a recorder; `import torch` succeeds or not as `has_torch` says."""
   copy = _launch_copy(tmp_path)
   (copy / "benchmarks").mkdir()
-  (copy / "benchmarks" / "cnn_speed.py").write_text("")
+  (copy / "benchmarks" / "cnn_speed.py").write_text('if __name__ == "__main__":\n  pass\n')
   venv = copy / ".venv" / "bin"
   venv.mkdir(parents=True)
   log = tmp_path / "calls.txt"
   (venv / "python").write_text(
       "#!/bin/bash\n"
       f"echo \"$*\" >> {log}\n"
+      f"[[ \"$*\" == *'import torch'* ]] && exit {0 if has_torch else 1}\n"
       "exit 0\n")
   (venv / "python").chmod(0o755)
-  env = {**os.environ, "HW2JAX_EXTRA": "cpu"}
-  proc = subprocess.run(["bash", "launch.sh", *command], cwd=copy, env=env,
-                        capture_output=True, text=True, timeout=120)
-  assert proc.returncode == 0, proc.stderr
-  installs = [line for line in log.read_text().splitlines() if "pip install" in line
-              and "--upgrade pip" not in line]
-  target = f".[{extras}]" if extras else "."
-  assert len(installs) == 1 and installs[0].endswith(f"-e {target}"), installs
-  gpu = subprocess.run(["bash", "launch.sh", *command], cwd=copy,
-                       env={**env, "HW2JAX_EXTRA": "gpu"}, capture_output=True, text=True)
-  assert gpu.returncode == 0, gpu.stderr
-  last = [line for line in log.read_text().splitlines() if "pip install" in line
-          and "--upgrade pip" not in line][-1]
-  assert last.endswith(f"-e .[gpu{',' + extras if extras else ''}]"), last
+
+  def installs(extra):
+    proc = subprocess.run(["bash", "launch.sh", *command], cwd=copy,
+                          env={**os.environ, "HW2JAX_EXTRA": extra}, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    calls = [line.split("install -q ", 1)[1].replace("--timeout 60 ", "")
+             for line in log.read_text().splitlines()
+             if "pip install" in line and "--upgrade pip" not in line]
+    log.unlink()
+    return [c[len(f"-e {copy}"):] if c.startswith("-e ") else c for c in calls]
+
+  assert installs("cpu") == cpu
+  assert installs("gpu") == gpu
+
+
+def test_launch_sh_in_a_notebook_installs_once_per_interpreter_environment(tmp_path):
+  """Two kernels of one Python version but different environments (sys.prefix) each get the
+  install; the same one again skips it (the stamp is keyed on the environment)."""
+  copy = _launch_copy(tmp_path)
+  log = tmp_path / "calls.txt"
+  pythons = []
+  for name in ("env_a", "env_b"):
+    fake = tmp_path / name
+    fake.write_text("#!/bin/bash\n"
+                    f"echo \"{name} $*\" >> {log}\n"
+                    f"[[ \"$*\" == *sys.prefix* ]] && echo '3.11.7 /opt/{name}'\n"
+                    "exit 0\n")
+    fake.chmod(0o755)
+    pythons.append(fake)
+  env = {**os.environ, "HW2JAX_EXTRA": "cpu", "COLAB_RELEASE_TAG": "test",
+         "HW2JAX_CACHE": str(tmp_path / "cache")}
+  for python in (*pythons, pythons[0]):
+    proc = subprocess.run(["bash", "launch.sh", "install"], cwd=copy,
+                          env={**env, "PYTHON": str(python)}, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+  installs = [line.split()[0] for line in log.read_text().splitlines()
+              if "pip install -q -e" in line]
+  assert installs == ["env_a", "env_b"]
 
 
 FAKE_KAGGLEHUB = '''\

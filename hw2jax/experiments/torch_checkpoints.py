@@ -63,12 +63,19 @@ def one_mode(**given: str | None) -> None:
 # ----------------------------------------------------------------------------------------------
 # Files
 
+# PyTorch's CPU-only wheels (launch.sh installs from it too).
+TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+
 
 def _torch(flag: str):
   try:
     import torch
   except ImportError:
-    raise UserError(f"{flag} needs PyTorch: pip install -e '.[bench]'") from None
+    raise UserError(f"{flag} needs PyTorch, which is not installed: run the command through "
+                    "./launch.sh (it installs the build that fits the machine), or install it "
+                    f"yourself; on a CPU-only machine: pip install torch --index-url "
+                    f"{TORCH_CPU_INDEX} (a plain `pip install torch` on Linux takes the ~3 GB "
+                    "CUDA build)") from None
   return torch
 
 
