@@ -3,7 +3,8 @@ r"""The CNN experiment (Q2): train the course CNN on Intel images (48x48, 6 clas
   python -m experiments.cnn --lr=0.01                      # one run
   python -m experiments.cnn --lr=0.1,0.01,0.001            # Table 2.1 + one figure per rate
   python -m experiments.cnn --model=bn_gap --lr=0.01
-  python -m experiments.cnn --data_path=tfds:intel48 --tfds_manual_dir=data/intel.zip  # TFDS
+  python -m experiments.cnn --data_path=tfds:intel48 \
+      --tfds_manual_dir=data/intel-image-classification.zip   # TFDS, prepared from Kaggle's zip
 
 Writes metrics.jsonl, summary.json, curves.png and Orbax checkpoints into --workdir; rerunning
 the same command resumes from the latest checkpoint. --from_torch evaluates a PyTorch state_dict
@@ -19,7 +20,6 @@ from absl import flags
 
 from hw2jax import cli
 from hw2jax.data import sources
-from hw2jax.errors import UserError
 from hw2jax.experiments import cnn, torch_checkpoints
 
 _D = cnn.Config()
@@ -53,8 +53,11 @@ flags.DEFINE_string("tfds_manual_dir", None,
 flags.DEFINE_enum("layout", "hwc", list(sources.LAYOUTS),
                   "How to read flattened (N, 6912) npz images; 4-D arrays are detected.")
 flags.DEFINE_string("workdir", None,
-                    "Output folder. Default: runs/cnn/<model>-lr<lr> (or <model>-sweep), then "
-                    "every setting that differs from the course's, e.g. bn_gap-lr0.01-k5.")
+                    "Output folder. Default: runs/cnn/<model>-lr<lr>, then every setting that "
+                    "differs from the course's, e.g. bn_gap-lr0.01-k5. A sweep (--lr=a,b,c) "
+                    "trains each rate in that same folder (a finished one is not trained "
+                    "again) and writes Table 2.1 into <model>-sweep; with --workdir, the "
+                    "rates go to <workdir>/lr_<lr>.")
 flags.DEFINE_string("from_torch", None,
                     "Evaluate this PyTorch state_dict of the course's CNN "
                     "(torch.save(model.state_dict()) of TorchCNN, --model and --kernel_size as it "
@@ -81,10 +84,9 @@ def main(argv):
       channels=tuple(cli.parse_ints(FLAGS.channels, "channels")), init=FLAGS.init,
       epoch_mode=FLAGS.epoch_mode, tensorboard=FLAGS.tensorboard,
       devices=cli.parse_devices(FLAGS.devices))
-  if len(set(lrs)) != len(lrs):
-    raise UserError(f"--lr={','.join(FLAGS.lr)} repeats a learning rate; give each rate once")
   for lr in lrs:
     dataclasses.replace(config, learning_rate=lr).validate()
+  run_dirs = cnn.sweep_run_dirs(config, lrs, FLAGS.workdir)
   if FLAGS.to_torch is not None:
     torch_checkpoints.export_cnn(FLAGS.workdir or f"runs/cnn/{config.run_name()}",
                                  FLAGS.to_torch)
@@ -102,7 +104,7 @@ def main(argv):
   if len(lrs) == 1:
     cnn.train_and_evaluate(config, data, workdir, fresh=FLAGS.fresh)
   else:
-    cnn.sweep(config, lrs, data, workdir, fresh=FLAGS.fresh)
+    cnn.sweep(config, lrs, data, workdir, run_dirs=run_dirs, fresh=FLAGS.fresh)
   print(f"outputs in {workdir}", flush=True)
 
 

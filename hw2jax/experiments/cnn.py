@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -111,7 +112,11 @@ class Config:
     return records.to_json(self)
 
   def label(self) -> str:
-    return f"{self.model} lr={self.learning_rate:g}"
+    """For logs and the curves' title (which adds init, batch, optimizer): the model, the rate
+    and every other network setting that is not the course's, so an ablation's figures say
+    which one they are: 'bn_gap lr=0.01, 5x5 kernels, no max-pool'."""
+    return ", ".join([f"{self.model} lr={self.learning_rate:g}"] + [
+        fmt(getattr(self, f)) for f, fmt in _LABEL_PARTS if getattr(self, f) != _DEFAULTS[f]])
 
   def run_name(self, sweep: bool = False) -> str:
     """The default workdir's name: the model, the learning rate (or 'sweep') and every other
@@ -126,6 +131,13 @@ class Config:
     return "-".join(parts)
 
 
+# How a setting that differs from the default shows in a run's label (and the curves' title).
+_LABEL_PARTS = (("kernel_size", lambda v: f"{v}x{v} kernels"),
+                ("maxpool", lambda v: "max-pool" if v else "no max-pool"),
+                ("channels", lambda v: "channels " + "-".join(map(str, v))),
+                ("dropout", lambda v: f"dropout {v:g}"), ("l2_decay", lambda v: f"L2 {v:g}"),
+                ("seed", lambda v: f"seed {v}"))
+_DEFAULTS = {f: getattr(Config(), f) for f, _ in _LABEL_PARTS}
 # How a setting that differs from the default shows in a run's default workdir name.
 _NAME_PARTS = (
     ("kernel_size", lambda v: f"k{v}"), ("maxpool", lambda v: "maxpool" if v else "nopool"),
@@ -310,42 +322,69 @@ def _train_and_evaluate(config, data, workdir, *, fresh, arrays, trainer, log, p
         panels=(("validation accuracy", ("val_accuracy",)),
                 ("loss", ("train_loss", "val_loss"))),
         running_mean_of="train_loss",
-        note="solid training loss: true mean over each epoch; dashed: running mean since "
-             "epoch 1, which is what the course skeleton plotted")
+        note="solid training loss: true mean over each epoch; dashed (a ring for one epoch): "
+             "running mean since epoch 1, which is what the course skeleton plotted")
   log(f"{prefix}{config.label()}: {summary.status}; final val acc "
       f"{markdown.fmt(summary.final.val_accuracy)}, test acc {test['accuracy']:.4f}")
   return summary
 
 
-def sweep(config: Config, learning_rates: Sequence[float], data: intel.IntelData,
-          workdir: str | Path, *, fresh: bool = False, log: Callable[[str], None] = print
-          ) -> list[CnnRunSummary]:
-  """One run per learning rate in <workdir>/lr_<lr>/ (one compiled program for all), then
-  Table 2.1 as markdown in <workdir>/table_2_1.md and the summaries in <workdir>/sweep.json."""
+def sweep_run_dirs(config: Config, learning_rates: Sequence[float], workdir: str | Path | None,
+                   root: str | Path = "runs/cnn") -> dict[float, Path]:
+  """Where each learning rate's run lives. Without a workdir, the folder a single `--lr` run of
+  that rate uses (<root>/<run_name>), so a sweep and single runs share their runs and each
+  configuration trains once whatever order the commands come in; with one, <workdir>/lr_<lr>.
+  Two rates that would name one folder are refused before anything trains."""
   if len(set(learning_rates)) != len(learning_rates):
-    raise UserError(f"--lr={','.join(f'{lr:g}' for lr in learning_rates)} repeats a learning "
+    raise UserError(f"--lr={','.join(f'{lr!r}' for lr in learning_rates)} repeats a learning "
                     "rate; give each rate once")
+  dirs = {}
+  for lr in learning_rates:
+    run = dataclasses.replace(config, learning_rate=lr)
+    dirs[lr] = (Path(root) / run.run_name() if workdir is None
+                else Path(workdir) / f"lr_{lr:g}")
+  by_dir = {}
+  for lr, path in dirs.items():
+    if path in by_dir:
+      raise UserError(f"--lr rates {by_dir[path]!r} and {lr!r} both name the folder {path} (a "
+                      "folder names a rate by its first 6 digits); give rates that differ there")
+    by_dir[path] = lr
+  return dirs
+
+
+def sweep(config: Config, learning_rates: Sequence[float], data: intel.IntelData,
+          workdir: str | Path, *, run_dirs: dict[float, Path] | None = None,
+          fresh: bool = False, log: Callable[[str], None] = print) -> list[CnnRunSummary]:
+  """One run per learning rate (one compiled program for all) in `run_dirs` (default
+  <workdir>/lr_<lr>, see `sweep_run_dirs`), then Table 2.1 as markdown in
+  <workdir>/table_2_1.md and the summaries in <workdir>/sweep.json. A run already finished
+  (by this sweep or by a single run in the same folder) is read back, not trained again."""
+  run_dirs = run_dirs or sweep_run_dirs(config, learning_rates, workdir)
   for lr in learning_rates:
     dataclasses.replace(config, learning_rate=lr).validate().check_data(data)
   with workdir_lib.locked(workdir) as workdir:
-    return _sweep(config, learning_rates, data, workdir, fresh=fresh, log=log)
+    return _sweep(config, learning_rates, data, workdir, run_dirs, fresh=fresh, log=log)
 
 
-def _sweep(config, learning_rates, data, workdir, *, fresh, log) -> list[CnnRunSummary]:
+def _sweep(config, learning_rates, data, workdir, run_dirs, *, fresh, log
+           ) -> list[CnnRunSummary]:
   if fresh:
-    archived = workdir_lib.archive(workdir, (*RUN_FILES, workdir_lib.CONFIG), globs=("lr_*",))
+    archived = workdir_lib.archive(workdir, (TABLE, SWEEP, workdir_lib.CONFIG))
     if archived:
-      log(f"--fresh: moved the previous sweep's files to {archived}")
+      log(f"--fresh: moved the previous sweep's table to {archived}")
   trainer = make_trainer(config)
   arrays = device_data(data, trainer)
   summaries = []
   for lr in learning_rates:
     run_config = dataclasses.replace(config, learning_rate=lr)
-    log(f"== {run_config.label()} ==")
-    summaries.append(train_and_evaluate(run_config, data, workdir / f"lr_{lr:g}", arrays=arrays,
-                                        trainer=trainer, log=log, prefix=f"[lr {lr:g}] "))
+    log(f"== {run_config.label()}: {run_dirs[lr]} ==")
+    summaries.append(train_and_evaluate(run_config, data, run_dirs[lr], fresh=fresh,
+                                        arrays=arrays, trainer=trainer, log=log,
+                                        prefix=f"[lr {lr:g}] "))
   table = table_2_1([TableRow(s.config.model, s.config.learning_rate, [s],
-                              f"lr_{s.config.learning_rate:g}/{CURVES}") for s in summaries])
+                              Path(os.path.relpath(run_dirs[s.config.learning_rate] / CURVES,
+                                                   workdir)).as_posix())
+                     for s in summaries])
   (workdir / TABLE).write_text(table)
   runlog.write_json(workdir / SWEEP, [s.to_json() for s in summaries])
   log(table)
@@ -378,10 +417,13 @@ def statuses(runs: Sequence[tuple[int, str]]) -> str:
 
 def table_2_1(rows: Sequence[TableRow]) -> str:
   """The seed report's Table 2.1: our last-epoch accuracies (mean ± std over seeds) beside the
-  seed report's, the test accuracy at the best-validation epoch, status and training time."""
-  lines = []
+  seed report's, the test accuracy at the best-validation epoch, status and training time. The
+  headers say our epochs beside the seed's 40 when they differ (--quick), so the two are not
+  read as like for like; the footnote on '—' is there only when a seed cell has one."""
+  lines, seedless = [], False
   for row in rows:
     seed = SEED_REPORT.get((row.model, row.learning_rate))
+    seedless = seedless or seed is None
     finals = [r.final for r in row.runs]
     lines.append([
         model_label(row.model), f"{row.learning_rate:g}",
@@ -392,6 +434,12 @@ def table_2_1(rows: Sequence[TableRow]) -> str:
         statuses([(r.config.seed, r.status) for r in row.runs]),
         markdown.mean_std([r.train_seconds_total for r in row.runs], 1) + " s",
         f"[curves]({row.curves})" if row.curves else markdown.DASH])
-  return markdown.table(["model", "lr", "val acc", "test acc", "seed val acc", "seed test acc",
-                         "test acc at best val", "status", "train time", "curves"], lines) + \
-      "\n— in a seed column: the seed report has no run with these settings.\n"
+  epochs = sorted({r.config.epochs for row in rows for r in row.runs})
+  differ = epochs not in ([], [Config.epochs])             # the seed's: the course's 40
+  ours = f" ({', '.join(map(str, epochs))} epoch{'s' * (epochs != [1])})" if differ else ""
+  theirs = f" ({Config.epochs} epochs)" if differ else ""
+  table = markdown.table(["model", "lr", f"val acc{ours}", f"test acc{ours}",
+                          f"seed val acc{theirs}", f"seed test acc{theirs}",
+                          "test acc at best val", "status", "train time", "curves"], lines)
+  return table + ("\n— in a seed column: the seed report has no run with these settings.\n"
+                  if seedless else "")

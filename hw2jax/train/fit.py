@@ -104,6 +104,8 @@ def _fit(trainer, state, train_data, checkpoints, board, *, epochs, evaluate, wo
   if diverged_at is not None:
     log(f"{prefix}this run diverged at epoch {diverged_at}; nothing more to train "
         "(use --fresh to start over)")
+  elif start >= epochs:
+    log(f"{prefix}{start} of {epochs} epochs already trained in {workdir}; nothing more to train")
   for epoch in range(start, epochs if diverged_at is None else start):
     t0 = time.perf_counter()
     state, train_metrics = trainer.train_epoch(state, train_data, epoch)

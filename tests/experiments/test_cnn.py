@@ -8,6 +8,7 @@ import pytest
 
 from helpers import (assert_clean_failure, checksums, cnn_summary, learnable_images, run_cli,
                       write_kaggle_folder, write_npz)
+from hw2jax.errors import UserError
 from hw2jax.experiments import cnn
 
 pytestmark = pytest.mark.slow
@@ -68,6 +69,52 @@ def test_learning_rate_sweep_writes_table_and_one_figure_per_rate(tmp_path):
   assert len(json.loads((sweep / "sweep.json").read_text())) == 2
 
 
+def _trained(stdout: str) -> list[str]:
+  """The runs a CLI call trained an epoch in: '[lr 0.1] epoch   1/1 ...' -> '0.1'."""
+  return [line.split("]")[0].lstrip("[lr ") if line.startswith("[lr ") else "single"
+          for line in stdout.splitlines() if "epoch   1/1 " in line]
+
+
+def test_the_readmes_q2_sequence_trains_each_configuration_once(tmp_path):
+  """--lr=0.01, then the sweep --lr=0.1,0.01,0.001, then BN+GAP: four configurations, four
+  trainings (the sweep finds lr 0.01 finished in the folder the single run used); and the other
+  way round, a single run after the sweep trains nothing."""
+  data = write_npz(tmp_path / "tiny.npz", n_train=24, n_val=12, n_test=12)
+  common = [f"--data_path={data}", "--epochs=1", "--channels=8,16,32"]
+  single = run_cli("experiments.cnn", *common, "--lr=0.01", cwd=tmp_path)
+  sweep = run_cli("experiments.cnn", *common, "--lr=0.1,0.01,0.001", cwd=tmp_path)
+  bn_gap = run_cli("experiments.cnn", *common, "--model=bn_gap", "--lr=0.01", cwd=tmp_path)
+  for proc in (single, sweep, bn_gap):
+    assert proc.returncode == 0, proc.stderr
+  assert _trained(single.stdout) == ["single"] and _trained(bn_gap.stdout) == ["single"]
+  assert _trained(sweep.stdout) == ["0.1", "0.001"]
+  assert "1 of 1 epochs already trained in runs/cnn/vanilla-lr0.01-ch8_16_32" in sweep.stdout
+  runs = tmp_path / "runs" / "cnn"
+  assert sorted(p.name for p in runs.iterdir()) == [
+      "bn_gap-lr0.01-ch8_16_32", "vanilla-lr0.001-ch8_16_32", "vanilla-lr0.01-ch8_16_32",
+      "vanilla-lr0.1-ch8_16_32", "vanilla-sweep-ch8_16_32"]
+  table = (runs / "vanilla-sweep-ch8_16_32" / "table_2_1.md").read_text()
+  links = [part.split(")")[0] for part in table.split("[curves](")[1:]]
+  assert links == [f"../vanilla-lr{lr}-ch8_16_32/curves.png" for lr in ("0.1", "0.01", "0.001")]
+  assert all((runs / "vanilla-sweep-ch8_16_32" / link).is_file() for link in links)
+  assert len(lines(runs / "vanilla-lr0.01-ch8_16_32" / "metrics.jsonl")) == 1
+
+  again = run_cli("experiments.cnn", *common, "--lr=0.001", cwd=tmp_path)
+  assert again.returncode == 0, again.stderr
+  assert _trained(again.stdout) == [] and "already trained" in again.stdout
+
+
+def test_sweep_run_dirs_are_the_single_runs_folders_and_distinct():
+  config = cnn.Config(model="bn_gap", kernel_size=5)
+  dirs = cnn.sweep_run_dirs(config, [0.1, 0.01], None)
+  assert {lr: p.as_posix() for lr, p in dirs.items()} == {
+      0.1: "runs/cnn/bn_gap-lr0.1-k5", 0.01: "runs/cnn/bn_gap-lr0.01-k5"}
+  assert cnn.sweep_run_dirs(config, [0.1], "mine")[0.1].as_posix() == "mine/lr_0.1"
+  for workdir in (None, "mine"):
+    with pytest.raises(UserError, match="0.0001 and 0.00010000001 both name the folder"):
+      cnn.sweep_run_dirs(config, [0.0001, 0.00010000001], workdir)
+
+
 def test_bn_gap_parameter_count_is_printed(tmp_path):
   proc = run_cli("experiments.cnn", "--model=bn_gap", "--data_path=missing.npz", cwd=tmp_path)
   assert "755,718 trainable parameters" in proc.stdout
@@ -95,6 +142,8 @@ def _bad_data(root):
     (["--lr=0.1,abc"], ["--lr=0.1,abc must be numbers", "e.g. --lr=0.1,0.01"]),
     (["--lr=-1"], ["--lr=-1.0 must be a positive number"]),
     (["--lr=0.01,0.01"], ["repeats a learning rate"]),
+    (["--lr=0.0001,0.00010000001"], ["0.0001 and 0.00010000001 both name the folder"]),
+    (["--lr=0.0001,0.00010000001", "--workdir=w"], ["both name the folder w/lr_0.0001"]),
     (["--model=resnet"], ["--model=resnet"]),
     (["--kernel_size=4"], ["--kernel_size=4 must be a positive odd number"]),
     (["--kernel_size=99"], ["larger than the smallest feature map", "use at most 11"]),
