@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
-from benchmarks import profiling
+from benchmarks import profiling, ratios
 from hw2jax import cli
 from hw2jax.data import sources
 from hw2jax.errors import UserError
@@ -138,8 +138,8 @@ def main(argv):
                     torch_device="cuda" if torch.cuda.is_available() else "cpu",
                     torch_epoch_s=statistics.median(t), torch_epochs_s=t)
       result["speedup"] = result["torch_epoch_s"] / result["jax_epoch_s"]
-      line += (f" | PyTorch {result['torch_epoch_s']:.3f} s/epoch | JAX is "
-               f"{result['speedup']:.2f}x faster")
+      line += (f" | PyTorch {result['torch_epoch_s']:.3f} s/epoch | "
+               + ratios.jax_versus(result["jax_epoch_s"], result["torch_epoch_s"]))
     print(line, flush=True)
     if FLAGS.out:
       with open(FLAGS.out, "a") as f:

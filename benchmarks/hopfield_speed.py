@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
+from benchmarks import ratios
 from hw2jax import cli
 from hw2jax.errors import UserError
 from hw2jax.models import hopfield as hf
@@ -219,8 +220,8 @@ def main(argv):
   for name, r in results["variants"].items():
     if name.startswith("torch") and base:
       r["jax_speedup"] = r["seconds"] / base["seconds"]
-      print(f"jax scan(update) vs {name}: JAX is {r['jax_speedup']:.2f}x "
-            f"{'faster' if r['jax_speedup'] >= 1 else 'slower'}", flush=True)
+      print("jax scan(update): " + ratios.jax_versus(base["seconds"], r["seconds"], other=name),
+            flush=True)
   if FLAGS.out:
     with open(FLAGS.out, "a") as f:
       f.write(json.dumps(results) + "\n")

@@ -38,6 +38,10 @@ def _parse_flags(argv: Sequence[str]) -> list[str]:
     return flags.FLAGS(argv)
   except flags.Error as e:
     fail(f"{e}. See --helpfull for the flags")
+  except SystemExit as e:
+    # Only absl's --help, --helpshort, --helpfull and --helpxml exit while flags are parsed:
+    # they print what was asked for and exit 1. Help that was asked for is a success.
+    sys.exit(0 if e.code == 1 else e.code)
 
 
 def define_run_flags(epoch_mode: str) -> None:

@@ -1,5 +1,6 @@
 """Figures: one matplotlib Figure at a time (object API, no pyplot state), epochs as whole
-numbers, legends where they hide no data; the training curves every run draws."""
+numbers, numbers written out (no offset or scientific notation), legends where they hide no data
+and name only what is drawn; the training curves every run draws."""
 
 from __future__ import annotations
 
@@ -13,6 +14,9 @@ from hw2jax.train.sharding import primary
 
 # matplotlib is not thread-safe and the report trains parts in threads: one figure at a time.
 _LOCK = threading.RLock()
+# Tick labels as plain numbers: a loss that moves in its fourth decimal reads "1.7917", not
+# "0.0007" under a "+1.791" offset that a reader easily misses.
+_PLAIN_NUMBERS = {"axes.formatter.useoffset": False, "axes.formatter.limits": (-99, 99)}
 
 LABELS = {
     "train_loss": "training loss (true mean of the epoch)",
@@ -26,10 +30,12 @@ LABELS = {
 
 @contextlib.contextmanager
 def figure(path: str | Path, *, dpi: int, **figure_kwargs):
-  """A matplotlib Figure written to `path` as PNG on exit (process 0 only)."""
+  """A matplotlib Figure written to `path` as PNG on exit (process 0 only); its axes write
+  numbers out in full."""
+  import matplotlib
   from matplotlib.figure import Figure
   path = Path(path)
-  with _LOCK:
+  with _LOCK, matplotlib.rc_context(_PLAIN_NUMBERS):
     fig = Figure(**figure_kwargs)
     yield fig
     if primary():
@@ -52,16 +58,18 @@ def plot_history(history: Sequence[dict], path: str | Path, *, title: str,
   """One PNG with a panel per (ylabel, [metric keys]) against epoch.
 
   `running_mean_of` adds the skeleton's running mean of that key as a dashed line, so a curve
-  from the course can be compared like for like.
+  from the course can be compared like for like. Each curve shows even when it is one point
+  (a run of one epoch), so the legend names nothing that is not drawn.
   """
   path = Path(path)
   with figure(path, dpi=120, figsize=(5.5 * len(panels), 5)) as fig:
-    _draw_history(fig, history, title=title, panels=panels, running_mean_of=running_mean_of,
+    draw_history(fig, history, title=title, panels=panels, running_mean_of=running_mean_of,
                   note=note)
   return path
 
 
-def _draw_history(fig, history, *, title, panels, running_mean_of, note) -> None:
+def draw_history(fig, history, *, title, panels, running_mean_of, note) -> None:
+  """plot_history onto a Figure the caller holds (and can look at: the tests do)."""
   axes = fig.subplots(1, len(panels), squeeze=False)
   epochs = [r["epoch"] for r in history]
   for ax, (ylabel, keys) in zip(axes[0], panels):
@@ -72,7 +80,7 @@ def _draw_history(fig, history, *, title, panels, running_mean_of, note) -> None
       label = LABELS.get(key, key)
       ax.plot(epochs, ys, marker="o", markersize=3, label=label)
       if key == running_mean_of:
-        ax.plot(epochs, running_mean(ys), linestyle="--",
+        ax.plot(epochs, running_mean(ys), linestyle="--", **_point_marker(ys),
                 label="training loss, running mean since epoch 1 (the course skeleton's curve)")
     epoch_axis(ax)
     ax.set_ylabel(ylabel)
@@ -83,10 +91,23 @@ def _draw_history(fig, history, *, title, panels, running_mean_of, note) -> None
   fig.tight_layout(rect=(0, 0.03 if note else 0, 1, 1))
 
 
+def _point_marker(ys: Sequence[float]) -> dict:
+  """A dashed line of fewer than two points draws nothing: give it a hollow ring around the
+  point (after one epoch the running mean is the loss it averages, drawn under it)."""
+  if sum(not math.isnan(y) for y in ys) >= 2:
+    return {}
+  return {"marker": "o", "markersize": 7, "fillstyle": "none"}
+
+
 def epoch_axis(ax) -> None:
-  """An 'epoch' x axis with whole-number ticks only, and a light grid."""
+  """An 'epoch' x axis with whole-number ticks only (one tick for a run of one epoch, whose x
+  range matplotlib would otherwise tick at 0.945 ... 1.050), and a light grid."""
   from matplotlib.ticker import MaxNLocator
-  ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+  low, high = ax.get_xlim()
+  if high - low < 1:
+    middle = round((low + high) / 2)
+    ax.set_xlim(middle - 0.5, middle + 0.5)
+  ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
   ax.set_xlabel("epoch")
   ax.grid(alpha=0.3)
 

@@ -1,6 +1,7 @@
 """The benchmarks run, and their PyTorch baselines are the same architectures as ours."""
 
 import json
+import re
 
 import pytest
 
@@ -29,11 +30,24 @@ def test_cnn_speed_benchmark_runs_and_reports_a_ratio(tmp_path):
   proc = run_cli("benchmarks.cnn_speed", "--n_images=24", "--repeats=1", "--models=bn_gap",
                  f"--out={out}", cwd=tmp_path)
   assert proc.returncode == 0, proc.stderr
-  assert "JAX is" in proc.stdout
+  said = re.search(r"JAX is (\d+\.\d\d)x (faster|slower) than PyTorch", proc.stdout)
+  assert said or "JAX is as fast as PyTorch" in proc.stdout, proc.stdout
   result = json.loads(out.read_text())
   assert result["model"] == "bn_gap" and result["n_images"] == 24
   assert result["jax_epoch_s"] > 0 and result["torch_epoch_s"] > 0
   assert result["speedup"] == pytest.approx(result["torch_epoch_s"] / result["jax_epoch_s"])
+  if said:
+    ratio = result["speedup"] if said.group(2) == "faster" else 1 / result["speedup"]
+    assert float(said.group(1)) == pytest.approx(ratio, abs=0.006) and ratio > 1
+
+
+def test_speed_ratios_say_slower_when_jax_is_slower():
+  from benchmarks import ratios
+  assert ratios.jax_versus(1.0, 1.18) == "JAX is 1.18x faster than PyTorch"
+  assert ratios.jax_versus(1.18, 1.0) == "JAX is 1.18x slower than PyTorch"
+  assert ratios.jax_versus(1.0, 1.001) == "JAX is as fast as PyTorch"
+  assert ratios.jax_versus(2.0, 30.0, other="torch loop", digits=1) == (
+      "JAX is 15.0x faster than torch loop")
 
 
 @pytest.mark.slow

@@ -5,6 +5,7 @@ import errno
 
 import pytest
 
+from helpers import run_cli
 from hw2jax import cli
 from hw2jax.errors import UserError
 
@@ -38,3 +39,10 @@ def test_out_of_memory_names_the_size_and_the_flags():
   e = RuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 160000000000 bytes.")
   line = cli.describe_out_of_memory(e, "--batch_size or --channels")
   assert "149.0 GiB" in line and "--batch_size or --channels" in line
+
+
+@pytest.mark.parametrize("module,flag", [("cnn", "--help"), ("p2g", "--helpfull"),
+                                         ("hopfield", "--helpshort"), ("report", "--help")])
+def test_help_that_was_asked_for_exits_0(tmp_path, module, flag):
+  proc = run_cli(f"experiments.{module}", flag, cwd=tmp_path)
+  assert proc.returncode == 0 and "--workdir" in proc.stdout, proc.stderr[-2000:]

@@ -9,6 +9,7 @@ Errors name the source as the user gave it: `origin` is how the caller names the
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -24,9 +25,8 @@ KAGGLE_INPUT = Path("/kaggle/input")
 KAGGLE_INPUT_DEPTH = 3
 DOWNLOAD_MODES = ("auto", "never")
 DOWNLOAD_SIZE = "about 360 MB, 24,335 JPEGs"
-MANUAL_HINT = (f"download it by hand from https://www.kaggle.com/datasets/{KAGGLE_DATASET} "
-               "into ./data/ (the zip or its folder; or the course file "
-               "intel_landscapes.v2.npz)")
+KAGGLE_PAGE = f"https://www.kaggle.com/datasets/{KAGGLE_DATASET}"
+CAUSE_CHARS = 100               # an exception's message longer than this is shortened
 LAYOUTS = ("hwc", "chw")
 
 
@@ -54,7 +54,7 @@ def discover_intel(data_path: str | os.PathLike | None = None, *,
       raise UserError(f"{origin} {path} does not exist; give an Intel npz, the Kaggle zip or "
                       "its extracted folder")
     return intel.resolve(path, origin=origin)
-  tried = []
+  tried = []                    # the places searched, each with what was wrong only if useful
   if environ.get("HW2JAX_DATA"):
     path = Path(environ["HW2JAX_DATA"]).expanduser()
     if not path.exists():
@@ -65,17 +65,42 @@ def discover_intel(data_path: str | os.PathLike | None = None, *,
   found = intel.find_in_folder(local) if local.is_dir() else None
   if found is not None:
     return found
-  tried.append("./data/ (no Intel data inside)" if local.is_dir() else "./data/ (missing)")
+  tried.append("./data/ (no Intel data inside)" if local.is_dir() else "./data/")
   kaggle = Path(environ.get("HW2JAX_KAGGLE_INPUT") or KAGGLE_INPUT)
   found = find_kaggle_layout(kaggle)
   if found is not None:
     return found
-  tried.append(f"{kaggle} ({'nothing in Kaggle layout' if kaggle.is_dir() else 'missing'})")
-  where = f"looked at {origin} (not given), " + ", ".join(tried)
+  tried.append(f"{kaggle} (nothing in Kaggle's layout)" if kaggle.is_dir() else str(kaggle))
+  where = f"no Intel image data found in {', '.join(tried[:-1])} or {tried[-1]}"
   if download == "auto":
-    return download_kaggle(where, environ, log)
-  raise UserError(f"no Intel image data found; {where}. Pass {origin}=..., or let the CLIs "
-                  f"download it with --download=auto (needs internet), or {MANUAL_HINT}")
+    return download_kaggle(where, environ, log, origin=origin)
+  raise UserError(f"{where}; let the CLIs download it with --download=auto (needs internet), "
+                  f"or {manual_hint(origin)}")
+
+
+def manual_hint(origin: str) -> str:
+  """What a user without the data (or a network) does next, with the flag that takes it."""
+  return (f"download it by hand from {KAGGLE_PAGE} and pass {origin}=<the zip> or put it in "
+          "./data/")
+
+
+def short_cause(e: BaseException, limit: int = CAUSE_CHARS) -> str:
+  """An exception as a short clause for a one-line message: its class and what went wrong.
+  requests/urllib3 wrap the cause in a long repr ('HTTPSConnectionPool(...): Max retries
+  exceeded ... (Caused by NameResolutionError("...: Failed to resolve 'api.kaggle.com' ...")'),
+  which becomes 'ConnectionError: could not resolve api.kaggle.com, no internet?'. Another long
+  message is cut at a word boundary, never inside a word or a name."""
+  name = type(e).__name__
+  text = " ".join(str(e).split())
+  unresolved = re.search(r"Failed to resolve '([^']+)'", text)
+  if unresolved:
+    return f"{name}: could not resolve {unresolved.group(1)}, no internet?"
+  inner, host = re.findall(r"Caused by (\w+)\(", text), re.search(r"host='([^']+)'", text)
+  if inner and host:
+    return f"{name}: {inner[-1]} reaching {host.group(1)}"
+  if len(text) > limit:
+    text = text[:limit + 1].rsplit(" ", 1)[0].rstrip(" ,;:([{") + " ..."
+  return f"{name}: {text}" if text else name
 
 
 def find_kaggle_layout(root: Path, depth: int = KAGGLE_INPUT_DEPTH) -> Path | None:
@@ -95,31 +120,30 @@ def find_kaggle_layout(root: Path, depth: int = KAGGLE_INPUT_DEPTH) -> Path | No
   return None
 
 
-def download_kaggle(where: str, environ: Mapping[str, str], log: Callable[[str], None]) -> Path:
+def download_kaggle(where: str, environ: Mapping[str, str], log: Callable[[str], None], *,
+                    origin: str = "--data_path") -> Path:
   """Downloads the public Kaggle dataset with kagglehub (no account or token needed) and returns
   the folder in Kaggle's layout inside what it returns. kagglehub caches completed downloads
   only, so a partial download is never mistaken for data (the converter still counts and
-  validates every image)."""
+  validates every image). `where` says what discovery found (nothing); a failure is one line
+  with it, the cause, and what to do instead."""
   cache = environ.get("KAGGLEHUB_CACHE") or "~/.cache/kagglehub"
-  failed = f"no Intel image data found ({where}) and downloading it with kagglehub failed"
-  skip = "or pass --download=never to skip the download"
   try:
     import kagglehub
   except ImportError:
-    raise UserError(f"{failed}: kagglehub is not installed (pip install kagglehub); "
-                    f"{MANUAL_HINT}, {skip}") from None
+    raise UserError(f"{where}, and kagglehub, which would download it, is not installed (pip "
+                    f"install kagglehub); or {manual_hint(origin)}") from None
   log(f"intel data: downloading the Kaggle dataset {KAGGLE_DATASET} ({DOWNLOAD_SIZE}) with "
       f"kagglehub into its cache {cache} ($KAGGLEHUB_CACHE)")
   try:
     path = Path(kagglehub.dataset_download(KAGGLE_DATASET))
   except Exception as e:  # network, DNS, HTTP, disk: whatever it is, the user's next step is ours
-    cause = str(e).splitlines()[0][:160] if str(e) else ""
-    raise UserError(f"{failed} ({type(e).__name__}{': ' + cause if cause else ''}); "
-                    f"{MANUAL_HINT}, {skip}") from None
+    raise UserError(f"{where}, and downloading it with kagglehub failed ({short_cause(e)}); "
+                    f"{manual_hint(origin)}") from None
   found = find_kaggle_layout(path)
   if found is None:
     raise UserError(f"kagglehub returned {path}, which holds no seg_train/ folder in Kaggle's "
-                    f"layout; {MANUAL_HINT}")
+                    f"layout; {manual_hint(origin)}")
   log(f"intel data: downloaded to {found}")
   return found
 

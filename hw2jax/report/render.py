@@ -17,7 +17,7 @@ from typing import Callable, Sequence, TypeVar
 from hw2jax import markdown
 from hw2jax.experiments import cnn, p2g
 from hw2jax.report import results as R
-from hw2jax.report.config import ABLATION_LR, PART_TITLES, PARTS
+from hw2jax.report.config import ABLATION_LR, PART_TITLES, PARTS, SEED_PARTS
 
 T = TypeVar("T")
 # A markdown line that must be present for each part that ran (the completeness check).
@@ -64,17 +64,11 @@ def render(results: R.Results) -> str:
                "runs on a laptop CPU in minutes. Every number below comes from that shrunk "
                "schedule and is **not** comparable with the seed report; run without `--quick` "
                "for the course's settings.\n")
-  seed_runs = ""
-  if meta.seed_runs_seconds is not None:
-    seed_runs = (f"- the seed report's own runs (Q1, Q2, Q3; not the Q2.4 ablations) were done "
-                 f"after {markdown.seconds(meta.seed_runs_seconds)}"
-                 + ("; Q3 ran in a second thread beside the other parts (`--overlap`)"
-                    if meta.overlap else "") + "\n")
   out.append(f"- generated {meta.date}" + (f" by `{meta.command}`" if meta.command else "")
              + f"\n- device: {meta.device.describe()}\n" + _seeds_line(results)
              + "- wall time of this invocation (data loading, compilation, training, evaluation, "
              f"plots): {markdown.seconds(meta.wall_seconds)}; a rerun of the same command "
-             "resumes every run from its checkpoint\n" + seed_runs)
+             "resumes every run from its checkpoint\n" + _seed_runs_line(results))
   out.append(markdown.table(
       ["part", "status", "wall time (this invocation)", "from - to (since the start)"],
       [[PART_TITLES[p], _status_cell(results.part(p)),
@@ -90,6 +84,25 @@ def render(results: R.Results) -> str:
     out.append(fn(r, results))
   out.append(_render_times(results))
   return "\n".join(out)
+
+
+def _seed_runs_line(results: R.Results) -> str:
+  """How long the seed report's own parts took in this invocation: the union of their spans
+  (run.seed_runs_seconds), which leaves out the Q2.4 ablations run between them."""
+  meta = results.meta
+  ran = [p for p in SEED_PARTS if results.part(p).started_seconds is not None]
+  if meta.seed_runs_seconds is None or not ran:
+    return ""
+  names = ", ".join(p.upper() for p in ran)
+  which = "the time at least one of them was running"
+  if meta.overlap:
+    return (f"- the seed report's own parts ({names}) ran for "
+            f"{markdown.seconds(meta.seed_runs_seconds)}: {which} (the union of their spans "
+            "below); Q3 ran in a second thread beside the other parts (`--overlap`), so the "
+            "Q2.4 ablations' time beside Q3 is in it\n")
+  return (f"- the seed report's own parts ({names}) ran for "
+          f"{markdown.seconds(meta.seed_runs_seconds)}: {which} (the sum of their spans below), "
+          "without the Q2.4 ablations\n")
 
 
 def _seeds(r: R.Part, results: R.Results) -> list[int]:

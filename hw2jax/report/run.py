@@ -27,7 +27,7 @@ from hw2jax.experiments.spellings import Decoding
 from hw2jax.report import render
 from hw2jax.report import results as R
 from hw2jax.report.config import (ABLATION_LR, PART_TITLES, PARTS, POOLING, Q2_RUNS, Q3_K,
-                                  Q3_TOP_P, Config)
+                                  Q3_TOP_P, SEED_PARTS, Config)
 from hw2jax.train import runlog, sharding
 from hw2jax.train import workdir as workdir_lib
 
@@ -90,9 +90,7 @@ def run(config: Config, workdir: str | Path, *, intel_data_path: str | None = No
                   seeds=list(config.seeds), parts=list(config.parts), date=R.Meta.now(),
                   intel_data=str(intel_path) if intel_path else None, p2g_data=p2g_data_path,
                   overlap=overlap)
-    seed_parts = [parts[p].finished_seconds for p in ("q1", "q2", "q3")
-                  if parts[p].finished_seconds is not None]
-    meta = dataclasses.replace(meta, seed_runs_seconds=max(seed_parts, default=None),
+    meta = dataclasses.replace(meta, seed_runs_seconds=seed_runs_seconds(parts),
                                wall_seconds=time.perf_counter() - clock)
     results = R.Results(meta=meta, config=config, schedule=config.schedule, **parts)
     text, missing = render.report(results, workdir)
@@ -103,6 +101,27 @@ def run(config: Config, workdir: str | Path, *, intel_data_path: str | None = No
       os.replace(tmp, workdir / REPORT)
     runlog.write_json(workdir / RESULTS, results.to_json())
     return results
+
+
+def seed_runs_seconds(parts: dict[str, R.Part]) -> float | None:
+  """How long the seed report's own parts (Q1, Q2, Q3) ran in this invocation: the time at
+  least one of them was running (the union of their spans), so the Q2.4 ablations, which run
+  between Q2 and Q3, are not counted (only where Q3 ran beside them, with --overlap). None when
+  none of them ran now."""
+  spans = sorted((p.started_seconds, p.finished_seconds) for p in map(parts.get, SEED_PARTS)
+                 if p is not None and None not in (p.started_seconds, p.finished_seconds))
+  if not spans:
+    return None
+  total, end = 0.0, -math.inf
+  for start, finish in spans:
+    total += max(0.0, finish - max(start, end))
+    end = max(end, finish)
+  return total
+
+
+def sizes_in_words(sizes: dict[str, int], unit: str) -> str:
+  """{'train': 2000, 'valid': 1071} -> 'train 2,000 / valid 1,071 pairs', for the log."""
+  return " / ".join(f"{name} {n:,}" for name, n in sizes.items()) + f" {unit}"
 
 
 def overlap_q3(config: Config) -> bool:
@@ -380,7 +399,7 @@ class _Runner:
     if self.p2g_data is None:
       return R.Q3(status=R.SKIPPED, reason=self.p2g_reason)
     s, data = self.config.schedule, self.p2g_data
-    log(f"P2G data: {data.source}; {data.sizes()}")
+    log(f"P2G data: {data.source}; {sizes_in_words(data.sizes(), 'pairs')}")
     runs = []
     for attention in (False, True):
       for seed in self.config.seeds:

@@ -95,14 +95,54 @@ def test_nothing_found_downloads_with_kagglehub_and_converts(tmp_path, monkeypat
   assert any("converting" in line for line in logs)
 
 
-def test_a_failed_download_is_one_line_with_both_ways_out(tmp_path, monkeypatch):
-  fake = FakeKagglehub(error=ConnectionError("Failed to resolve 'api.kaggle.com'\nmore"))
+# What requests raises for kagglehub when the machine has no DNS (no network).
+OFFLINE = ("HTTPSConnectionPool(host='api.kaggle.com', port=443): Max retries exceeded with url: "
+           "/v1/datasets.DatasetApiService/GetDataset (Caused by NameResolutionError(\"HTTPS"
+           "Connection(host='api.kaggle.com', port=443): Failed to resolve 'api.kaggle.com' "
+           "([Errno -2] Name or service not known)\"))")
+
+
+def test_a_failed_download_is_one_short_line_saying_what_was_wrong_and_what_to_do(
+    tmp_path, monkeypatch):
+  fake = FakeKagglehub(error=ConnectionError(OFFLINE))
   monkeypatch.setitem(sys.modules, "kagglehub", fake)
   with pytest.raises(UserError) as e:
-    sources.discover_intel(None, environ={}, cwd=tmp_path, download="auto", log=quiet)
+    sources.discover_intel(None, environ={"HW2JAX_KAGGLE_INPUT": str(tmp_path / "input")},
+                           cwd=tmp_path, download="auto", log=quiet, origin="--intel_data_path")
   message = str(e.value)
-  assert "\n" not in message and "ConnectionError: Failed to resolve 'api.kaggle.com'" in message
-  assert "download it by hand" in message and "--download=never" in message
+  as_on_a_laptop = message.replace(str(tmp_path / "input"), "/kaggle/input")
+  assert "\n" not in message and len(as_on_a_laptop) < 350, message
+  assert message.startswith("no Intel image data found in $HW2JAX_DATA (unset), ./data/ or "
+                            f"{tmp_path / 'input'}, and downloading it with kagglehub failed "
+                            "(ConnectionError: could not resolve api.kaggle.com, no internet?); ")
+  assert message.endswith("download it by hand from https://www.kaggle.com/datasets/puneet6060/"
+                          "intel-image-classification and pass --intel_data_path=<the zip> or "
+                          "put it in ./data/")
+  assert "--download=never" not in message      # it would only print the same error
+
+
+def test_a_cause_is_shortened_between_words():
+  assert sources.short_cause(ConnectionError(OFFLINE)) == (
+      "ConnectionError: could not resolve api.kaggle.com, no internet?")
+  timeout = OFFLINE.replace("NameResolutionError", "ConnectTimeoutError").replace(
+      "Failed to resolve 'api.kaggle.com'", "timed out")
+  assert sources.short_cause(ConnectionError(timeout)) == (
+      "ConnectionError: ConnectTimeoutError reaching api.kaggle.com")
+  long = OSError("the cache folder /home/someone/.cache/kagglehub/datasets is on a disk that "
+                 "is full and\nthe download of 360 MB cannot be written there: free some space")
+  cause = sources.short_cause(long)
+  assert cause.startswith("OSError: the cache folder /home/someone/.cache/kagglehub/datasets is ")
+  assert cause.endswith(" ...") and len(cause) <= len("OSError: ") + sources.CAUSE_CHARS + 4
+  assert cause[:-4] in "OSError: " + " ".join(str(long).split())   # whole words only
+  assert sources.short_cause(RuntimeError()) == "RuntimeError"
+
+
+def test_no_kagglehub_says_so_in_the_same_line(tmp_path, monkeypatch):
+  monkeypatch.setitem(sys.modules, "kagglehub", None)           # import kagglehub fails
+  with pytest.raises(UserError) as e:
+    sources.discover_intel(None, environ={}, cwd=tmp_path, download="auto", log=quiet)
+  assert "kagglehub, which would download it, is not installed (pip install kagglehub)" in \
+      str(e.value) and "--download=never" not in str(e.value)
 
 
 def test_download_never_does_not_call_kagglehub(tmp_path, monkeypatch):

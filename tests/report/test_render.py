@@ -142,3 +142,26 @@ def test_quick_runs_are_labelled_as_such(quick):
 def test_report_json_reads_back_as_the_same_results():
   res = results(seeds=(42, 43))
   assert R.Results.from_json(res.to_json()) == res
+
+
+def test_the_seed_runs_sentence_counts_only_q1_q2_q3_and_says_so():
+  spans = {"q1": (1, 10), "q2": (10, 30), "q2_ablations": (30, 100), "q3": (100, 120)}
+  res = results(**{p: dataclasses.replace(r, started_seconds=spans[p][0],
+                                          finished_seconds=spans[p][1])
+                   for p, r in (("q1", q1()), ("q2", q2()), ("q2_ablations", ablations()),
+                                ("q3", q3()))})
+  res = dataclasses.replace(res, meta=dataclasses.replace(res.meta, seed_runs_seconds=49.0))
+  text = render.render(res)
+  assert ("- the seed report's own parts (Q1, Q2, Q3) ran for 49s: the time at least one of "
+          "them was running (the sum of their spans below), without the Q2.4 ablations\n") in text
+  overlap = dataclasses.replace(res, meta=dataclasses.replace(res.meta, overlap=True))
+  assert "union of their spans below); Q3 ran in a second thread" in render.render(overlap)
+  kept = dataclasses.replace(res, q1=q1())
+  assert "own parts (Q2, Q3) ran for" in render.render(kept)
+  assert "own parts" not in render.render(results())       # none ran in this invocation
+
+
+def test_table_2_1_of_a_short_run_says_its_epochs_and_explains_no_dash_it_lacks():
+  text = render.render(results())             # the runs trained 2 epochs
+  assert "| val acc (2 epochs) | test acc (2 epochs) | seed val acc (40 epochs) |" in text
+  assert "— in a seed column" not in text.split("### Table 2.1")[1].split("###")[0]

@@ -10,7 +10,7 @@ from hw2jax.errors import UserError
 from hw2jax.report import render
 from hw2jax.report import results as R
 from hw2jax.report import run as report
-from hw2jax.report.config import PARTS, Config
+from hw2jax.report.config import PARTS, SEED_PARTS, Config
 
 # A user shrinking the report further than --quick: one ablation kernel, a small P2G model.
 TINY = ["--quick", "--ablation_kernel_sizes=3", "--q3_hidden_size=8", "--q3_beam=2"]
@@ -45,8 +45,12 @@ def test_quick_report_is_complete_and_resumes(tmp_path):
   assert all(results[p]["status"] == "done" for p in PARTS)
   q3_span = (results["q3"]["started_seconds"], results["q3"]["finished_seconds"])
   assert q3_span[0] < results["q1"]["finished_seconds"] and q3_span[1] > q3_span[0]
-  assert results["meta"]["seed_runs_seconds"] == max(
-      results[p]["finished_seconds"] for p in ("q1", "q2", "q3"))
+  spans = [(results[p]["started_seconds"], results[p]["finished_seconds"])
+           for p in SEED_PARTS]
+  assert results["meta"]["seed_runs_seconds"] == pytest.approx(
+      max(e for _, e in spans) - min(s for s, _ in spans), abs=0.05)   # Q3 beside Q1, Q2
+  assert "P2G data: tsv:" in first.stdout and "; train 32 / valid 8 / test 8 pairs" in \
+      first.stdout
 
   # Q3 alone, in the main thread, gives the same numbers as beside Q1/Q2.
   alone = run_cli("experiments.report", *args[1:], "--workdir=alone", "--parts=q3",
@@ -160,3 +164,23 @@ def test_overlap_choice_and_background_errors():
 def test_cmudict_is_the_default_p2g_data():
   data, reason = report.load_p2g(None, 50)
   assert reason is None and data.source.startswith("cmudict") and len(data.train) == 50
+
+
+def _spans(**spans):
+  return {p: R.PART_TYPES[p](status=R.DONE, started_seconds=a, finished_seconds=b)
+          for p, (a, b) in spans.items()}
+
+
+def test_the_seed_runs_time_leaves_out_the_ablations_between_q2_and_q3():
+  one_after_another = _spans(q1=(1, 10), q2=(10, 30), q2_ablations=(30, 100), q3=(100, 120))
+  assert report.seed_runs_seconds(one_after_another) == 9 + 20 + 20
+  beside = _spans(q3=(0, 50), q1=(1, 10), q2=(10, 30), q2_ablations=(30, 100))
+  assert report.seed_runs_seconds(beside) == 50
+  inside = _spans(q3=(0, 25), q1=(1, 10), q2=(10, 30))
+  assert report.seed_runs_seconds(inside) == 30
+  assert report.seed_runs_seconds(_spans(q2_ablations=(0, 5))) is None
+
+
+def test_data_sizes_are_logged_as_words():
+  assert report.sizes_in_words({"train": 2000, "valid": 1071, "test": 1066}, "pairs") == (
+      "train 2,000 / valid 1,071 / test 1,066 pairs")
