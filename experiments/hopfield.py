@@ -3,7 +3,8 @@ image retrieval, capacity.
 
   python -m experiments.hopfield --check                   # the table of Q1 claims only
   python -m experiments.hopfield                           # check + retrieval + capacity
-  python -m experiments.hopfield --parts=retrieval --data_path=data/intel.npz --betas=0.001,0.03
+  python -m experiments.hopfield --parts=retrieval --data_path=data/intel_landscapes.v2.npz \
+      --betas=0.001,0.03
 
 Retrieval stores Intel training images when --data_path or discovery ($HW2JAX_DATA, ./data/,
 the Kaggle mount) finds them, else random +-1 patterns (--patterns forces one). Writes

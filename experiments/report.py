@@ -2,8 +2,8 @@ r"""The whole homework in one command: every experiment (or its resumption) and 
 
   python -m experiments.report --workdir=runs/report                      # course settings
   python -m experiments.report --quick --workdir=/tmp/r                   # minutes on a CPU
-  python -m experiments.report --intel_data_path=data/intel.zip --p2g_data_path=data/p2g \
-      --seeds=42,43,44 --parts=q2,q3
+  python -m experiments.report --intel_data_path=data/intel-image-classification.zip \
+      --p2g_data_path=data/p2g --seeds=42,43,44 --parts=q2,q3
 
 Runs Q1 (checks, retrieval, capacity), Q2 (vanilla CNN at lr 0.1/0.01/0.001, BN+GAP at 0.01),
 the Q2.4 ablations (kernel size, max-pooling) and Q3 (P2G without/with attention, nucleus
