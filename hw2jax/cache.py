@@ -1,10 +1,22 @@
-"""Where hw2jax keeps what it can rebuild: converted datasets and compiled XLA programs."""
+"""Where hw2jax keeps what it can rebuild: converted datasets and compiled XLA programs, and
+how a cache file is written so that no failure (full disk, Ctrl-C, kill -9) leaves debris."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import socket
+import time
 from pathlib import Path
-from typing import Mapping
+from typing import BinaryIO, Callable, Mapping
+
+# A temp file says whose it is: <stem>.tmp-<host>-<pid><suffix>. Before these names, temp
+# files were <stem>.tmp<pid><suffix> (no host); those are cleaned up too.
+_TEMP_RE = re.compile(r"\.tmp(?:-(?P<host>[A-Za-z0-9_.-]*)-|)(?P<pid>\d+)(?P<suffix>\.[^.]*)?$")
+# A temp file this old is nobody's write in progress (a conversion takes minutes), whoever's
+# it is: covers other hosts sharing the folder and a dead writer's pid reused since.
+STALE_AFTER_S = 24 * 3600
 
 
 def cache_root(environ: Mapping[str, str] | None = None) -> Path:
@@ -23,3 +35,76 @@ def enable_compilation_cache() -> None:
   import jax
   if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
     jax.config.update("jax_compilation_cache_dir", str(cache_root() / "xla"))
+
+
+def _host() -> str:
+  return re.sub(r"[^A-Za-z0-9_.-]", "_", socket.gethostname()) or "host"
+
+
+def temp_path(path: Path) -> Path:
+  """The temp file this process writes `path` through: named after its host and pid, so that a
+  later run can tell an orphan (its writer is dead) from another process's write in progress."""
+  return path.with_name(f"{path.stem}.tmp-{_host()}-{os.getpid()}{path.suffix}")
+
+
+def write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> None:
+  """Writes `path` through `write(file)` into `temp_path(path)`, then renames it into place:
+  readers see the old file or the whole new one. On any failure (a full disk, Ctrl-C) the temp
+  file is removed before the exception goes on; only kill -9 leaves it (`remove_stale_temps`)."""
+  tmp = temp_path(path)
+  try:
+    with open(tmp, "wb") as f:
+      write(f)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    with contextlib.suppress(OSError):  # the write's own error is the one to report
+      tmp.unlink(missing_ok=True)
+    raise
+
+
+def remove_stale_temps(folder: Path, prefix: str) -> list[Path]:
+  """Removes the temp files of `write_atomically` in `folder` whose name starts with `prefix`
+  and whose writer is gone: its pid runs no process on this host, or it is a day old. Returns
+  those removed; one that cannot be removed is left for a later run."""
+  removed = []
+  try:
+    candidates = [p for p in folder.iterdir() if p.name.startswith(prefix)]
+  except OSError:
+    return removed
+  for p in candidates:
+    m = _TEMP_RE.search(p.name)
+    if m is None or not _is_orphan(p, m):
+      continue
+    try:
+      p.unlink()
+      removed.append(p)
+    except OSError:
+      pass
+  return removed
+
+
+def _is_orphan(path: Path, m: re.Match) -> bool:
+  try:
+    if not path.is_file():
+      return False
+    if time.time() - path.stat().st_mtime > STALE_AFTER_S:
+      return True
+  except OSError:
+    return False
+  same_host = m["host"] is None or m["host"] == _host()
+  return same_host and not pid_running(int(m["pid"]))
+
+
+def pid_running(pid: int) -> bool:
+  """Whether a process with this pid runs on this host (one of another user's counts)."""
+  if pid == os.getpid():
+    return True
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except (OSError, OverflowError):  # PermissionError: another user's process
+    return True
+  return True

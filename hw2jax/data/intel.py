@@ -1,5 +1,6 @@
-"""Intel Image Classification at 48x48: the course npz, Kaggle's folder or zip, the split checks
-and the conversion cache. (Where the data is found, or downloaded: `hw2jax.data.sources`.)
+"""Intel Image Classification at 48x48: the arrays, the course npz and the split checks.
+(Kaggle's folder or zip and its conversion cache: `hw2jax.data.intel_kaggle`; where the data is
+found, or downloaded: `hw2jax.data.sources`.)
 
 Everything ends as uint8 NHWC numpy arrays (N, 48, 48, 3) with int32 labels in 0..5; moving them
 onto the device is the trainer's job (once per run). Bad input raises `UserError` with one line
@@ -8,36 +9,26 @@ that names the file it is about.
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
-import hashlib
-import io
-import json
 import os
 import re
 import zipfile
-import zlib
 from pathlib import Path
-from typing import Callable, Iterable, Mapping
+from typing import Callable, Mapping
 
 import einops
 import numpy as np
-from PIL import Image
 
-from hw2jax import cache
 from hw2jax.errors import UserError
 
 CLASSES = ("buildings", "forest", "glacier", "mountain", "sea", "street")
 IMAGE_SIZE = 48
 CHANNELS = 3
-VAL_FRACTION = 0.1
-SPLIT_SEED = 42
 NPZ_KEYS = ("train_images", "train_labels", "val_images", "val_labels", "test_images",
             "test_labels")
 SPLITS = ("train", "val", "test")
-# Bumped whenever the conversion changes, so stale caches are never reused.
-_CACHE_VERSION = 2
-_ENTRY_RE = re.compile(r"(?:^|/)seg_(train|test)/(?:seg_(?:train|test)/)?([^/]+)/([^/]+)$")
+# A Kaggle image's path: seg_<split>/[seg_<split>/]<class>/<file>.
+ENTRY_RE = re.compile(r"(?:^|/)seg_(train|test)/(?:seg_(?:train|test)/)?([^/]+)/([^/]+)$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,7 +104,7 @@ def find_in_folder(folder: Path) -> Path | None:
 def _zip_has_layout(path: Path) -> bool:
   try:
     with zipfile.ZipFile(path) as zf:
-      return any(_ENTRY_RE.search(n) for n in zf.namelist())
+      return any(ENTRY_RE.search(n) for n in zf.namelist())
   except (zipfile.BadZipFile, OSError):
     return False
 
@@ -176,15 +167,24 @@ def load_npz(path: str | os.PathLike, *, layout: str = "hwc") -> IntelData:
   except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
     raise UserError(f"{path} is not a readable npz file ({type(e).__name__}: {e}); "
                     "re-download it") from None
+  return IntelData(**checked_splits(arrays, layout, path.name), source=f"npz {path}")
+
+
+def checked_splits(arrays: Mapping[str, np.ndarray], layout: str, name: str
+                    ) -> dict[str, np.ndarray]:
+  """The NPZ_KEYS arrays as IntelData fields: (N,48,48,3) uint8 images, int32 labels in 0..5,
+  as many labels as images; a UserError naming `name` (if any) otherwise. The one check of
+  arrays read from a file: the course npz and our conversion cache alike."""
+  where = f"{name}:" if name else ""
   out = {}
   for split in SPLITS:
-    images = _to_nhwc(arrays[f"{split}_images"], layout, f"{path.name}:{split}_images")
-    labels = _check_labels(arrays[f"{split}_labels"], f"{path.name}:{split}_labels")
+    images = _to_nhwc(arrays[f"{split}_images"], layout, f"{where}{split}_images")
+    labels = _check_labels(arrays[f"{split}_labels"], f"{where}{split}_labels")
     if images.shape[0] != labels.shape[0]:
-      raise UserError(f"{path.name}: {split}_images has {images.shape[0]} images but "
-                      f"{split}_labels has {labels.shape[0]} labels")
+      raise UserError(f"{name + ': ' if name else ''}{split}_images has {images.shape[0]} "
+                      f"images but {split}_labels has {labels.shape[0]} labels")
     out[f"{split}_images"], out[f"{split}_labels"] = images, labels
-  return IntelData(**out, source=f"npz {path}")
+  return out
 
 
 def _to_nhwc(images: np.ndarray, layout: str, what: str) -> np.ndarray:
@@ -217,180 +217,3 @@ def _check_labels(labels: np.ndarray, what: str) -> np.ndarray:
     raise UserError(f"{what} holds labels in {labels.min()}..{labels.max()}; expected 0..5 "
                     f"({', '.join(CLASSES)})")
   return labels.astype(np.int32)
-
-
-# ----------------------------------------------------------------------------------------------
-# Kaggle folder or zip
-
-
-@dataclasses.dataclass(frozen=True)
-class _Entry:
-  split: str    # "train" or "test"
-  label: int
-  name: str     # path inside the zip or relative to the folder
-
-
-def load_kaggle(path: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None,
-                val_fraction: float = VAL_FRACTION, split_seed: int = SPLIT_SEED,
-                log: Callable[[str], None] = print,
-                environ: Mapping[str, str] | None = None) -> IntelData:
-  """Reads Kaggle's layout (folder or zip): seg_train -> train + seeded val split, seg_test -> test.
-
-  Images of any size are resized to 48x48 (PIL bilinear); unreadable files are skipped and counted.
-  The arrays are cached, keyed by the source and its modification times.
-  """
-  path = Path(path).resolve()
-  is_zip = path.is_file()
-  if is_zip:
-    try:
-      zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as e:
-      raise UserError(f"{path} is not a readable zip ({e}); re-download it") from None
-    with zf:
-      infos = [i for i in zf.infolist() if not i.is_dir()]
-      entries = _entries((i.filename for i in infos), path)
-      fingerprint = [str(path), path.stat().st_size, path.stat().st_mtime_ns]
-  else:
-    files = sorted(p for p in path.rglob("*") if p.is_file())
-    rel = [p.relative_to(path).as_posix() for p in files]
-    entries = _entries(rel, path)
-    stats = [(r, p.stat().st_size, p.stat().st_mtime_ns) for r, p in zip(rel, files)
-             if _ENTRY_RE.search(r)]
-    fingerprint = [str(path), stats]
-  key = hashlib.sha256(json.dumps([_CACHE_VERSION, fingerprint, val_fraction, split_seed])
-                       .encode()).hexdigest()[:24]
-  cache = _cache_root(cache_dir, environ) / f"intel48-{key}.npz"
-  cached = _read_cache(cache, log)
-  if cached is not None:
-    log(f"intel data: using cached conversion {cache}")
-    return dataclasses.replace(cached, source=f"{'zip' if is_zip else 'folder'} {path}")
-  log(f"intel data: converting {len(entries)} images from {path} to 48x48 (cached afterwards)")
-  if is_zip:
-    with zipfile.ZipFile(path) as zf:
-      images, ok = _decode_all(_tolerant(zf.read), entries)
-  else:
-    images, ok = _decode_all(lambda name: (path / name).read_bytes(), entries)
-  skipped = int((~ok).sum())
-  if skipped:
-    bad = [e.name for e, good in zip(entries, ok) if not good]
-    log(f"intel data: skipped {skipped} unreadable or non-image files (e.g. {bad[0]})")
-  labels = np.array([e.label for e in entries], np.int32)
-  is_train = np.array([e.split == "train" for e in entries])
-  train_idx = np.flatnonzero(is_train & ok)
-  test_idx = np.flatnonzero(~is_train & ok)
-  if not len(train_idx):
-    raise UserError(f"{path} holds no readable seg_train images")
-  val_idx, train_idx = _split_validation(train_idx, labels, val_fraction, split_seed)
-  data = IntelData(
-      train_images=images[train_idx], train_labels=labels[train_idx],
-      val_images=images[val_idx], val_labels=labels[val_idx],
-      test_images=images[test_idx], test_labels=labels[test_idx],
-      source=f"{'zip' if is_zip else 'folder'} {path}", skipped=skipped)
-  _write_cache(cache, data, log)
-  return data
-
-
-def _split_validation(idx: np.ndarray, labels: np.ndarray, fraction: float, seed: int
-                      ) -> tuple[np.ndarray, np.ndarray]:
-  """A seeded random `fraction` of `idx` for validation, the rest for training (both sorted).
-
-  A class the random draw left out of validation (only on small data: on the full set every
-  class has thousands of images) gets the first of its images in the draw's order, as long as
-  training keeps one, so that validation measures every class training has.
-  """
-  perm = idx[np.random.default_rng(seed).permutation(len(idx))]
-  n_val = int(np.ceil(fraction * len(idx)))
-  val, train = list(perm[:n_val]), list(perm[n_val:])
-  for c in np.unique(labels[idx]):
-    in_train = [i for i in train if labels[i] == c]
-    if not any(labels[i] == c for i in val) and len(in_train) >= 2:
-      train.remove(in_train[0])
-      val.append(in_train[0])
-  return np.sort(np.array(val, np.int64)), np.sort(np.array(train, np.int64))
-
-
-def _entries(names: Iterable[str], source: Path) -> list[_Entry]:
-  entries = []
-  for name in names:
-    m = _ENTRY_RE.search(name)
-    if not m or "/__MACOSX/" in f"/{name}":
-      continue
-    split, cls, _ = m.groups()
-    if cls not in CLASSES:
-      raise UserError(f"{source}: unknown class folder {cls!r} in {name}; expected "
-                      f"{', '.join(CLASSES)}")
-    entries.append(_Entry(split, CLASSES.index(cls), name))
-  entries.sort(key=lambda e: (e.split, e.label, e.name))
-  if not any(e.split == "train" for e in entries):
-    raise UserError(f"{source} holds no seg_train/seg_train/<class>/ images: not the Kaggle Intel "
-                    "layout")
-  return entries
-
-
-def decode_image(data: bytes) -> np.ndarray | None:
-  """JPEG/PNG bytes -> (48, 48, 3) uint8, resized with PIL bilinear; None if unreadable."""
-  try:
-    with Image.open(io.BytesIO(data)) as im:
-      im = im.convert("RGB")
-      if im.size != (IMAGE_SIZE, IMAGE_SIZE):
-        im = im.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BILINEAR)
-      return np.asarray(im, dtype=np.uint8)
-  except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
-    return None
-
-
-def _tolerant(read: Callable[[str], bytes]) -> Callable[[str], bytes]:
-  """`read`, with a damaged zip member (bad CRC, cut short) read as no bytes: it is then
-  skipped and counted like any unreadable image."""
-  def safe(name: str) -> bytes:
-    try:
-      return read(name)
-    except (zipfile.BadZipFile, OSError, EOFError, zlib.error):
-      return b""
-  return safe
-
-
-def _decode_all(read: Callable[[str], bytes], entries: list[_Entry],
-                chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-  """Decodes every entry (threads: PIL releases the GIL) -> (images, ok mask)."""
-  images = np.zeros((len(entries), IMAGE_SIZE, IMAGE_SIZE, CHANNELS), np.uint8)
-  ok = np.zeros(len(entries), bool)
-  workers = min(8, os.cpu_count() or 1)
-  with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-    for start in range(0, len(entries), chunk):
-      blobs = [read(e.name) for e in entries[start:start + chunk]]
-      for i, img in enumerate(pool.map(decode_image, blobs), start):
-        if img is not None:
-          images[i], ok[i] = img, True
-  return images, ok
-
-
-# ----------------------------------------------------------------------------------------------
-# Conversion cache
-
-
-def _cache_root(cache_dir, environ) -> Path:
-  return Path(cache_dir) if cache_dir is not None else cache.cache_root(environ) / "intel"
-
-
-def _read_cache(path: Path, log) -> IntelData | None:
-  if not path.exists():
-    return None
-  try:
-    with np.load(path, allow_pickle=False) as npz:
-      fields = {k: npz[k] for k in NPZ_KEYS}
-      skipped = int(npz["skipped"])
-    return IntelData(**fields, source="", skipped=skipped)
-  except Exception as e:  # a damaged cache is rebuilt, never trusted
-    log(f"intel data: ignoring unreadable cache {path} ({type(e).__name__})")
-    return None
-
-
-def _write_cache(path: Path, data: IntelData, log) -> None:
-  try:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}.npz")
-    np.savez(tmp, **{k: getattr(data, k) for k in NPZ_KEYS}, skipped=np.int64(data.skipped))
-    os.replace(tmp, path)
-  except OSError as e:
-    log(f"intel data: could not write cache {path} ({e}); the next run converts again")

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Callable, Mapping
 
-from hw2jax.data import intel, phonemes
+from hw2jax.data import intel, intel_kaggle, phonemes
 from hw2jax.errors import UserError
 
 TFDS_PREFIX = "tfds:"
@@ -175,7 +175,7 @@ def load_intel(data_path: str | os.PathLike | None = None, *, layout: str = "hwc
     if path.is_file() and path.suffix.lower() == ".npz":
       data = intel.load_npz(path, layout=layout)
     else:
-      data = intel.load_kaggle(path, cache_dir=cache_dir, log=log, environ=environ)
+      data = intel_kaggle.load_kaggle(path, cache_dir=cache_dir, log=log, environ=environ)
   intel.check_splits(data, log)
   log(f"intel data: {data.source} -> train {data.sizes()['train']}, val {data.sizes()['val']}, "
       f"test {data.sizes()['test']}")

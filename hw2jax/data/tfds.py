@@ -27,7 +27,7 @@ from typing import Callable, Iterator, Mapping
 
 import numpy as np
 
-from hw2jax.data import intel, phonemes
+from hw2jax.data import intel, intel_kaggle, phonemes
 from hw2jax.errors import UserError
 
 try:
@@ -151,7 +151,7 @@ class Intel48(_ManualBuilder):
     if path.is_file() and path.suffix.lower() == ".npz":
       data = intel.load_npz(path, layout=self._layout)
     else:
-      data = intel.load_kaggle(path, log=self._log)
+      data = intel_kaggle.load_kaggle(path, log=self._log)
     splits = {name: list(zip(*data.split(name))) for name in intel.SPLITS}
     return splits, {"source": data.source, "source_path": str(path), "skipped": data.skipped}
 

@@ -1,6 +1,8 @@
 """Intel loaders: course npz in every layout, Kaggle folder and zip, cache, discovery, bad input."""
 
+import errno
 import os
+import subprocess
 import zipfile
 
 import numpy as np
@@ -9,7 +11,8 @@ import pytest
 from helpers import (kaggle_files, learnable_images, write_kaggle_folder, write_kaggle_zip,
                       write_npz)
 from hw2jax import UserError
-from hw2jax.data import intel, sources
+from hw2jax import cache as cachelib
+from hw2jax.data import intel, intel_kaggle, sources
 
 
 def quiet(_):
@@ -101,7 +104,7 @@ def test_kaggle_layouts_load_the_same(tmp_path, kind):
     prefix = "archive/" if kind == "zip_with_prefix" else ""
     src = write_kaggle_zip(tmp_path / "intel.zip", prefix=prefix)
   logs = []
-  data = intel.load_kaggle(src, log=logs.append)
+  data = intel_kaggle.load_kaggle(src, log=logs.append)
   # 30 labelled train images (one corrupt JPEG + one text file skipped), 12 test images.
   assert data.skipped == 2
   assert any("skipped 2 unreadable" in line for line in logs)
@@ -115,8 +118,8 @@ def test_kaggle_layouts_load_the_same(tmp_path, kind):
 
 def test_validation_split_is_ten_percent_seeded_and_disjoint(tmp_path):
   src = write_kaggle_zip(tmp_path / "intel.zip", n_per_class_train=17)
-  a = intel.load_kaggle(src, log=quiet, cache_dir=tmp_path / "c1")
-  b = intel.load_kaggle(src, log=quiet, cache_dir=tmp_path / "c2")
+  a = intel_kaggle.load_kaggle(src, log=quiet, cache_dir=tmp_path / "c1")
+  b = intel_kaggle.load_kaggle(src, log=quiet, cache_dir=tmp_path / "c2")
   n = 6 * 17
   # 10%, plus one image of each class the draw left out (small data only).
   assert int(np.ceil(0.1 * n)) <= a.sizes()["val"] <= int(np.ceil(0.1 * n)) + 6
@@ -124,7 +127,7 @@ def test_validation_split_is_ten_percent_seeded_and_disjoint(tmp_path):
   assert sorted(set(a.val_labels.tolist())) == list(range(6))
   np.testing.assert_array_equal(a.val_labels, b.val_labels)
   np.testing.assert_array_equal(a.val_images, b.val_images)
-  c = intel.load_kaggle(src, log=quiet, cache_dir=tmp_path / "c3", split_seed=1)
+  c = intel_kaggle.load_kaggle(src, log=quiet, cache_dir=tmp_path / "c3", split_seed=1)
   assert not np.array_equal(np.sort(a.val_images.reshape(len(a.val_images), -1).sum(1)),
                             np.sort(c.val_images.reshape(len(c.val_images), -1).sum(1))) or \
       not np.array_equal(a.val_labels, c.val_labels)
@@ -132,37 +135,139 @@ def test_validation_split_is_ten_percent_seeded_and_disjoint(tmp_path):
 
 def test_validation_split_is_exactly_ten_percent_when_every_class_was_drawn(tmp_path):
   src = write_kaggle_zip(tmp_path / "intel.zip", n_per_class_train=40, n_per_class_test=1)
-  data = intel.load_kaggle(src, log=quiet)
+  data = intel_kaggle.load_kaggle(src, log=quiet)
   assert sorted(set(data.val_labels.tolist())) == list(range(6))
   assert data.sizes()["val"] == int(np.ceil(0.1 * 240))
 
 
 def test_conversion_is_cached_and_invalidated_on_change(tmp_path, monkeypatch):
   src = write_kaggle_zip(tmp_path / "intel.zip")
-  first = intel.load_kaggle(src, log=quiet)
+  first = intel_kaggle.load_kaggle(src, log=quiet)
   calls = []
-  monkeypatch.setattr(intel, "decode_image", lambda b: calls.append(1))
+  monkeypatch.setattr(intel_kaggle, "decode_image", lambda b: calls.append(1))
   logs = []
-  second = intel.load_kaggle(src, log=logs.append)
+  second = intel_kaggle.load_kaggle(src, log=logs.append)
   assert not calls and any("cached conversion" in line for line in logs)
   np.testing.assert_array_equal(first.train_images, second.train_images)
   assert second.skipped == first.skipped
   monkeypatch.undo()
   os.utime(src, ns=(1, 1))
   logs = []
-  intel.load_kaggle(src, log=logs.append)
+  intel_kaggle.load_kaggle(src, log=logs.append)
   assert any("converting" in line for line in logs)
 
 
 def test_damaged_cache_is_rebuilt(tmp_path):
   src = write_kaggle_zip(tmp_path / "intel.zip")
   cache = tmp_path / "cache"
-  intel.load_kaggle(src, log=quiet, cache_dir=cache)
+  intel_kaggle.load_kaggle(src, log=quiet, cache_dir=cache)
   for f in cache.glob("*.npz"):
     f.write_bytes(b"garbage")
   logs = []
-  data = intel.load_kaggle(src, log=logs.append, cache_dir=cache)
-  assert data.sizes()["test"] == 12 and any("ignoring unreadable cache" in line for line in logs)
+  data = intel_kaggle.load_kaggle(src, log=logs.append, cache_dir=cache)
+  assert data.sizes()["test"] == 12
+  assert any("is invalid (not an npz archive); deleted it" in line
+             for line in logs), logs
+
+
+# ---------------------------------------------------------------- the cache when things go wrong
+
+
+def cached_conversion(tmp_path):
+  """(source zip, cache folder, its one cache file, the data) after a first conversion."""
+  src = write_kaggle_zip(tmp_path / "intel.zip")
+  folder = tmp_path / "cache"
+  data = intel_kaggle.load_kaggle(src, log=quiet, cache_dir=folder)
+  (cache_file,) = folder.iterdir()
+  return src, folder, cache_file, data
+
+
+def assert_same_data(a, b):
+  for key in intel.NPZ_KEYS:
+    np.testing.assert_array_equal(getattr(a, key), getattr(b, key), err_msg=key)
+  assert a.skipped == b.skipped
+
+
+def warnings_in(logs):
+  return [line for line in logs if "WARNING" in line]
+
+
+@pytest.mark.parametrize("failing", ["savez", "replace"])
+def test_a_full_disk_while_caching_warns_once_leaves_nothing_and_the_run_goes_on(
+    tmp_path, monkeypatch, failing):
+  src, folder, cache_file, fresh = cached_conversion(tmp_path)
+  cache_file.unlink()
+
+  def no_space(*args, **kwargs):
+    if failing == "savez":
+      args[0].write(b"x" * 100_000)                   # part of the 40 MB, then the disk is full
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+  monkeypatch.setattr(np if failing == "savez" else os, failing, no_space)
+  for _ in range(2):                                  # a rerun fails the same way, no worse
+    logs = []
+    data = intel_kaggle.load_kaggle(src, log=logs.append, cache_dir=folder)
+    assert_same_data(data, fresh)
+    assert warnings_in(logs) == [
+        f"intel data: WARNING: could not write the conversion cache {cache_file} (No space left "
+        "on device); continuing without it"]
+    assert list(folder.iterdir()) == []
+
+
+@pytest.mark.parametrize("naming", ["current", "earlier versions'"])
+def test_the_orphan_of_a_killed_conversion_is_removed_by_the_next_run(tmp_path, naming):
+  src, folder, cache_file, fresh = cached_conversion(tmp_path)
+  cache_file.unlink()
+  proc = subprocess.Popen(["true"])                   # kill -9 during the write: its pid is dead
+  proc.wait()
+  if naming == "current":
+    name = cachelib.temp_path(cache_file).name.replace(f"-{os.getpid()}.", f"-{proc.pid}.")
+  else:
+    name = f"{cache_file.stem}.tmp{proc.pid}.npz"
+  orphan = folder / name
+  orphan.write_bytes(b"x" * 100_000)
+  logs = []
+  assert_same_data(intel_kaggle.load_kaggle(src, log=logs.append, cache_dir=folder), fresh)
+  assert sorted(folder.iterdir()) == [cache_file]
+  assert any(f"removed 1 unfinished cache file(s) of interrupted runs ({orphan.name})" in line
+             for line in logs), logs
+
+
+def test_a_folder_at_the_cache_path_is_one_warning_and_leaks_no_temp_file(tmp_path):
+  src, folder, cache_file, fresh = cached_conversion(tmp_path)
+  cache_file.unlink()
+  cache_file.mkdir()
+  for _ in range(2):
+    logs = []
+    assert_same_data(intel_kaggle.load_kaggle(src, log=logs.append, cache_dir=folder), fresh)
+    assert warnings_in(logs) == [
+        f"intel data: WARNING: the conversion cache {cache_file} is not a file (a folder?); "
+        "continuing without the cache (remove it to cache the conversion)"]
+    assert list(folder.iterdir()) == [cache_file] and list(cache_file.iterdir()) == []
+
+
+@pytest.mark.parametrize("tamper, reason", [
+    (lambda a: a["train_labels"].__setitem__(0, 7), "train_labels holds labels in 0..7"),
+    (lambda a: a.update(train_images=a["train_images"][:, :32, :32]),
+     "train_images has shape (24, 32, 32, 3)"),
+    (lambda a: a.update(val_labels=a["val_labels"][:-1]), "val_images has 6 images but"),
+    (lambda a: a.update(test_images=a["test_images"][:-1], test_labels=a["test_labels"][:-1]),
+     "it accounts for 43 images, the source has 44"),
+    (lambda a: a.pop("skipped"), "unreadable: KeyError"),
+])
+def test_an_invalid_cache_is_deleted_and_the_data_converted_again(tmp_path, tamper, reason):
+  src, folder, cache_file, fresh = cached_conversion(tmp_path)
+  arrays = dict(np.load(cache_file))
+  tamper(arrays)
+  with open(cache_file, "wb") as f:
+    np.savez(f, **arrays)
+  logs = []
+  assert_same_data(intel_kaggle.load_kaggle(src, log=logs.append, cache_dir=folder), fresh)
+  (warning,) = warnings_in(logs)
+  assert warning.startswith(f"intel data: WARNING: the conversion cache {cache_file} is invalid (")
+  assert reason in warning and warning.endswith("); deleted it, converting again"), warning
+  logs = []
+  assert_same_data(intel_kaggle.load_kaggle(src, log=logs.append, cache_dir=folder), fresh)
+  assert any("using cached conversion" in line for line in logs)     # rewritten, valid
 
 
 def test_unknown_class_folder(tmp_path):
@@ -170,7 +275,7 @@ def test_unknown_class_folder(tmp_path):
   (src / "seg_train/seg_train/volcano").mkdir()
   (src / "seg_train/seg_train/volcano/1.jpg").write_bytes(b"x")
   with pytest.raises(UserError, match="unknown class folder 'volcano'"):
-    intel.load_kaggle(src, log=quiet)
+    intel_kaggle.load_kaggle(src, log=quiet)
 
 
 def test_zip_without_layout_and_corrupt_zip(tmp_path):
@@ -178,11 +283,11 @@ def test_zip_without_layout_and_corrupt_zip(tmp_path):
   with zipfile.ZipFile(path, "w") as zf:
     zf.writestr("photos/1.jpg", b"x")
   with pytest.raises(UserError, match="not the Kaggle Intel layout"):
-    intel.load_kaggle(path, log=quiet)
+    intel_kaggle.load_kaggle(path, log=quiet)
   bad = tmp_path / "bad.zip"
   bad.write_bytes(b"not a zip")
   with pytest.raises(UserError, match="not a readable zip"):
-    intel.load_kaggle(bad, log=quiet)
+    intel_kaggle.load_kaggle(bad, log=quiet)
 
 
 # ---------------------------------------------------------------- discovery
@@ -204,7 +309,7 @@ def test_a_damaged_zip_member_is_skipped_and_counted(tmp_path):
   with zipfile.ZipFile(path) as zf, pytest.raises(zipfile.BadZipFile, match="CRC"):
     zf.read(victim)
   logs = []
-  data = intel.load_kaggle(path, log=logs.append)
+  data = intel_kaggle.load_kaggle(path, log=logs.append)
   assert data.skipped == 3                         # the damaged member + the fixture's two
   assert any("skipped 3 unreadable" in line for line in logs)
 

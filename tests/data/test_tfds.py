@@ -14,7 +14,7 @@ from helpers import (REPO, run_cli, write_kaggle_folder, write_kaggle_zip, write
                       write_p2g_folder)
 import hw2jax.data
 from hw2jax import UserError
-from hw2jax.data import intel, phonemes, sources
+from hw2jax.data import intel, intel_kaggle, phonemes, sources
 from hw2jax.data import tfds as hw2tfds
 import tensorflow_datasets as tfds
 
@@ -82,7 +82,7 @@ def test_intel_from_kaggle_keeps_the_seeded_validation_split(tmp_path, kind):
   messages = []
   data = sources.load_intel("tfds:intel48", tfds_data_dir=tmp_path / "tfds", tfds_manual_dir=source,
                     log=messages.append)
-  direct = intel.load_kaggle(source, log=quiet)
+  direct = intel_kaggle.load_kaggle(source, log=quiet)
   assert_same_intel(data, direct)
   assert data.skipped == 2 and len(data.val_labels) == 6
   assert any(m.startswith("tfds: preparing intel48") for m in messages)
