@@ -22,7 +22,7 @@ from absl import flags
 
 from hw2jax import cli
 from hw2jax.data import phonemes, sources
-from hw2jax.experiments import p2g, spellings, torch_checkpoints
+from hw2jax.experiments import p2g, spellings, torch_checkpoints, torch_files
 
 _D, _O = p2g.Config(), spellings.Decoding()
 flags.DEFINE_bool("attention", _D.attention, "Bahdanau attention over the encoder outputs.")
@@ -37,7 +37,7 @@ flags.DEFINE_integer("hidden_size", _D.hidden_size, "Embedding and decoder size 
                      "per direction).")
 flags.DEFINE_float("dropout", _D.dropout, "Dropout probability.")
 flags.DEFINE_integer("seed", _D.seed, "Seed of initialisation, dropout, batch order and "
-                     "sampling.")
+                     "sampling (0 to 2^32 - 1).")
 flags.DEFINE_string("data_path", None, "Folder with train.tsv, valid.tsv, test.tsv "
                     "('phonemes<TAB>spelling' lines), or tfds:p2g (a TFDS dataset in "
                     "--tfds_data_dir). Default: CMUdict (10,000/1,000/1,000 words, fixed hash "
@@ -92,7 +92,7 @@ def main(argv):
     print(f"outputs in {workdir}", flush=True)
     return
   if FLAGS.to_torch is not None:
-    torch_checkpoints.check_new_file(FLAGS.to_torch)       # before the data is read
+    torch_files.check_new_file(FLAGS.to_torch)       # before the data is read
     torch_checkpoints.export_p2g(workdir, load_data(), FLAGS.to_torch)
     return
   print(p2g.describe_params(config), flush=True)

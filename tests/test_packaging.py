@@ -34,7 +34,8 @@ def test_build_system_can_read_the_spdx_license():
 def test_every_third_party_import_of_the_library_is_declared():
   """scipy (Q1's Lambert W), kagglehub, tensorboardX ... each import of hw2jax/ is a
   dependency (runtime, or the tfds extra for hw2jax.data.tfds); torch only in
-  hw2jax.experiments.torch_checkpoints (--from_torch / --to_torch), from the bench extra."""
+  hw2jax.experiments.torch_files (the .pt files of --from_torch / --to_torch), from the bench
+  extra."""
   import ast
   extras = pyproject()["project"]["optional-dependencies"]
   runtime = " ".join(pyproject()["project"]["dependencies"] + extras["tfds"]).lower()
@@ -44,7 +45,7 @@ def test_every_third_party_import_of_the_library_is_declared():
            "array_record": "array-record"}
   stdlib = set(sys.stdlib_module_names)
   for path in (REPO / "hw2jax").rglob("*.py"):
-    declared = with_bench if path.name == "torch_checkpoints.py" else runtime
+    declared = with_bench if path.name == "torch_files.py" else runtime
     for node in ast.walk(ast.parse(path.read_text())):
       modules = ([a.name for a in node.names] if isinstance(node, ast.Import) else
                  [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])

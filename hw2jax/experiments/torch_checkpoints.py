@@ -13,8 +13,8 @@ Vocabularies: the course numbers symbols in order of first appearance in train.t
 sorts them, so P2G conversions need the training pairs (`phonemes.course_vocabs`); embedding
 rows move by symbol.
 
-This is the only module that imports torch, inside the functions that need it, so the rest of
-hw2jax runs without it. Bad files and mismatching checkpoints are one-line `UserError`s, raised
+The files themselves are read and written by `hw2jax.experiments.torch_files`, the only module
+that imports torch. Bad files and mismatching checkpoints are one-line `UserError`s, raised
 before a workdir is created or touched.
 """
 
@@ -22,9 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
-import pickle
-import re
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -34,7 +31,7 @@ import numpy as np
 from hw2jax import markdown, records
 from hw2jax.data import intel, phonemes
 from hw2jax.errors import UserError
-from hw2jax.experiments import cnn, p2g, spellings
+from hw2jax.experiments import cnn, p2g, spellings, torch_files
 from hw2jax.experiments.spellings import Decoding, Scores
 from hw2jax.models import seq2seq, torch_port
 from hw2jax.models.cnn import as_dataset
@@ -63,90 +60,6 @@ def one_mode(**given: str | None) -> None:
 # ----------------------------------------------------------------------------------------------
 # Files
 
-# PyTorch's CPU-only wheels (launch.sh installs from it too).
-TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
-
-
-def _torch(flag: str):
-  try:
-    import torch
-  except ImportError:
-    raise UserError(f"{flag} needs PyTorch, which is not installed: run the command through "
-                    "./launch.sh (it installs the build that fits the machine), or install it "
-                    f"yourself; on a CPU-only machine: pip install torch --index-url "
-                    f"{TORCH_CPU_INDEX} (a plain `pip install torch` on Linux takes the ~3 GB "
-                    "CUDA build)") from None
-  return torch
-
-
-def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:
-  """The state_dict saved at `path` (torch.save(model.state_dict(), path)) as numpy arrays.
-
-  Read with `weights_only=True`: tensors and plain containers only, never arbitrary pickled
-  code. A missing file, a file torch cannot read, or anything but a dict of tensors (a whole
-  pickled model, a training checkpoint with an optimizer) is a one-line UserError."""
-  path = Path(path)
-  if not path.is_file():
-    raise UserError(f"--from_torch={path}: " + ("is a folder, not a file" if path.is_dir()
-                                                else "no such file"))
-  torch = _torch("--from_torch")
-  try:
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-  except OSError as e:
-    raise UserError(f"--from_torch={path} cannot be read ({e.strerror or e})") from None
-  except Exception as e:        # torch reports a foreign file as KeyError, RuntimeError, EOF...
-    pickled = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
-    if pickled:
-      raise UserError(f"--from_torch={path} holds pickled Python objects ({pickled[1]}), not "
-                      "only tensors (a whole model?); save model.state_dict() with torch.save"
-                      ) from None
-    detail = ("" if isinstance(e, pickle.UnpicklingError)         # its text is about pickles
-              else f": {_first_line(e)}")
-    raise UserError(f"--from_torch={path} is not a PyTorch file torch.load can read "
-                    f"({type(e).__name__}{detail})") from None
-  if not isinstance(obj, Mapping) or not obj:
-    kind = "an empty" if isinstance(obj, Mapping) else "a"
-    raise UserError(f"--from_torch={path} holds {kind} {type(obj).__name__}, not a state_dict; "
-                    "save model.state_dict()")
-  out = {}
-  for key, value in obj.items():
-    if not isinstance(key, str) or not torch.is_tensor(value):
-      raise UserError(f"--from_torch={path}: entry {key!r} is of type {type(value).__name__}, "
-                      "not a tensor, so this is no state_dict; save model.state_dict()")
-    value = value.detach().cpu()
-    out[key] = (value.float() if value.dtype == torch.bfloat16 else value).numpy()
-  return out
-
-
-def _first_line(e: Exception) -> str:
-  text = str(e).strip().splitlines()
-  return (text[0][:160] if text else "") or "empty or cut short"
-
-
-def write_state_dict(arrays: Mapping[str, np.ndarray], path: str | Path) -> Path:
-  """Saves `arrays` as a PyTorch state_dict at `path`: never over an existing file, atomically
-  (a temp file renamed into place, so no half-written file is ever left), parents created."""
-  path = check_new_file(path)
-  torch = _torch("--to_torch")
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-  try:
-    # np.array copies (writable, C order) and keeps 0-d entries such as num_batches_tracked 0-d.
-    torch.save({k: torch.from_numpy(np.array(v, order="C")) for k, v in arrays.items()}, tmp)
-    os.replace(tmp, path)
-  finally:
-    tmp.unlink(missing_ok=True)
-  return path
-
-
-def check_new_file(path: str | Path) -> Path:
-  """`path` if nothing is there yet (an export never replaces a file); else a UserError."""
-  path = Path(path)
-  if path.exists() or path.is_symlink():
-    raise UserError(f"--to_torch={path} already exists; give a new file name (an export never "
-                    "overwrites)")
-  return path
-
 
 @dataclasses.dataclass(frozen=True)
 class Checkpoint:
@@ -157,8 +70,8 @@ class Checkpoint:
 
 
 def read_checkpoint(path: str | Path) -> tuple[Checkpoint, dict[str, np.ndarray]]:
-  """(`Checkpoint`, state_dict) of the file at `path` (see `read_state_dict`)."""
-  state_dict = read_state_dict(path)
+  """(`Checkpoint`, state_dict) of the file at `path` (see `torch_files.read_state_dict`)."""
+  state_dict = torch_files.read_state_dict(path)
   digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
   return Checkpoint(str(Path(path).resolve()), digest), state_dict
 
@@ -289,11 +202,11 @@ def export_p2g(workdir: str | Path, data: phonemes.P2GData, path: str | Path,
                log: Callable[[str], None] = print) -> Path:
   """The best checkpoint of a P2G workdir -> a course Seq2Seq state_dict at `path`, numbered
   in the course's order of the run's training pairs (`data`, limited as the run was)."""
-  check_new_file(path)
-  _torch("--to_torch")
+  torch_files.check_new_file(path)
+  torch_files.import_torch("--to_torch")
   if not Path(workdir).is_dir():
     p2g.load_run(workdir, log=log)                # says that there is no trained model
-  with workdir_lib.locked(workdir):
+  with workdir_lib.locked(workdir, read_only=True):
     config, src_vocab, tgt_vocab, model, params = p2g.load_run(workdir, log=log)
   data = data.limit_train(config.max_train_words)
   if (data.src_vocab, data.tgt_vocab) != (src_vocab, tgt_vocab):
@@ -301,7 +214,7 @@ def export_p2g(workdir: str | Path, data: phonemes.P2GData, path: str | Path,
                     f"{Path(workdir) / p2g.VOCAB}; give the --data_path the run was trained on "
                     "(the course's symbol order comes from it)")
   arrays = torch_port.seq2seq_to_torch(model, params, *symbol_orders(data))
-  write_state_dict(arrays, path)
+  torch_files.write_state_dict(arrays, path)
   log(f"wrote {path}: the best checkpoint of {workdir} as the course's Seq2Seq state_dict "
       f"(vocabularies {len(src_vocab)}/{len(tgt_vocab)}, hidden {config.hidden_size}, "
       f"{'attention' if config.attention else 'no attention'})")
@@ -399,25 +312,25 @@ def export_cnn(workdir: str | Path, path: str | Path,
                log: Callable[[str], None] = print) -> Path:
   """The best-validation checkpoint of a CNN run's workdir -> a TorchCNN state_dict at `path`
   (every BatchNorm's num_batches_tracked = the optimizer steps taken, as PyTorch counts)."""
-  check_new_file(path)
-  _torch("--to_torch")
+  torch_files.check_new_file(path)
+  torch_files.import_torch("--to_torch")
   workdir = Path(workdir)
-  saved = (runlog.read_json(workdir / workdir_lib.CONFIG).get("config", {})
-           if (workdir / workdir_lib.CONFIG).is_file() else {})
+  stored = workdir_lib.stored_identity(workdir) if workdir.is_dir() else None
+  saved = stored[0]["config"] if stored else {}
   if "optimizer" not in saved or "from_torch" in saved:
     raise UserError(f"{workdir} holds no trained CNN run (for a --lr sweep give one of its "
                     "lr_<lr> folders); train one first with the same --workdir")
   config = check_torch_cnn(records.from_json(cnn.Config, saved))
-  with workdir_lib.locked(workdir):
+  with workdir_lib.locked(workdir, read_only=True):
     state = fit_lib.restore_best(workdir, cnn.new_state(config), best_metric="val_accuracy",
-                                 log=log)
+                                 log=log, read_only=True)
   if state is None:
     raise UserError(f"{workdir} has no readable best checkpoint; train first with the same "
                     "--workdir")
   variables = {"params": state.params, "batch_stats": state.batch_stats}
   arrays = torch_port.cnn_to_torch(config.build_model(), jax.device_get(variables),
                                    cnn.IMAGE_SIZE, num_batches_tracked=int(state.step))
-  write_state_dict(arrays, path)
+  torch_files.write_state_dict(arrays, path)
   log(f"wrote {path}: the best checkpoint of {workdir} (epoch of the best validation accuracy) "
       f"as a TorchCNN(batch_norm={config.model == 'bn_gap'}, kernel_size={config.kernel_size}) "
       "state_dict")

@@ -1,11 +1,14 @@
-"""--from_torch and --to_torch (hw2jax.experiments.torch_checkpoints): a PyTorch state_dict of the
-course's design, scored by hw2jax's CLIs, gets the numbers PyTorch itself gets on the same data;
-a workdir's best checkpoint exported with --to_torch loads strictly into the PyTorch models and
-scores what the run scored; bad files and mismatching checkpoints are one line and touch no
-workdir."""
+"""--from_torch and --to_torch (hw2jax.experiments.torch_checkpoints; the .pt files:
+torch_files): a PyTorch state_dict of the course's design, scored by hw2jax's CLIs, gets the
+numbers PyTorch itself gets on the same data; a workdir's best checkpoint exported with
+--to_torch loads strictly into the PyTorch models and scores what the run scored; bad files and
+mismatching checkpoints are one line and touch no workdir."""
 
 import concurrent.futures
 import json
+import os
+import pickle
+import subprocess
 import sys
 
 import numpy as np
@@ -16,7 +19,7 @@ from helpers import (assert_clean_failure, checksums, numpy_state, run_cli, writ
 from hw2jax import metrics
 from hw2jax.data import intel, phonemes
 from hw2jax.errors import UserError
-from hw2jax.experiments import cnn, p2g, spellings
+from hw2jax.experiments import cnn, p2g, spellings, torch_files
 from hw2jax.experiments import torch_checkpoints as tc
 
 torch = pytest.importorskip("torch")
@@ -194,6 +197,12 @@ def bad_inputs(p2g_folder, npz):
                              ["missing key 'decoder.attn.W_s.weight'", "--attention"]),
       "wrong shape": (["experiments.cnn", f"--data_path={npz}", "--from_torch=bad.pt"],
                       ["shape (512, 1000) of 'head.3.weight' but expected (512, 1024)"]),
+      "NaN weights": (["experiments.cnn", f"--data_path={npz}", "--from_torch=bad.pt"],
+                      ["--from_torch=bad.pt: entry 'blocks.0.block.0.weight' holds NaN/inf "
+                       "(1 of 864 values); expected finite weights"]),
+      "pickle protocol 4": ([*p2g_cli, "--from_torch=bad.pt"],       # no torch warnings either
+                            ["--from_torch=bad.pt was pickled with protocol 4, which "
+                             "torch.load(weights_only=True) cannot read"]),
   }
 
 
@@ -208,6 +217,12 @@ def write_bad_inputs(case, folder, p2g_data):
   elif case == "wrong shape":
     save(edited(numpy_state(tb.TorchCNN()), reshape=("head.3.weight", (512, 1000))),
          folder / "bad.pt")
+  elif case == "NaN weights":
+    state = numpy_state(tb.TorchCNN())
+    state["blocks.0.block.0.weight"][0, 0, 0, 0] = np.nan
+    save(edited(state), folder / "bad.pt")
+  elif case == "pickle protocol 4":
+    torch.save({"w": torch.zeros(2)}, folder / "bad.pt", pickle_protocol=4)
 
 
 @pytest.mark.slow
@@ -216,8 +231,10 @@ def test_bad_flags_files_and_checkpoints_are_one_line_exit_2_and_create_no_workd
   """Each case in a folder of its own, all run at once: each is a process start that fails
   within seconds, and importing jax and torch is most of it."""
   cases = bad_inputs(p2g_folder, write_npz(tmp_path / "tiny.npz", **CNN_NPZ))
+  before = {}
   for case in cases:
     write_bad_inputs(case, tmp_path / case, p2g_data)
+    before[case] = checksums(tmp_path / case)
   with concurrent.futures.ThreadPoolExecutor(3) as pool:
     procs = dict(zip(cases, pool.map(lambda c: run_cli(*cases[c][0], cwd=tmp_path / c),
                                      cases)))
@@ -225,6 +242,7 @@ def test_bad_flags_files_and_checkpoints_are_one_line_exit_2_and_create_no_workd
     assert proc.returncode == 2, f"{case}: {proc.stdout}{proc.stderr}"
     assert_clean_failure(proc, *cases[case][1])
     assert not (tmp_path / case / "runs").exists() and not (tmp_path / case / "b.pt").exists()
+    assert checksums(tmp_path / case) == before[case], case
 
 
 @pytest.mark.parametrize("content, fragment", [
@@ -238,8 +256,16 @@ def test_bad_flags_files_and_checkpoints_are_one_line_exit_2_and_create_no_workd
     ("empty file", "is not a PyTorch file torch.load can read (EOFError"),
     ("zip", "is not a PyTorch file torch.load can read (RuntimeError"),
     ("folder", "is a folder, not a file"),
+    ("os.system pickle", f"holds code (it calls {os.system.__module__}.system), which "
+                         "torch.load(weights_only=True) refused to run; only tensors are read"),
+    ("os.system zip", f"holds code (it calls {os.system.__module__}.system), which "
+                      "torch.load(weights_only=True) refused to run"),
+    ("protocol 4", "was pickled with protocol 4, which torch.load(weights_only=True) cannot "
+                   "read; save it with torch.save's default pickle_protocol"),
+    ("named pipe", "x.pt: is a named pipe (FIFO), not a regular file"),
 ])
-def test_what_is_not_a_state_dict_is_one_line(tmp_path, content, fragment):
+def test_what_is_not_a_state_dict_is_one_line_and_warns_nothing(tmp_path, recwarn, content,
+                                                                fragment):
   path = tmp_path / "x.pt"
   linear = torch.nn.Linear(2, 3)
   if content == "model":
@@ -260,41 +286,130 @@ def test_what_is_not_a_state_dict_is_one_line(tmp_path, content, fragment):
     import zipfile
     with zipfile.ZipFile(path, "w") as z:
       z.writestr("a", "b")
+  elif content == "os.system pickle":
+    path.write_bytes(pickle.dumps(CallsSystem(), protocol=2))
+  elif content == "os.system zip":
+    torch.save(CallsSystem(), path)
+  elif content == "protocol 4":
+    torch.save({"w": linear.weight.detach()}, path, pickle_protocol=4)
+  elif content == "named pipe":
+    os.mkfifo(path)                 # opening it would wait for a writer: the test would hang
   else:
     path.mkdir()
   with pytest.raises(UserError) as e:
-    tc.read_state_dict(path)
+    torch_files.read_state_dict(path)
   assert "\n" not in str(e.value) and fragment in str(e.value), str(e.value)
+  assert not [str(w.message) for w in recwarn]
+
+
+class CallsSystem:
+  """Unpickled by plain pickle, this runs a shell command."""
+
+  def __reduce__(self):
+    return os.system, ("echo unpickled",)
+
+
+@pytest.mark.parametrize("dtype, value, fragment", [
+    ("int32", [1, 2], "entry 'w' is int32; expected floating-point weights (float16, bfloat16, "
+                      "float32, float64)"),
+    ("complex64", [1, 2], "entry 'w' is complex64; expected floating-point weights"),
+    ("float8_e4m3fn", [1, 2], "entry 'w' is float8_e4m3fn; expected floating-point weights"),
+    ("bool", [True, False], "entry 'w' is bool; expected floating-point weights"),
+    ("float32", [1, float("nan")], "entry 'w' holds NaN/inf (1 of 2 values); expected finite "
+                                   "weights"),
+    ("float16", [float("inf"), 1], "entry 'w' holds NaN/inf (1 of 2 values)"),
+])
+def test_weights_that_are_not_finite_floats_are_one_line_naming_the_entry(
+    tmp_path, recwarn, dtype, value, fragment):
+  """An int tensor would be cast to other weights, complex would lose its imaginary part (with
+  a numpy warning), NaN would be scored as NaN: none of them is the model that was saved."""
+  path = save({"ok": torch.zeros(2), "w": torch.tensor(value).to(getattr(torch, dtype))},
+              tmp_path / "x.pt")
+  with pytest.raises(UserError) as e:
+    torch_files.read_state_dict(path)
+  assert str(e.value).startswith(f"--from_torch={path}: {fragment}"), str(e.value)
+  assert "\n" not in str(e.value) and not [str(w.message) for w in recwarn]
+
+
+def test_every_float_precision_and_batchnorms_int_step_count_are_read(tmp_path):
+  """float16/bfloat16/float32/float64 weights and PyTorch's int64 num_batches_tracked (which
+  the import ignores) are what real state_dicts hold."""
+  state = {"a": torch.ones(2, dtype=torch.float16), "b": torch.ones(2, dtype=torch.bfloat16),
+           "c": torch.ones(2), "d": torch.ones(2, dtype=torch.float64),
+           "bn.num_batches_tracked": torch.tensor(7)}
+  back = torch_files.read_state_dict(save(state, tmp_path / "x.pt"))
+  assert {k: v.dtype.name for k, v in back.items()} == {
+      "a": "float16", "b": "float32", "c": "float32", "d": "float64",
+      "bn.num_batches_tracked": "int64"}
 
 
 def test_without_pytorch_the_flags_say_how_to_install_it(tmp_path, monkeypatch):
   path = save({"w": torch.zeros(2)}, tmp_path / "w.pt")
   monkeypatch.setitem(sys.modules, "torch", None)          # `import torch` fails
   with pytest.raises(UserError) as e:
-    tc.read_state_dict(path)
+    torch_files.read_state_dict(path)
   message = str(e.value)
   assert message.startswith("--from_torch needs PyTorch") and "\n" not in message
   assert "./launch.sh" in message and \
       "pip install torch --index-url https://download.pytorch.org/whl/cpu" in message
   assert "[bench]" not in message                 # PyPI's torch on Linux: the CUDA build
   with pytest.raises(UserError, match=r"^--to_torch needs PyTorch"):
-    tc.write_state_dict({"w": np.zeros(2, np.float32)}, tmp_path / "out.pt")
+    torch_files.write_state_dict({"w": np.zeros(2, np.float32)}, tmp_path / "out.pt")
 
 
 def test_a_written_state_dict_reads_back_and_is_never_overwritten(tmp_path):
   arrays = {"a.weight": np.arange(6, dtype=np.float32).reshape(2, 3),
             "bn.num_batches_tracked": np.array(7, np.int64)}
-  path = tc.write_state_dict(arrays, tmp_path / "new" / "folder" / "x.pt")
-  back = tc.read_state_dict(path)
+  path = torch_files.write_state_dict(arrays, tmp_path / "new" / "folder" / "x.pt")
+  back = torch_files.read_state_dict(path)
   assert back.keys() == arrays.keys()
   for k in arrays:
     np.testing.assert_array_equal(back[k], arrays[k])
     assert back[k].dtype == arrays[k].dtype
   before = path.read_bytes()
   with pytest.raises(UserError, match="already exists; give a new file name"):
-    tc.write_state_dict({"b": np.zeros(1, np.float32)}, path)
+    torch_files.write_state_dict({"b": np.zeros(1, np.float32)}, path)
   assert path.read_bytes() == before
   assert sorted(p.name for p in path.parent.iterdir()) == ["x.pt"]      # no temp file left
+
+
+def dead_pid() -> int:
+  """The id of a process that has ended (and been reaped)."""
+  proc = subprocess.Popen([sys.executable, "-c", ""])
+  proc.wait()
+  return proc.pid
+
+
+def test_an_export_removes_temp_files_of_dead_processes_and_keeps_live_ones(tmp_path):
+  """kill -9 during --to_torch leaves `.<name>.tmp-<pid>` (`.<name>.tmp<pid>` before the pid
+  had a dash); the next export to the same file removes it, but not a live process's write in
+  progress nor another target's."""
+  dead, live = dead_pid(), os.getppid()
+  left = [f".x.pt.tmp-{dead}", f".x.pt.tmp{dead}", f".x.pt.tmp-{live}", f".y.pt.tmp-{dead}"]
+  for name in left:
+    (tmp_path / name).write_bytes(b"half a checkpoint")
+  torch_files.write_state_dict({"w": np.zeros(2, np.float32)}, tmp_path / "x.pt")
+  assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+      [f".x.pt.tmp-{live}", f".y.pt.tmp-{dead}", "x.pt"])
+
+
+def test_a_failed_write_leaves_no_temp_file_and_no_target(tmp_path, monkeypatch):
+  """torch.save reports a full disk as a RuntimeError after writing part of the file."""
+  written = []
+
+  def full_disk(obj, f):
+    written.append(f.name)
+    f.write_bytes(b"half a checkpoint")
+    raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+
+  monkeypatch.setattr(torch, "save", full_disk)
+  with pytest.raises(UserError) as e:
+    torch_files.write_state_dict({"w": np.zeros(2, np.float32)}, tmp_path / "x.pt")
+  assert str(e.value) == (f"--to_torch={tmp_path / 'x.pt'} could not be written (torch.save: "
+                          "[enforce fail at inline_container.cc:672] . unexpected pos 704 vs "
+                          f"598); check the free space in {tmp_path}")
+  assert written == [f".x.pt.tmp-{os.getpid()}"]             # whose it is: this process's
+  assert list(tmp_path.iterdir()) == []
 
 
 # -- the workdir of an evaluation ---------------------------------------------------------------
@@ -328,7 +443,8 @@ def test_an_evaluation_workdir_is_reused_only_by_the_same_checkpoint(tmp_path, p
 
   with pytest.raises(UserError) as e:
     evaluate(second_pt)
-  assert "\n" not in str(e.value) and "holds a run with other settings" in str(e.value)
+  assert "\n" not in str(e.value) and "holds a run" in str(e.value)
+  assert "other settings" in str(e.value)
   assert "a.pt" in str(e.value) and "--fresh" in str(e.value)
   second = evaluate(second_pt, fresh=True)
   assert second.checkpoint.path.endswith("b.pt")
