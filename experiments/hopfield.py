@@ -23,7 +23,8 @@ from hw2jax.experiments.hopfield import run as hopfield
 _D = hopfield.Config()
 flags.DEFINE_bool("check", False, "Only the table of Q1 claims (same as --parts=check).")
 flags.DEFINE_list("parts", list(hopfield.PARTS), "Parts to run: check, retrieval, capacity.")
-flags.DEFINE_integer("seed", _D.seed, "Seed of every random pattern, query and problem.")
+flags.DEFINE_integer("seed", _D.seed, "Seed of every random pattern, query and problem "
+                     "(0 to 2^32 - 1).")
 flags.DEFINE_integer("check_trials", _D.check_trials, "Random problems per claim in the check.")
 flags.DEFINE_enum("patterns", _D.patterns, list(retrieval.PATTERN_SOURCES),
                   "Retrieval patterns: auto (Intel when found, else random), intel, random.")

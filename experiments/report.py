@@ -36,7 +36,7 @@ flags.DEFINE_bool("quick", _D.quick,
                   "Shrink epochs and data so that the whole report runs on a laptop CPU in "
                   "minutes (every number labelled as such).")
 flags.DEFINE_list("seeds", [str(s) for s in _D.seeds],
-                  "Seeds of the training runs; several: tables show mean ± std.")
+                  "Seeds of the training runs (0 to 2^32 - 1); several: tables show mean ± std.")
 flags.DEFINE_list("ablation_kernel_sizes", [str(k) for k in _D.ablation_kernel_sizes],
                   "Q2.4: convolution kernel sizes (odd).")
 flags.DEFINE_list("ablation_pooling", list(_D.ablation_pooling),

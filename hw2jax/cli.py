@@ -8,8 +8,11 @@ import errno
 import os
 import re
 import sys
+import traceback
 from typing import Callable, Sequence
 
+import jax
+import jax.extend.backend
 from absl import app, flags, logging
 
 from hw2jax.cache import enable_compilation_cache
@@ -117,7 +120,9 @@ def run(main: Callable[[Sequence[str]], None], *, memory_flags: str = "--batch_s
       fail(str(e))
     except OSError as e:
       fail(describe_os_error(e))
-    except Exception as e:  # only out-of-memory is the user's to fix; the rest is a bug
+    except Exception as e:  # out-of-memory and a missing device are the user's to fix
+      if platform_failure(e):
+        fail(describe_platform_error(jax.config.jax_platforms, _platforms_here()))
       if "RESOURCE_EXHAUSTED" not in str(e):
         raise
       fail(describe_out_of_memory(e, memory_flags))
@@ -127,6 +132,35 @@ def run(main: Callable[[Sequence[str]], None], *, memory_flags: str = "--batch_s
       sys.exit(130)
 
   app.run(guarded, flags_parser=_parse_flags)
+
+
+def platform_failure(e: BaseException) -> bool:
+  """Whether `e` is JAX failing to start the backend that JAX_PLATFORMS names (a device this
+  machine lacks, a typo). Caught where it surfaces, not by starting the backend early: a CLI
+  may still set XLA_FLAGS in its main (the benchmarks' --profile), read when it starts."""
+  if not jax.config.jax_platforms:
+    return False
+  if "Unable to initialize backend" in str(e):
+    return True
+  frames = traceback.extract_tb(e.__traceback__) if e.__traceback__ else []
+  return isinstance(e, AssertionError) and any("xla_bridge" in f.filename for f in frames)
+
+
+def _platforms_here() -> list[str]:
+  """The platforms JAX finds when it is asked for none; [] if even that fails."""
+  try:
+    jax.config.update("jax_platforms", None)
+    jax.extend.backend.clear_backends()
+    return sorted({d.platform for d in jax.devices()})
+  except Exception:     # only for the message: the run stops either way
+    return []
+
+
+def describe_platform_error(asked: str, available: Sequence[str]) -> str:
+  """One line for a JAX_PLATFORMS that this machine cannot start."""
+  here = f" (available: {', '.join(available)})" if available else ""
+  return (f"JAX_PLATFORMS={asked}: no such platform here{here}; unset it, or install the jax "
+          "extra for that device (pip install -e '.[gpu]' or '.[tpu]'; see BUILD.md)")
 
 
 def describe_os_error(e: OSError) -> str:

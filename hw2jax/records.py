@@ -4,7 +4,8 @@ as the same plain JSON as always (config.json, summary.json, report.json).
 `to_json` turns a dataclass (nested dataclasses, lists, tuples, dicts) into JSON values, in field
 order; a field made with `optional()` is left out while it is None. `from_json(cls, data)` reads
 it back, converting by the field types; keys it does not know are ignored and missing ones take
-the field's default, so older files still read. `require` is every config's `validate`.
+the field's default, so older files still read. `require` is every config's `validate`, with
+the checks several configs share (`positive`, `non_negative`, `seed_check`).
 """
 
 from __future__ import annotations
@@ -37,6 +38,23 @@ def require(checks: Iterable[tuple[bool, str]]) -> None:
 def positive(x: float) -> bool:
   """A positive, finite number."""
   return x > 0 and math.isfinite(x)
+
+
+def non_negative(x: float) -> bool:
+  """A finite number >= 0 (inf passes `x >= 0`, and a run with it only diverges)."""
+  return x >= 0 and math.isfinite(x)
+
+
+# JAX keys keep a seed's low 32 bits: 2**32 would silently be seed 0 again and -1 be 2**32 - 1.
+SEED_LIMIT = 2 ** 32
+
+
+def seed_check(seeds: int | Iterable[int], flag: str = "seed") -> tuple[bool, str]:
+  """`require`'s check that every seed is an integer JAX takes as itself, in [0, 2^32)."""
+  seeds = [seeds] if isinstance(seeds, int) else list(seeds)
+  return (all(0 <= s < SEED_LIMIT for s in seeds),
+          f"--{flag}={','.join(map(str, seeds))} must be in 0..{SEED_LIMIT - 1}: seeds have 32 "
+          "bits, and a larger or negative one would silently be another seed")
 
 
 def to_json(obj: Any) -> Any:

@@ -62,9 +62,9 @@ class Config:
     records.require([
         (len(self.parts) >= 1 and all(p in PARTS for p in self.parts),
          f"--parts={','.join(self.parts)}: use some of {', '.join(PARTS)}"),
-        (len(self.seeds) >= 1 and len(set(self.seeds)) == len(self.seeds)
-         and all(s >= 0 for s in self.seeds),
-         f"--seeds={','.join(map(str, self.seeds))} must be distinct non-negative integers"),
+        (len(self.seeds) >= 1 and len(set(self.seeds)) == len(self.seeds),
+         f"--seeds={','.join(map(str, self.seeds))} must be distinct integers"),
+        records.seed_check(self.seeds, "seeds"),
         (self.epoch_mode in trainer.EPOCH_MODES,
          f"--epoch_mode={self.epoch_mode!r} is not one of {', '.join(trainer.EPOCH_MODES)}"),
         (len(self.ablation_kernel_sizes) >= 1

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hw2jax import markdown, plots, records
+from hw2jax.experiments.hopfield import retrieval as retrieval_lib
 from hw2jax.models import hopfield as hf
 
 FIGURE = "capacity.png"
@@ -42,12 +43,16 @@ class Config:
         (len(self.capacity_betas) >= 1
          and all(records.positive(b) for b in self.capacity_betas),
          f"--capacity_betas={markdown.numbers(self.capacity_betas)} must be positive numbers"),
+        (records.non_negative(self.capacity_noise),
+         f"--capacity_noise={self.capacity_noise} must be a finite number >= 0"),
+        retrieval_lib.beta_check(self.capacity_betas, "capacity_betas",
+                                 self.capacity_max_patterns,
+                                 max(2, self.capacity_dim, *self.capacity_dims),
+                                 self.capacity_noise, "--capacity_noise"),
         (self.capacity_max_patterns >= 2,
          f"--capacity_max_patterns={self.capacity_max_patterns} must be at least 2"),
         (self.capacity_queries >= 1,
          f"--capacity_queries={self.capacity_queries} must be at least 1"),
-        (self.capacity_noise >= 0 and math.isfinite(self.capacity_noise),
-         f"--capacity_noise={self.capacity_noise} must be >= 0"),
         (self.capacity_steps >= 1, f"--capacity_steps={self.capacity_steps} must be at least 1"),
         (0 < self.failure_prob <= 1, f"--failure_prob={self.failure_prob} must be in (0, 1]"),
     ])

@@ -28,6 +28,34 @@ ENERGY_FIGURE = "energy.png"
 FIGURES = (*(FIGURE.format(kind=k) for k in QUERY_KINDS), ENERGY_FIGURE)
 # Random patterns have the shape of an Intel image, so the same betas suit both.
 IMAGE_SHAPE = (48, 48, 3)
+# float32 holds a number below 2^24 to within about 1 (its 24-bit significand).
+FLOAT32_EXACT = 2.0 ** 24
+
+
+def beta_range(n: int, d: int, noise: float) -> tuple[float, float]:
+  """The betas whose energy and softmax float32 computes: for N patterns of norm sqrt(D) and
+  queries with Gaussian noise of std `noise` per entry, both log(N)/beta (E1's term, which lse's
+  cancels) and the largest logit beta |x| |q| = beta D sqrt(1 + noise^2) must stay below 2^24.
+
+  Above, a logit's rounding error passes 1: XLA fuses softmax's max-subtraction into an FMA,
+  which hands that error to exp, and ~88 times further exp overflows and the states turn NaN.
+  Below, the energy drowns in log(N)/beta's rounding. (N < 1 is refused elsewhere.)
+  """
+  return math.log(max(n, 1)) / FLOAT32_EXACT, FLOAT32_EXACT / (d * math.hypot(1.0, noise))
+
+
+def beta_check(betas, flag: str, n: int, d: int, noise: float, noise_flag: str
+               ) -> tuple[bool, str]:
+  """`records.require`'s check that every beta is in `beta_range`, naming the range."""
+  low, high = beta_range(n, d, noise)
+  if low > high:
+    return False, (f"{noise_flag}={noise:g} is too large: with N={n}, D={d} no beta keeps both "
+                   "log(N)/beta and the largest logit beta*D*sqrt(1+noise^2) below 2^24 "
+                   "(float32)")
+  return (all(low <= b <= high for b in betas),
+          f"--{flag}={markdown.numbers(betas)} must be from {low:.3g} to {high:.4g} with N={n}, "
+          f"D={d}, noise {noise:g}: float32 holds log(N)/beta and the largest logit "
+          "beta*D*sqrt(1+noise^2) only below 2^24; beyond, the energy or softmax is lost or NaN")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,9 +79,11 @@ class Config:
         (self.num_patterns >= 2, f"--num_patterns={self.num_patterns} must be at least 2"),
         (len(self.betas) >= 1 and all(records.positive(b) for b in self.betas),
          f"--betas={markdown.numbers(self.betas)} must be positive numbers"),
+        (records.non_negative(self.noise), f"--noise={self.noise} must be a finite number >= 0"),
+        beta_check(self.betas, "betas", self.num_patterns, math.prod(IMAGE_SHAPE),
+                   self.noise if "noise" in self.queries else 0.0, "--noise"),
         (len(self.queries) >= 1 and all(q in QUERY_KINDS for q in self.queries),
          f"--queries={','.join(self.queries)}: use some of {', '.join(QUERY_KINDS)}"),
-        (self.noise >= 0 and math.isfinite(self.noise), f"--noise={self.noise} must be >= 0"),
         (self.steps >= 1, f"--steps={self.steps} must be at least 1"),
         (records.positive(self.eps), f"--eps={self.eps} must be a positive number"),
         (self.max_steps >= 1, f"--max_steps={self.max_steps} must be at least 1"),

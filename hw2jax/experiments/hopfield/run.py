@@ -41,7 +41,8 @@ class _Parts:
 
   def validate(self):
     records.require([(len(self.parts) >= 1 and all(p in PARTS for p in self.parts),
-                      f"--parts={','.join(self.parts)}: use some of {', '.join(PARTS)}")])
+                      f"--parts={','.join(self.parts)}: use some of {', '.join(PARTS)}"),
+                     records.seed_check(self.seed)])
     self.claims().validate()
     self.retrieval().validate()
     self.capacity().validate()
