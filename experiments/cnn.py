@@ -20,7 +20,7 @@ from absl import flags
 
 from hw2jax import cli
 from hw2jax.data import sources
-from hw2jax.experiments import cnn, torch_checkpoints
+from hw2jax.experiments import cnn, sweep, torch_checkpoints
 
 _D = cnn.Config()
 flags.DEFINE_enum("model", _D.model, list(cnn.MODELS),
@@ -33,7 +33,8 @@ flags.DEFINE_enum("optimizer", _D.optimizer, ["sgd", "adam"], "sgd (no momentum)
 flags.DEFINE_float("l2_decay", _D.l2_decay,
                    "L2 penalty added to the gradient (PyTorch weight_decay).")
 flags.DEFINE_float("dropout", _D.dropout, "Dropout probability.")
-flags.DEFINE_integer("seed", _D.seed, "Seed of initialisation, dropout and batch order.")
+flags.DEFINE_integer("seed", _D.seed,
+                     "Seed of initialisation, dropout and batch order (0 to 2^32 - 1).")
 flags.DEFINE_integer("kernel_size", _D.kernel_size,
                      "Convolution kernel size (odd; 'same' padding).")
 flags.DEFINE_bool("maxpool", _D.maxpool, "2x2 max-pooling after each conv block.")
@@ -86,7 +87,7 @@ def main(argv):
       devices=cli.parse_devices(FLAGS.devices))
   for lr in lrs:
     dataclasses.replace(config, learning_rate=lr).validate()
-  run_dirs = cnn.sweep_run_dirs(config, lrs, FLAGS.workdir)
+  run_dirs = sweep.run_dirs(config, lrs, FLAGS.workdir)
   if FLAGS.to_torch is not None:
     torch_checkpoints.export_cnn(FLAGS.workdir or f"runs/cnn/{config.run_name()}",
                                  FLAGS.to_torch)
@@ -104,7 +105,7 @@ def main(argv):
   if len(lrs) == 1:
     cnn.train_and_evaluate(config, data, workdir, fresh=FLAGS.fresh)
   else:
-    cnn.sweep(config, lrs, data, workdir, run_dirs=run_dirs, fresh=FLAGS.fresh)
+    sweep.sweep(config, lrs, data, workdir, dirs=run_dirs, fresh=FLAGS.fresh)
   print(f"outputs in {workdir}", flush=True)
 
 

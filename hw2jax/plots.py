@@ -113,6 +113,9 @@ def epoch_axis(ax) -> None:
 
 
 def legend_below(ax, fontsize: int = 7) -> None:
-  """The legend under the axes, where it cannot hide a data point."""
+  """The legend under the axes, where it cannot hide a data point (none for a panel with
+  nothing drawn, e.g. the accuracy of a run that diverged in its first epoch)."""
+  if not ax.get_legend_handles_labels()[0]:
+    return
   ax.legend(fontsize=fontsize, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=1,
             frameon=False)

@@ -2,8 +2,8 @@
 the run's workdir; the seed report's Table 2.1.
 
 `train_and_evaluate` is one run (resumable) and returns a `CnnRunSummary`, the typed form of
-its summary.json; `sweep` runs several learning rates on one compiled program and writes Table
-2.1, rendered by `table_2_1` (which the report uses too). The absl main in experiments/cnn.py
+its summary.json; Table 2.1 is rendered by `table_2_1` (for sweeps, hw2jax.experiments.sweep,
+and the report). The absl main in experiments/cnn.py
 only parses flags into a `Config` and calls these.
 """
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import os
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -68,8 +67,10 @@ class Config:
         (self.epochs >= 1, f"--epochs={self.epochs} must be at least 1"),
         (self.batch_size >= 1, f"--batch_size={self.batch_size} must be at least 1"),
         (self.eval_batch_size >= 1, f"eval batch size {self.eval_batch_size} must be >= 1"),
-        (self.l2_decay >= 0, f"--l2_decay={self.l2_decay} must be >= 0"),
+        (records.non_negative(self.l2_decay),
+         f"--l2_decay={self.l2_decay} must be a finite number >= 0"),
         (0 <= self.dropout < 1, f"--dropout={self.dropout} must be in [0, 1)"),
+        records.seed_check(self.seed),
         (self.kernel_size >= 1 and self.kernel_size % 2 == 1,
          f"--kernel_size={self.kernel_size} must be a positive odd number ('same' padding)"),
         (len(self.channels) >= 1 and all(c >= 1 for c in self.channels),
@@ -277,8 +278,9 @@ def train_and_evaluate(config: Config, data: intel.IntelData, workdir: str | Pat
 
 
 def _train_and_evaluate(config, data, workdir, *, fresh, arrays, trainer, log, prefix):
+  fingerprint = workdir_lib.fingerprint_splits({s: data.split(s) for s in intel.SPLITS})
   workdir = workdir_lib.prepare(workdir, config.to_json(), data.source, fresh=fresh,
-                                run_files=RUN_FILES, log=log)
+                                run_files=RUN_FILES, log=log, fingerprint=fingerprint)
   arrays = arrays or device_data(data, trainer)
   state = trainer.put(new_state(config))
 
@@ -289,9 +291,13 @@ def _train_and_evaluate(config, data, workdir, *, fresh, arrays, trainer, log, p
   result = fit_lib.fit(trainer, state, arrays["train"], epochs=config.epochs, evaluate=evaluate,
                        workdir=workdir, best_metric="val_accuracy", best_mode="max",
                        progress_keys=("train_loss", "val_loss", "val_accuracy"), log=log,
-                       prefix=prefix, tensorboard=config.tensorboard)
+                       prefix=prefix, tensorboard=config.tensorboard, extra_meta={
+                           "identity": workdir_lib.identity(config.to_json(), data.source,
+                                                            fingerprint)})
   last = dict(result.history[-1]) if result.history else {}
-  test = trainer.evaluate(result.state, arrays["test"])
+  # Diverged weights are NaN: their "accuracy" would be the share of one class.
+  test = ({"loss": None, "accuracy": None} if result.diverged_at else
+          trainer.evaluate(result.state, arrays["test"]))
   best = None
   if result.best is not None and not result.diverged_at:
     best_state = fit_lib.restore_best(workdir, result.state, best_metric="val_accuracy",
@@ -325,70 +331,9 @@ def _train_and_evaluate(config, data, workdir, *, fresh, arrays, trainer, log, p
         note="solid training loss: true mean over each epoch; dashed (a ring for one epoch): "
              "running mean since epoch 1, which is what the course skeleton plotted")
   log(f"{prefix}{config.label()}: {summary.status}; final val acc "
-      f"{markdown.fmt(summary.final.val_accuracy)}, test acc {test['accuracy']:.4f}")
+      f"{markdown.fmt(summary.final.val_accuracy)}, test acc "
+      f"{markdown.fmt(summary.final.test_accuracy)}")
   return summary
-
-
-def sweep_run_dirs(config: Config, learning_rates: Sequence[float], workdir: str | Path | None,
-                   root: str | Path = "runs/cnn") -> dict[float, Path]:
-  """Where each learning rate's run lives. Without a workdir, the folder a single `--lr` run of
-  that rate uses (<root>/<run_name>), so a sweep and single runs share their runs and each
-  configuration trains once whatever order the commands come in; with one, <workdir>/lr_<lr>.
-  Two rates that would name one folder are refused before anything trains."""
-  if len(set(learning_rates)) != len(learning_rates):
-    raise UserError(f"--lr={','.join(f'{lr!r}' for lr in learning_rates)} repeats a learning "
-                    "rate; give each rate once")
-  dirs = {}
-  for lr in learning_rates:
-    run = dataclasses.replace(config, learning_rate=lr)
-    dirs[lr] = (Path(root) / run.run_name() if workdir is None
-                else Path(workdir) / f"lr_{lr:g}")
-  by_dir = {}
-  for lr, path in dirs.items():
-    if path in by_dir:
-      raise UserError(f"--lr rates {by_dir[path]!r} and {lr!r} both name the folder {path} (a "
-                      "folder names a rate by its first 6 digits); give rates that differ there")
-    by_dir[path] = lr
-  return dirs
-
-
-def sweep(config: Config, learning_rates: Sequence[float], data: intel.IntelData,
-          workdir: str | Path, *, run_dirs: dict[float, Path] | None = None,
-          fresh: bool = False, log: Callable[[str], None] = print) -> list[CnnRunSummary]:
-  """One run per learning rate (one compiled program for all) in `run_dirs` (default
-  <workdir>/lr_<lr>, see `sweep_run_dirs`), then Table 2.1 as markdown in
-  <workdir>/table_2_1.md and the summaries in <workdir>/sweep.json. A run already finished
-  (by this sweep or by a single run in the same folder) is read back, not trained again."""
-  run_dirs = run_dirs or sweep_run_dirs(config, learning_rates, workdir)
-  for lr in learning_rates:
-    dataclasses.replace(config, learning_rate=lr).validate().check_data(data)
-  with workdir_lib.locked(workdir) as workdir:
-    return _sweep(config, learning_rates, data, workdir, run_dirs, fresh=fresh, log=log)
-
-
-def _sweep(config, learning_rates, data, workdir, run_dirs, *, fresh, log
-           ) -> list[CnnRunSummary]:
-  if fresh:
-    archived = workdir_lib.archive(workdir, (TABLE, SWEEP, workdir_lib.CONFIG))
-    if archived:
-      log(f"--fresh: moved the previous sweep's table to {archived}")
-  trainer = make_trainer(config)
-  arrays = device_data(data, trainer)
-  summaries = []
-  for lr in learning_rates:
-    run_config = dataclasses.replace(config, learning_rate=lr)
-    log(f"== {run_config.label()}: {run_dirs[lr]} ==")
-    summaries.append(train_and_evaluate(run_config, data, run_dirs[lr], fresh=fresh,
-                                        arrays=arrays, trainer=trainer, log=log,
-                                        prefix=f"[lr {lr:g}] "))
-  table = table_2_1([TableRow(s.config.model, s.config.learning_rate, [s],
-                              Path(os.path.relpath(run_dirs[s.config.learning_rate] / CURVES,
-                                                   workdir)).as_posix())
-                     for s in summaries])
-  (workdir / TABLE).write_text(table)
-  runlog.write_json(workdir / SWEEP, [s.to_json() for s in summaries])
-  log(table)
-  return summaries
 
 
 # ----------------------------------------------------------------------------------------------

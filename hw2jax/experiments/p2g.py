@@ -28,6 +28,7 @@ from hw2jax.experiments.spellings import Decoding, Scores
 from hw2jax.models import seq2seq
 from hw2jax.train import fit as fit_lib
 from hw2jax.train import runlog, sharding, tensorboard as tb, trainer as trainer_lib
+from hw2jax.train import checkpoints as ckpt_lib
 from hw2jax.train import workdir as workdir_lib
 
 COURSE_VOCAB = (107, 93)
@@ -69,6 +70,7 @@ class Config:
          f"--hidden_size={self.hidden_size} must be a positive even number (two encoder "
          "directions of half the size)"),
         (0 <= self.dropout < 1, f"--dropout={self.dropout} must be in [0, 1)"),
+        records.seed_check(self.seed),
         (self.max_train_words >= 0, f"--max_train_words={self.max_train_words} must be >= 0"),
         (self.widths >= 1, f"--widths={self.widths} must be at least 1"),
         (self.unroll >= 1, f"--unroll={self.unroll} must be at least 1"),
@@ -238,10 +240,11 @@ def train_and_evaluate(config: Config, data: phonemes.P2GData, workdir: str | Pa
 
 
 def _train_and_evaluate(config, data, workdir, trainer, *, decoding_options, fresh, log):
+  fingerprint = workdir_lib.fingerprint_splits({s: data.split(s) for s in phonemes.SPLITS})
   workdir = workdir_lib.prepare(workdir, config.to_json(), data.source, fresh=fresh,
-                                run_files=RUN_FILES, log=log)
-  runlog.write_json(workdir / VOCAB, {"source": list(data.src_vocab.symbols),
-                                      "target": list(data.tgt_vocab.symbols)})
+                                run_files=RUN_FILES, log=log, fingerprint=fingerprint)
+  vocab = {"source": list(data.src_vocab.symbols), "target": list(data.tgt_vocab.symbols)}
+  runlog.write_json(workdir / VOCAB, vocab)
   model = config.build_model(len(data.src_vocab), len(data.tgt_vocab))
   train = train_widths(config, data, trainer)
   val_tf = trainer.put(phonemes.encode(data.valid, data.src_vocab, data.tgt_vocab))
@@ -261,7 +264,9 @@ def _train_and_evaluate(config, data, workdir, trainer, *, decoding_options, fre
   result = fit_lib.fit(trainer, state, train, epochs=config.epochs, evaluate=evaluate,
                        workdir=workdir, best_metric="val_cer", best_mode="min",
                        progress_keys=("train_loss", "val_loss", "val_cer", "val_wer"), log=log,
-                       tensorboard=config.tensorboard)
+                       tensorboard=config.tensorboard, extra_meta={
+                           "identity": workdir_lib.identity(config.to_json(), data.source,
+                                                            fingerprint), "vocab": vocab})
   best_state = None
   if result.best is not None:
     best_state = fit_lib.restore_best(workdir, result.state, best_metric="val_cer",
@@ -365,21 +370,38 @@ class Prediction:
 
 
 def load_run(workdir: str | Path, log: Callable[[str], None] = print):
-  """(config, source vocab, target vocab, model, best params) of a trained workdir."""
+  """(config, source vocab, target vocab, model, best params) of a trained workdir. Settings and
+  vocabularies come from its checkpoints (config.json and vocab.json are copies, read only for
+  runs older than that record); nothing in the workdir is written or moved."""
   workdir = Path(workdir)
-  if not (workdir / workdir_lib.CONFIG).is_file() or not (workdir / VOCAB).is_file():
-    raise UserError(f"{workdir} holds no trained P2G model; train one first with the same "
-                    "--workdir (or --attention, which picks the default workdir)")
-  config = Config.from_json(runlog.read_json(workdir / workdir_lib.CONFIG)["config"])
-  vocab = runlog.read_json(workdir / VOCAB)
+  saved = ckpt_lib.newest_meta(workdir, "vocab")
+  if saved is not None and isinstance(saved[1].get("identity"), dict):
+    settings, vocab = saved[1]["identity"]["config"], saved[1]["vocab"]
+  else:
+    if not (workdir / workdir_lib.CONFIG).is_file() or not (workdir / VOCAB).is_file():
+      raise UserError(f"{workdir} holds no trained P2G model; train one first with the same "
+                      "--workdir (or --attention, which picks the default workdir)")
+    settings, vocab = workdir_lib.stored_identity(workdir)[0]["config"], _vocab_file(workdir)
+  config = Config.from_json(settings)
   src_vocab = phonemes.Vocab(tuple(vocab["source"]))
   tgt_vocab = phonemes.Vocab(tuple(vocab["target"]))
   model = config.build_model(len(src_vocab), len(tgt_vocab))
   state = fit_lib.restore_best(workdir, new_state(config, model), best_metric="val_cer",
-                               best_mode="min", log=log)
+                               best_mode="min", log=log, read_only=True)
   if state is None:
-    raise UserError(f"{workdir} has no checkpoint yet; train first with the same --workdir")
+    raise UserError(f"{workdir} has no readable checkpoint; train first with the same --workdir")
   return config, src_vocab, tgt_vocab, model, state.params
+
+
+def _vocab_file(workdir: Path) -> dict:
+  """vocab.json of a run older than vocabularies in checkpoints, checked to be one."""
+  vocab = runlog.read_json(workdir / VOCAB)
+  if not (isinstance(vocab, dict) and all(
+      isinstance(vocab.get(k), list) and all(isinstance(x, str) for x in vocab[k])
+      for k in ("source", "target"))):
+    raise UserError(f"{workdir / VOCAB} is damaged (not the run's vocabularies); restore it, "
+                    "or use --fresh to archive the run and train again")
+  return vocab
 
 
 def predict(workdir: str | Path, words: Sequence[Sequence[str]], options: Decoding = Decoding(),
@@ -389,7 +411,8 @@ def predict(workdir: str | Path, words: Sequence[Sequence[str]], options: Decodi
   options.validate()
   if not Path(workdir).is_dir():
     load_run(workdir, log=log)                 # says that there is no trained model
-  with workdir_lib.locked(workdir):            # not while a training writes checkpoints there
+  # A shared lock: not while a training writes checkpoints there; a read-only workdir works.
+  with workdir_lib.locked(workdir, read_only=True):
     config, src_vocab, tgt_vocab, model, params = load_run(workdir, log=log)
   for i, word in enumerate(words, 1):
     unknown = src_vocab.unknown(word)

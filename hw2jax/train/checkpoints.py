@@ -43,6 +43,9 @@ _ORBAX = threading.RLock()
 CORRUPT = "corrupt"
 LEGACY = ("latest", "best")      # the two managers of the older layout
 _STEP_RE = re.compile(r"^\d+$")
+# How Orbax/TensorStore say that a stored array does not fit the template it is restored into.
+_MISFIT = re.compile(r"not compatible with the stored shape|[Ss]hape mismatch|"
+                     r"[Rr]equested shape")
 
 
 def state_tree(state: TrainState) -> dict:
@@ -92,6 +95,23 @@ def _quiet_orbax_leftovers() -> None:
   sys.unraisablehook = hook
 
 
+def newest_meta(workdir: str | Path, key: str | None = None) -> tuple[int, dict] | None:
+  """(epoch, meta) of the newest step under <workdir>/checkpoints whose meta reads as a JSON
+  object (holding `key`, if given), straight from disk: no Orbax manager, nothing written or
+  moved, so the check before a resume and read-only commands can use it. None if none."""
+  root = Path(workdir) / "checkpoints"
+  steps = sorted((int(p.name) for p in root.iterdir() if p.is_dir() and _STEP_RE.match(p.name)),
+                 reverse=True) if root.is_dir() else []
+  for epoch in steps:
+    try:
+      meta = json.loads((root / str(epoch) / "meta" / "metadata").read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+      continue
+    if isinstance(meta, dict) and (key is None or isinstance(meta.get(key), dict)):
+      return epoch, meta
+  return None
+
+
 def _ranking(metrics: dict) -> tuple[float, int]:
   """Orbax sorts ascending and keeps the last: the higher score wins, the earlier epoch on ties
   (as `fit`, whose best is the first epoch that reached the best value)."""
@@ -112,16 +132,19 @@ class Checkpoints:
   """Saves and restores TrainStates (+ JSON metadata) under `<workdir>/checkpoints`.
 
   The best checkpoint is the one with the highest (`best_mode='max'`) or lowest ('min') value
-  of `best_metric` in its epoch's record.
+  of `best_metric` in its epoch's record. `read_only` (--predict, --to_torch): nothing is
+  created, written or moved; a damaged step is skipped, not set aside.
   """
 
   def __init__(self, workdir: str | Path, *, best_metric: str, best_mode: str = "max",
-               keep_latest: int = 2, log: Callable[[str], None] = print):
+               keep_latest: int = 2, log: Callable[[str], None] = print,
+               read_only: bool = False):
     if best_mode not in ("max", "min"):
       raise ValueError(f"best_mode must be 'max' or 'min', got {best_mode!r}")
     self.root = Path(workdir).resolve() / "checkpoints"
     self.log = log
     self.best_metric = best_metric
+    self.read_only = read_only
     self._sign = 1.0 if best_mode == "max" else -1.0
     policy = policies.AnyPreservationPolicy([
         policies.LatestN(keep_latest),
@@ -132,10 +155,12 @@ class Checkpoints:
       self._manager = ocp.CheckpointManager(
           self.root, item_names=("state", "meta"),
           # A run killed mid-save leaves <epoch>.orbax-checkpoint-tmp*: removed on start.
-          options=ocp.CheckpointManagerOptions(preservation_policy=policy, best_fn=_ranking,
-                                               best_mode="max", create=True,
-                                               cleanup_tmp_directories=True))
-      self._set_aside_uncommitted()
+          options=ocp.CheckpointManagerOptions(
+              preservation_policy=policy, best_fn=_ranking, best_mode="max",
+              create=not read_only, cleanup_tmp_directories=not read_only,
+              read_only=read_only))
+      if not read_only:
+        self._set_aside_uncommitted()
 
   # -- saving -----------------------------------------------------------------------------------
 
@@ -203,6 +228,10 @@ class Checkpoints:
         raise ValueError("its arrays do not match the fingerprint saved with them")
     except Exception as e:  # a damaged checkpoint must not end or wedge the run: set it aside
       first = str(e).split(". See full TensorStore")[0].splitlines()[0] if str(e) else ""
+      if _MISFIT.search(str(e)):   # healthy, but of another model: not damage, nothing moved
+        raise UserError(f"the checkpoint of epoch {epoch} in {self.root} holds arrays of another "
+                        f"shape than this model's ({first[:160]}); use the settings it was "
+                        "trained with, or --fresh to archive it and start over") from None
       self._set_aside(epoch, f"{type(e).__name__}: {first[:120]}" if first else
                       type(e).__name__)
       return None
@@ -211,7 +240,12 @@ class Checkpoints:
   # -- damage -----------------------------------------------------------------------------------
 
   def _set_aside(self, epoch: int | str, why: str, reload: bool = True) -> None:
-    """Moves the step folder to checkpoints/corrupt/<epoch>-<time>/ and forgets it."""
+    """Moves the step folder to checkpoints/corrupt/<epoch>-<time>/ and forgets it (read-only:
+    says so and leaves it)."""
+    if self.read_only:
+      self.log(f"checkpoint of epoch {epoch} is unreadable ({why}); skipped (left in place: "
+               "this command only reads)")
+      return
     source = self.root / str(epoch)
     target = self.root / CORRUPT / f"{epoch}-{datetime.datetime.now():%Y%m%d-%H%M%S-%f}"
     if jax.process_index() == 0 and source.exists():
@@ -253,6 +287,10 @@ class Checkpoints:
     layout) into this manager, then moves those folders to checkpoints/legacy-<time>/."""
     folders = [self.root / name for name in LEGACY if (self.root / name).is_dir()]
     if not folders:
+      return
+    if self.read_only:
+      self.log(f"{self.root} holds checkpoints of an older layout, which only a training "
+               "command converts; rerun the training command once, then this one")
       return
     abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, state_tree(template))
     found: dict[int, tuple[TrainState, dict]] = {}

@@ -157,8 +157,10 @@ def _check_nothing_lost(workdir: Path, restored_epochs: int, root: Path) -> None
   """
   logged = [r.get("epoch", 0) for r in runlog.read_metrics(workdir)]
   summary = workdir / runlog.SUMMARY
-  if summary.is_file():
-    logged.append(runlog.read_json(summary).get("epochs_done") or 0)
+  if summary.is_file():     # a summary that is not one (a list, a word for a number) counts none
+    done = runlog.read_json(summary)
+    done = done.get("epochs_done") if isinstance(done, dict) else None
+    logged.append(done if isinstance(done, int) and not isinstance(done, bool) else 0)
   finished = max(logged, default=0)
   if finished > restored_epochs + 1:
     have = (f"its newest readable checkpoint is of epoch {restored_epochs}" if restored_epochs
@@ -175,11 +177,12 @@ def _meta(epoch, history, best, diverged_at, extra):
 
 
 def restore_best(workdir: str | Path, template: TrainState, *, best_metric: str,
-                 best_mode: str = "max", log: Callable[[str], None] = print
-                 ) -> TrainState | None:
-  """The best-validation state saved in `workdir` (None if there is none or it is unreadable)."""
+                 best_mode: str = "max", log: Callable[[str], None] = print,
+                 read_only: bool = False) -> TrainState | None:
+  """The best-validation state saved in `workdir` (None if there is none or it is unreadable).
+  `read_only`: for commands that only read (nothing in the workdir is written or moved)."""
   checkpoints = ckpt_lib.Checkpoints(workdir, best_metric=best_metric, best_mode=best_mode,
-                                     log=log)
+                                     log=log, read_only=read_only)
   try:
     restored = checkpoints.restore_best(template)
   finally:

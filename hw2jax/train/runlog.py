@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+from hw2jax import cache
 from hw2jax.errors import UserError
 from hw2jax.markdown import format_seconds
 from hw2jax.train.sharding import primary
@@ -18,15 +18,16 @@ SUMMARY = "summary.json"
 
 
 def write_json(path: str | Path, obj: Any) -> None:
-  """Writes JSON atomically (temp file + rename), so a killed run never leaves half a file.
-  (Process 0 only.)"""
+  """Writes JSON atomically (a temp file named after this host and pid, then a rename), so a
+  killed run never leaves half a file; a failed write leaves no temp file, and those of killed
+  writers are removed by the next write of the same file. (Process 0 only.)"""
   if not primary():
     return
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-  tmp.write_text(json.dumps(finite(obj), indent=2, sort_keys=True, default=_jsonable) + "\n")
-  os.replace(tmp, path)
+  text = json.dumps(finite(obj), indent=2, sort_keys=True, default=_jsonable) + "\n"
+  cache.remove_stale_temps(path.parent, f"{path.stem}.tmp-")
+  cache.write_atomically(path, lambda f: f.write(text.encode()))
 
 
 def finite(obj: Any) -> Any:
@@ -76,9 +77,9 @@ class RunLog:
   def reset(self, history: Sequence[dict]) -> None:
     if not primary():
       return
-    tmp = self.path.with_name(f".{METRICS}.tmp{os.getpid()}")
-    tmp.write_text("".join(json.dumps(finite(r), sort_keys=True) + "\n" for r in history))
-    os.replace(tmp, self.path)
+    text = "".join(json.dumps(finite(r), sort_keys=True) + "\n" for r in history)
+    cache.remove_stale_temps(self.workdir, f"{self.path.stem}.tmp-")
+    cache.write_atomically(self.path, lambda f: f.write(text.encode()))
 
   def append(self, record: dict) -> None:
     if not primary():

@@ -7,12 +7,17 @@ import contextlib
 import datetime
 import errno
 import fcntl
+import hashlib
+import json
 import os
 import shutil
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
 
 from hw2jax.errors import UserError
+from hw2jax.train import checkpoints as ckpt_lib
 from hw2jax.train import runlog
 from hw2jax.train.sharding import primary
 
@@ -62,10 +67,17 @@ def ensure(workdir: str | Path) -> Path:
 
 
 @contextlib.contextmanager
-def locked(workdir: str | Path) -> Iterator[Path]:
+def locked(workdir: str | Path, *, read_only: bool = False) -> Iterator[Path]:
   """Holds <workdir>/.lock (an advisory `fcntl` lock) while the block runs: a second run in the
   same workdir is refused with the first one's pid. The OS releases the lock when the process
-  dies, so a killed run never leaves a stale lock behind. (Process 0 only.)"""
+  dies, so a killed run never leaves a stale lock behind. (Process 0 only.)
+
+  `read_only` (--predict, --to_torch): a shared lock on an existing lock file, so that readers
+  never meet a training run mid-write, and nothing is created: a read-only workdir works."""
+  if read_only:
+    with _shared_lock(Path(workdir)) as workdir:
+      yield workdir
+    return
   workdir = ensure(workdir)
   if not primary():
     yield workdir
@@ -76,14 +88,7 @@ def locked(workdir: str | Path) -> Iterator[Path]:
   except OSError as e:
     raise UserError(f"cannot open the lock file {path} ({e.strerror or e})") from None
   try:
-    try:
-      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as e:
-      if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-        raise UserError(f"cannot lock {path} ({e.strerror or e})") from None
-      holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
-      raise UserError(f"{workdir} is in use by another run (pid {holder}); wait for it to "
-                      "finish, or use another --workdir") from None
+    _lock(fd, fcntl.LOCK_EX, workdir)
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     yield workdir
@@ -91,29 +96,143 @@ def locked(workdir: str | Path) -> Iterator[Path]:
     os.close(fd)
 
 
+@contextlib.contextmanager
+def _shared_lock(workdir: Path) -> Iterator[Path]:
+  if not workdir.is_dir():
+    raise UserError(f"workdir {workdir} does not exist or is not a folder")
+  try:
+    fd = os.open(workdir / LOCK, os.O_RDONLY)
+  except OSError:           # no lock file: no run ever trained here to be met mid-write
+    yield workdir
+    return
+  try:
+    _lock(fd, fcntl.LOCK_SH, workdir)
+    yield workdir
+  finally:
+    os.close(fd)
+
+
+def _lock(fd: int, kind: int, workdir: Path) -> None:
+  """flock(kind) without waiting; held by another run: a UserError naming its pid."""
+  try:
+    fcntl.flock(fd, kind | fcntl.LOCK_NB)
+  except OSError as e:
+    if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+      raise UserError(f"cannot lock {workdir / LOCK} ({e.strerror or e})") from None
+    holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+    raise UserError(f"{workdir} is in use by another run (pid {holder}); wait for it to "
+                    "finish, or use another --workdir") from None
+
+
+def fingerprint_splits(splits: Mapping[str, Any]) -> dict[str, dict]:
+  """{split: {'count', 'hash'}} of a dataset's splits, so that a run can tell whether the data it
+  resumes on is the data it was made from. A split is a tuple of numpy arrays (images, labels:
+  count = their length; hashed by dtype, shape and bytes) or a sequence of JSON-able rows (P2G
+  pairs: hashed as JSON text)."""
+  out = {}
+  for name, split in splits.items():
+    h = hashlib.blake2b(digest_size=16)
+    if isinstance(split, tuple) and all(isinstance(a, np.ndarray) for a in split):
+      count = len(split[0])
+      for a in split:
+        h.update(f"{a.dtype}{a.shape}".encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+    else:
+      count = len(split)
+      for row in split:
+        h.update(json.dumps(row, ensure_ascii=False).encode() + b"\n")
+    out[name] = {"count": count, "hash": h.hexdigest()}
+  return out
+
+
+def identity(config: dict, data_source: str, fingerprint: dict | None = None) -> dict:
+  """What a run is made from: its settings, its data's source and fingerprint. Every checkpoint
+  carries it (the authority, see `prepare`); config.json is a readable copy."""
+  return {"config": config, "data": data_source, "fingerprint": fingerprint}
+
+
+def stored_identity(workdir: str | Path) -> tuple[dict, str] | None:
+  """The identity of the run in `workdir` and where it was read: the newest checkpoint that
+  carries one, else config.json (runs of before this check). None for a new workdir. Reads
+  only; a config.json that is not a run's identity is a UserError only when nothing else tells."""
+  workdir = Path(workdir)
+  saved = ckpt_lib.newest_meta(workdir, "identity")
+  if saved is not None:
+    return saved[1]["identity"], f"the checkpoint of epoch {saved[0]}"
+  path = workdir / CONFIG
+  if not path.exists():
+    if ckpt_lib.newest_meta(workdir) is not None:
+      raise UserError(f"{workdir} has checkpoints but no {CONFIG} to tell what they were made "
+                      f"from; restore {CONFIG}, or use --fresh to archive the run and start over")
+    return None
+  copy = runlog.read_json(path)
+  if not (isinstance(copy, dict) and isinstance(copy.get("config"), dict)):
+    raise UserError(f"{path} is damaged (not a run's settings); repair or remove it, or use "
+                    "--fresh to archive the run and start over")
+  return copy, CONFIG
+
+
+def differences(have: dict, now: dict, resumable: Iterable[str] = RESUMABLE) -> list[str]:
+  """What differs between two identities, in words: settings outside `resumable`, then the
+  data (by fingerprint where both have one, so a moved file is the same data; else by source)."""
+  resumable = set(resumable)
+  diffs = [f"{k}={have['config'].get(k)!r} (now {v!r})" for k, v in now["config"].items()
+           if k not in resumable and have["config"].get(k) != v]
+  old, new = have.get("fingerprint"), now.get("fingerprint")
+  if not (isinstance(old, dict) and new):
+    if have.get("data") != now.get("data"):
+      diffs.append(f"data {have.get('data')} (now {now.get('data')})")
+    return diffs
+  for split in dict.fromkeys([*old, *new]):
+    a, b = old.get(split), new.get(split)
+    if a == b:
+      continue
+    if a is None or b is None:
+      diffs.append(f"data split {split} {'added' if a is None else 'missing'}")
+    elif a.get("count") != b.get("count"):
+      diffs.append(f"{split} split of {a.get('count'):,} items (now {b['count']:,})")
+    else:
+      diffs.append(f"{split} split: the same {b['count']:,} items in number, other content")
+  return diffs
+
+
 def prepare(workdir: str | Path, config: dict, data_source: str, *, fresh: bool,
             run_files: Iterable[str], resumable: Iterable[str] = RESUMABLE,
-            globs: Sequence[str] = (), log: Callable[[str], None] = print) -> Path:
-  """Creates `workdir`, or checks that the run it holds has the same `config` and data.
-
-  Keys in `resumable` (e.g. the number of epochs) may differ. With `fresh`, the previous run's
-  `run_files` move to <workdir>/archive/<time>/ first. Writes <workdir>/config.json.
+            globs: Sequence[str] = (), log: Callable[[str], None] = print,
+            fingerprint: dict | None = None) -> Path:
+  """Creates `workdir`, or checks that the run it holds was made from the same settings and
+  data (`identity`), as its newest checkpoint records them (config.json only for runs whose
+  checkpoints predate that record): a difference is a UserError naming it, with nothing moved
+  or rewritten. Keys in `resumable` (e.g. the number of epochs) may differ. With `fresh`, the
+  previous run's `run_files` move to <workdir>/archive/<time>/ first. Writes config.json, the
+  readable copy of the identity (rebuilt from the checkpoint when missing or damaged).
   """
   workdir = ensure(workdir)
-  resumable = set(resumable)
+  now = identity(config, data_source, fingerprint)
   if fresh:
     archived = archive(workdir, [*run_files, CONFIG], globs)
     if archived:
       log(f"--fresh: moved the previous run's files to {archived}")
-  elif (workdir / CONFIG).exists():
-    have = runlog.read_json(workdir / CONFIG)
-    diffs = [f"{k}={have.get('config', {}).get(k)!r} (now {v!r})" for k, v in config.items()
-             if k not in resumable and have.get("config", {}).get(k) != v]
-    if have.get("data") != data_source:
-      diffs.append(f"data {have.get('data')} (now {data_source})")
-    if diffs:
-      raise UserError(f"{workdir} holds a run with other settings: {'; '.join(diffs)}. For a "
-                      "separate run use --workdir=<another folder>; to replace that run, "
-                      "--fresh (it is archived, not deleted)")
-  runlog.write_json(workdir / CONFIG, {"config": config, "data": data_source})
+  else:
+    stored = stored_identity(workdir)
+    if stored is not None:
+      have, origin = stored
+      diffs = differences(have, now, resumable)
+      if diffs:
+        raise UserError(f"{workdir} holds a run made from other settings or data ({origin}): "
+                        f"{'; '.join(diffs)}. For a separate run use --workdir=<another "
+                        "folder>; to replace that run, --fresh (it is archived, not deleted)")
+      if origin != CONFIG and _copy_differs(workdir / CONFIG, have):
+        log(f"{workdir / CONFIG} was missing or damaged; rebuilt it from {origin}")
+  runlog.write_json(workdir / CONFIG, now)
   return workdir
+
+
+def _copy_differs(path: Path, have: dict) -> bool:
+  """Whether config.json is not (a JSON copy of) the identity `have`."""
+  try:
+    copy = json.loads(path.read_text())
+  except (OSError, ValueError, UnicodeDecodeError):
+    return True
+  return not isinstance(copy, dict) or {k: copy.get(k) for k in ("config", "data")} != {
+      k: have.get(k) for k in ("config", "data")}

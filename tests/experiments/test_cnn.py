@@ -9,7 +9,7 @@ import pytest
 from helpers import (assert_clean_failure, checksums, cnn_summary, learnable_images, run_cli,
                       write_kaggle_folder, write_npz)
 from hw2jax.errors import UserError
-from hw2jax.experiments import cnn
+from hw2jax.experiments import cnn, sweep
 
 pytestmark = pytest.mark.slow
 
@@ -106,13 +106,13 @@ def test_the_readmes_q2_sequence_trains_each_configuration_once(tmp_path):
 
 def test_sweep_run_dirs_are_the_single_runs_folders_and_distinct():
   config = cnn.Config(model="bn_gap", kernel_size=5)
-  dirs = cnn.sweep_run_dirs(config, [0.1, 0.01], None)
+  dirs = sweep.run_dirs(config, [0.1, 0.01], None)
   assert {lr: p.as_posix() for lr, p in dirs.items()} == {
       0.1: "runs/cnn/bn_gap-lr0.1-k5", 0.01: "runs/cnn/bn_gap-lr0.01-k5"}
-  assert cnn.sweep_run_dirs(config, [0.1], "mine")[0.1].as_posix() == "mine/lr_0.1"
+  assert sweep.run_dirs(config, [0.1], "mine")[0.1].as_posix() == "mine/lr_0.1"
   for workdir in (None, "mine"):
     with pytest.raises(UserError, match="0.0001 and 0.00010000001 both name the folder"):
-      cnn.sweep_run_dirs(config, [0.0001, 0.00010000001], workdir)
+      sweep.run_dirs(config, [0.0001, 0.00010000001], workdir)
 
 
 def test_bn_gap_parameter_count_is_printed(tmp_path):

@@ -246,3 +246,18 @@ def test_a_real_full_disk_is_one_line_and_the_rerun_resumes(tmp_path, small_file
   assert resumed.returncode == 0, resumed.stderr[-2000:]
   summary = json.loads((mount / "run" / "summary.json").read_text())
   assert summary["status"] == "completed" and summary["epochs_done"] == 3
+
+
+def test_a_healthy_checkpoint_of_another_shape_is_refused_not_set_aside(train, tmp_path):
+  """Arrays that do not fit the model (a wider layer) are not damage: one line, nothing moved
+  to corrupt/ (issue 17: only bytes failing their own fingerprint are corrupt)."""
+  train(1, tmp_path)
+  before = checksums(tmp_path / "checkpoints")
+  wider = cnn.new_state(cnn.Config(**{**TINY_CNN, "channels": (4, 8, 32)}))
+  ckpts = checkpoints.Checkpoints(tmp_path, best_metric="val_accuracy", log=QUIET)
+  try:
+    with pytest.raises(UserError, match="holds arrays of another shape than this model's"):
+      ckpts.restore(wider)
+  finally:
+    ckpts.close()
+  assert checksums(tmp_path / "checkpoints") == before

@@ -54,3 +54,33 @@ def test_progress_line_leaves_the_compiling_first_epoch_out_of_the_eta(tmp_path)
   assert line.startswith("[lr 0.01] epoch   2/12  val_accuracy 0.5000  10.0s")
   assert line.endswith("ETA 1m40s")  # 10 epochs left x 10 s, not x 55 s
   assert "absent" not in printed[0]
+
+
+def test_run_files_leave_no_temp_file_on_failure_and_remove_those_of_killed_writers(
+    tmp_path, monkeypatch):
+  """summary.json, config.json and metrics.jsonl are written through a temp file named after
+  this host and pid: a failed write (a full disk) removes it, and the next write of the same
+  file removes one that a killed process left."""
+  import errno
+  import os
+  import subprocess
+  import sys
+  from hw2jax import cache
+  dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                        capture_output=True, text=True, check=True).stdout.strip()
+  orphans = [cache.temp_path(tmp_path / name).with_name(
+      cache.temp_path(tmp_path / name).name.replace(f"-{os.getpid()}.", f"-{dead}."))
+      for name in ("summary.json", "metrics.jsonl")]
+  for orphan in orphans:
+    orphan.write_text("half")
+  runlog.write_json(tmp_path / "summary.json", {"epochs_done": 1})
+  runlog.RunLog(tmp_path, total_epochs=1, printer=lambda line: None).reset([{"epoch": 1}])
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl", "summary.json"]
+
+  def full_disk(*args):
+    raise OSError(errno.ENOSPC, "No space left on device")
+  monkeypatch.setattr(os, "replace", full_disk)
+  with pytest.raises(OSError, match="No space left"):
+    runlog.write_json(tmp_path / "summary.json", {"epochs_done": 2})
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl", "summary.json"]
+  assert runlog.read_json(tmp_path / "summary.json") == {"epochs_done": 1}

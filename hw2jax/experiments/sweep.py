@@ -1,0 +1,75 @@
+"""The learning-rate sweep of the CNN experiment (Table 2.1): several rates on one compiled
+program, each trained (or read back) in the folder a single run of that rate uses."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Callable, Sequence
+
+from hw2jax.data import intel
+from hw2jax.errors import UserError
+from hw2jax.experiments import cnn
+from hw2jax.train import runlog
+from hw2jax.train import workdir as workdir_lib
+
+
+def run_dirs(config: cnn.Config, learning_rates: Sequence[float], workdir: str | Path | None,
+             root: str | Path = "runs/cnn") -> dict[float, Path]:
+  """Where each learning rate's run lives. Without a workdir, the folder a single `--lr` run of
+  that rate uses (<root>/<run_name>), so a sweep and single runs share their runs and each
+  configuration trains once whatever order the commands come in; with one, <workdir>/lr_<lr>.
+  Two rates that would name one folder are refused before anything trains."""
+  if len(set(learning_rates)) != len(learning_rates):
+    raise UserError(f"--lr={','.join(f'{lr!r}' for lr in learning_rates)} repeats a learning "
+                    "rate; give each rate once")
+  dirs: dict[float, Path] = {}
+  for lr in learning_rates:
+    run = dataclasses.replace(config, learning_rate=lr)
+    path = Path(root) / run.run_name() if workdir is None else Path(workdir) / f"lr_{lr:g}"
+    same = [other for other, p in dirs.items() if p == path]
+    if same:
+      raise UserError(f"--lr rates {same[0]!r} and {lr!r} both name the folder {path} (a "
+                      "folder names a rate by its first 6 digits); give rates that differ there")
+    dirs[lr] = path
+  return dirs
+
+
+def sweep(config: cnn.Config, learning_rates: Sequence[float], data: intel.IntelData,
+          workdir: str | Path, *, dirs: dict[float, Path] | None = None, fresh: bool = False,
+          log: Callable[[str], None] = print) -> list[cnn.CnnRunSummary]:
+  """One run per learning rate (one compiled program for all) in `dirs` (default
+  <workdir>/lr_<lr>, see `run_dirs`), then Table 2.1 as markdown in <workdir>/table_2_1.md and
+  the summaries in <workdir>/sweep.json. A run already finished (by this sweep or by a single
+  run in the same folder) is read back, not trained again."""
+  dirs = dirs or run_dirs(config, learning_rates, workdir)
+  for lr in learning_rates:
+    dataclasses.replace(config, learning_rate=lr).validate().check_data(data)
+  with workdir_lib.locked(workdir) as workdir:
+    return _sweep(config, learning_rates, data, workdir, dirs, fresh=fresh, log=log)
+
+
+def _sweep(config, learning_rates, data, workdir, dirs, *, fresh, log
+           ) -> list[cnn.CnnRunSummary]:
+  if fresh:
+    archived = workdir_lib.archive(workdir, (cnn.TABLE, cnn.SWEEP, workdir_lib.CONFIG))
+    if archived:
+      log(f"--fresh: moved the previous sweep's table to {archived}")
+  trainer = cnn.make_trainer(config)
+  arrays = cnn.device_data(data, trainer)
+  summaries = []
+  for lr in learning_rates:
+    run_config = dataclasses.replace(config, learning_rate=lr)
+    log(f"== {run_config.label()}: {dirs[lr]} ==")
+    summaries.append(cnn.train_and_evaluate(run_config, data, dirs[lr], fresh=fresh,
+                                            arrays=arrays, trainer=trainer, log=log,
+                                            prefix=f"[lr {lr:g}] "))
+  curves = {lr: Path(os.path.relpath(d / cnn.CURVES, workdir)).as_posix()
+            for lr, d in dirs.items()}
+  table = cnn.table_2_1([cnn.TableRow(s.config.model, s.config.learning_rate, [s],
+                                      curves[s.config.learning_rate]) for s in summaries])
+  (workdir / cnn.TABLE).write_text(table)
+  runlog.write_json(workdir / cnn.SWEEP, [s.to_json() for s in summaries])
+  log(table)
+  return summaries
