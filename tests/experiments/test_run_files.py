@@ -26,41 +26,51 @@ def data(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def trained(data, tmp_path_factory):
+def train(data):
+  """cnn.train_and_evaluate sharing one trainer and device copy of the data, so that the module
+  compiles its programs once."""
+  trainer = cnn.make_trainer(cnn.Config(**TINY))
+  arrays = cnn.device_data(data, trainer)
+  return lambda config, workdir, log=quiet: cnn.train_and_evaluate(
+      config, data, workdir, arrays=arrays, trainer=trainer, log=log)
+
+
+@pytest.fixture(scope="module")
+def trained(train, tmp_path_factory):
   run = tmp_path_factory.mktemp("trained")
-  cnn.train_and_evaluate(cnn.Config(epochs=1, **TINY), data, run, log=quiet)
+  train(cnn.Config(epochs=1, **TINY), run)
   return run
 
 
 @pytest.mark.parametrize("text", ["[1, 2, 3]", '{"config": null}', '"lr 0.01"', "{not json"])
-def test_a_damaged_config_json_is_rebuilt_from_the_checkpoint(text, data, trained, tmp_path):
+def test_a_damaged_config_json_is_rebuilt_from_the_checkpoint(text, train, trained, tmp_path):
   run = tmp_path / "run"
   shutil.copytree(trained, run)
   (run / workdir_lib.CONFIG).write_text(text)
   logs = []
-  summary = cnn.train_and_evaluate(cnn.Config(epochs=1, **TINY), data, run, log=logs.append)
+  summary = train(cnn.Config(epochs=1, **TINY), run, logs.append)
   assert summary.epochs_done == 1 and any("rebuilt it from the checkpoint of epoch 1" in line
                                           for line in logs)
   assert json.loads((run / workdir_lib.CONFIG).read_text())["config"]["channels"] == [4, 8]
 
 
 @pytest.mark.parametrize("text", ["[1, 2, 3]", '{"config": null}', '{"data": "x"}'])
-def test_a_damaged_config_json_with_no_checkpoint_to_rebuild_it_is_one_line(text, data,
+def test_a_damaged_config_json_with_no_checkpoint_to_rebuild_it_is_one_line(text, train,
                                                                             tmp_path):
   (tmp_path / workdir_lib.CONFIG).write_text(text)
   before = checksums(tmp_path)
   with pytest.raises(UserError, match=r"config.json is damaged \(not a run's settings\)"):
-    cnn.train_and_evaluate(cnn.Config(epochs=1, **TINY), data, tmp_path, log=quiet)
+    train(cnn.Config(epochs=1, **TINY), tmp_path)
   assert checksums(tmp_path) == before
 
 
 @pytest.mark.parametrize("text", ["[]", '{"epochs_done": "many"}', '{"epochs_done": true}'])
-def test_a_summary_that_is_not_one_is_rewritten_by_the_resumed_run(text, data, trained,
+def test_a_summary_that_is_not_one_is_rewritten_by_the_resumed_run(text, train, trained,
                                                                   tmp_path):
   run = tmp_path / "run"
   shutil.copytree(trained, run)
   (run / "summary.json").write_text(text)
-  summary = cnn.train_and_evaluate(cnn.Config(epochs=2, **TINY), data, run, log=quiet)
+  summary = train(cnn.Config(epochs=2, **TINY), run)
   assert summary.epochs_done == 2
   assert json.loads((run / "summary.json").read_text())["epochs_done"] == 2
 
@@ -74,11 +84,10 @@ def test_a_damaged_vocab_json_of_an_old_run_is_one_line(tmp_path):
     p2g.load_run(tmp_path, log=quiet)
 
 
-def test_a_diverged_run_reports_no_test_accuracy_of_nan_weights(data, tmp_path):
+def test_a_diverged_run_reports_no_test_accuracy_of_nan_weights(train, tmp_path):
   """...and draws its curves without a warning (a panel with nothing drawn has no legend)."""
   warnings.simplefilter("error")
-  summary = cnn.train_and_evaluate(cnn.Config(epochs=2, learning_rate=1e9, **TINY), data,
-                                   tmp_path, log=quiet)
+  summary = train(cnn.Config(epochs=2, learning_rate=1e9, **TINY), tmp_path)
   assert summary.diverged_at is not None
   assert summary.final.test_accuracy is None and summary.final.test_loss is None
   row = cnn.table_2_1([cnn.TableRow("vanilla", 1e9, [summary])]).splitlines()[2]
