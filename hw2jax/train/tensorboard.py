@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import shutil
+import sys
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -32,7 +33,7 @@ class Board:
     """Drops earlier event files and writes `history` (the epochs the run resumes from)."""
     if not self.enabled:
       return
-    from tensorboardX import SummaryWriter
+    SummaryWriter = summary_writer()
     if self.dir.exists():
       shutil.rmtree(self.dir)
     self._writer = SummaryWriter(str(self.dir), flush_secs=30)
@@ -58,7 +59,7 @@ def write_hparams(workdir: str | Path, hparams: Mapping[str, Any], metrics: Mapp
   """The run's settings beside its final (test) metrics, replacing an earlier call's."""
   if not enabled or not primary():
     return
-  from tensorboardX import SummaryWriter
+  SummaryWriter = summary_writer()
   folder = Path(workdir) / FOLDER / HPARAMS
   if folder.exists():
     shutil.rmtree(folder)
@@ -67,6 +68,22 @@ def write_hparams(workdir: str | Path, hparams: Mapping[str, Any], metrics: Mapp
   numbers = {f"final/{k}": float(v) for k, v in metrics.items() if _number(v)}
   with SummaryWriter(str(folder)) as writer:
     writer.add_hparams(values, numbers, name=".")
+
+
+def summary_writer():
+  """tensorboardX's SummaryWriter class, imported without PyTorch. tensorboardX imports torch
+  whenever it is installed (1.4 s of every run's start on a 2-core CPU) only to accept torch
+  tensors, which hw2jax never passes; torch stays importable afterwards, and one already
+  imported (--from_torch) is left as it is."""
+  if "torch" in sys.modules or "tensorboardX.writer" in sys.modules:
+    from tensorboardX import SummaryWriter
+    return SummaryWriter
+  sys.modules["torch"] = None          # `import torch` raises ImportError while it loads
+  try:
+    from tensorboardX import SummaryWriter
+  finally:
+    del sys.modules["torch"]
+  return SummaryWriter
 
 
 def _number(value: Any) -> bool:
