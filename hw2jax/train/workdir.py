@@ -222,17 +222,20 @@ def prepare(workdir: str | Path, config: dict, data_source: str, *, fresh: bool,
         raise UserError(f"{workdir} holds a run made from other settings or data ({origin}): "
                         f"{'; '.join(diffs)}. For a separate run use --workdir=<another "
                         "folder>; to replace that run, --fresh (it is archived, not deleted)")
-      if origin != CONFIG and _copy_differs(workdir / CONFIG, have):
+      if origin != CONFIG and _copy_differs(workdir / CONFIG, have, set(resumable)):
         log(f"{workdir / CONFIG} was missing or damaged; rebuilt it from {origin}")
   runlog.write_json(workdir / CONFIG, now)
   return workdir
 
 
-def _copy_differs(path: Path, have: dict) -> bool:
-  """Whether config.json is not (a JSON copy of) the identity `have`."""
+def _copy_differs(path: Path, have: dict, resumable: set[str]) -> bool:
+  """Whether config.json does not hold the settings of the identity `have`, `resumable` ones
+  aside (a data path that moved with the same fingerprint is no damage either: the copy just
+  follows it)."""
   try:
     copy = json.loads(path.read_text())
   except (OSError, ValueError, UnicodeDecodeError):
     return True
-  return not isinstance(copy, dict) or {k: copy.get(k) for k in ("config", "data")} != {
-      k: have.get(k) for k in ("config", "data")}
+  fixed = lambda config: {k: v for k, v in config.items() if k not in resumable}
+  return not (isinstance(copy, dict) and isinstance(copy.get("config"), dict)
+              and fixed(copy["config"]) == fixed(have["config"]))
