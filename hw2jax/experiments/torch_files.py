@@ -20,6 +20,7 @@ from typing import Mapping
 
 import numpy as np
 
+from hw2jax import cache
 from hw2jax.errors import UserError
 from hw2jax.models import torch_port
 
@@ -179,26 +180,10 @@ def _remove_stale_temps(path: Path) -> list[Path]:
   `.<name>.tmp<pid>` of older versions); a live process's is its write in progress."""
   pattern = re.compile(rf"\.{re.escape(path.name)}\.tmp-?(\d+)")
   stale = [p for p in path.parent.iterdir()
-           if (m := pattern.fullmatch(p.name)) and not _alive(int(m[1]))]
+           if (m := pattern.fullmatch(p.name)) and not cache.pid_running(int(m[1]))]
   for p in stale:
     p.unlink(missing_ok=True)
   return stale
-
-
-def _alive(pid: int) -> bool:
-  """Whether process `pid` runs (signal 0 checks without sending; on Windows os.kill would
-  end it, so there every pid counts as alive and nothing is removed)."""
-  if os.name == "nt":
-    return True
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:        # someone else's process
-    return True
-  except (OverflowError, ValueError, OSError):
-    return False
-  return True
 
 
 def check_new_file(path: str | Path) -> Path:
