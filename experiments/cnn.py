@@ -19,7 +19,7 @@ import dataclasses
 from absl import flags
 
 from hw2jax import cli
-from hw2jax.data import sources
+from hw2jax.data import intel, sources
 from hw2jax.experiments import cnn, sweep, torch_checkpoints
 
 _D = cnn.Config()
@@ -41,6 +41,10 @@ flags.DEFINE_bool("maxpool", _D.maxpool, "2x2 max-pooling after each conv block.
 flags.DEFINE_list("channels", [str(c) for c in _D.channels], "Channels of the conv blocks.")
 flags.DEFINE_enum("init", _D.init, ["torch", "flax"],
                   "torch: PyTorch's default initialisation, as the course; flax: lecun-normal.")
+flags.DEFINE_enum("pixels", _D.pixels, list(intel.PIXELS),
+                  "correct: the images as stored; course: the course skeleton's input pipeline, "
+                  "which flattens each image and reshapes it to (3, 48, 48), scrambling the "
+                  "channels of height-width-channel pixels (to reproduce the homework's numbers).")
 flags.DEFINE_string("data_path", None,
                     "Intel npz, Kaggle zip or folder, or tfds:intel48 (a TFDS dataset in "
                     "--tfds_data_dir). Default: $HW2JAX_DATA, ./data/, a Kaggle notebook's "
@@ -83,6 +87,7 @@ def main(argv):
       optimizer=FLAGS.optimizer, l2_decay=FLAGS.l2_decay, dropout=FLAGS.dropout, seed=FLAGS.seed,
       kernel_size=FLAGS.kernel_size, maxpool=FLAGS.maxpool,
       channels=tuple(cli.parse_ints(FLAGS.channels, "channels")), init=FLAGS.init,
+      pixels=FLAGS.pixels,
       epoch_mode=FLAGS.epoch_mode, tensorboard=FLAGS.tensorboard,
       devices=cli.parse_devices(FLAGS.devices))
   for lr in lrs:

@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from helpers import run_cli, write_p2g_folder
+from helpers import run_cli, write_npz, write_p2g_folder
 
 torch = pytest.importorskip("torch")
 
@@ -77,3 +77,41 @@ def test_torch_p2g_training_runs_an_epoch_and_saves_weights_hw2jax_reads(tmp_pat
   model = seq2seq.Seq2Seq(len(course[0]), len(course[1]), attention=True)
   params = torch_port.seq2seq_from_torch(model, {k: v.numpy() for k, v in state.items()}, *orders)
   assert params["tgt_embed"]["embedding"].shape == (len(course[1]), 128)
+
+
+def test_the_torch_course_tensor_is_the_skeletons_flatten_divide_and_reshape():
+  from benchmarks import torch_cnn_train
+  import numpy as np
+  images = np.random.default_rng(1).integers(0, 256, (2, 48, 48, 3), dtype=np.uint8)
+  skeleton = (images.reshape(2, -1) / 256).reshape(-1, 3, 48, 48)
+  np.testing.assert_allclose(torch_cnn_train.course_tensor(images).numpy(), skeleton)
+  np.testing.assert_allclose(torch_cnn_train.correct_tensor(images).numpy(),
+                             images.transpose(0, 3, 1, 2) / 256)
+
+
+@pytest.mark.slow
+def test_torch_cnn_training_with_course_pixels_scores_the_same_in_hw2jax(tmp_path):
+  """The course loop's weights, evaluated by hw2jax with --pixels=course, give the accuracy
+  PyTorch measured: both read the images the skeleton's way."""
+  from hw2jax.data import sources
+  from hw2jax.experiments import cnn, torch_checkpoints
+  data_path = write_npz(tmp_path / "tiny.npz", n_train=24, n_val=12, n_test=12)
+  out, saved = tmp_path / "vanilla.json", tmp_path / "vanilla.pt"
+  args = ["benchmarks.torch_cnn_train", f"--data_path={data_path}", "--epochs=1",
+          "--pixels=course", f"--out={out}"]
+  proc = run_cli(*args, f"--save={saved}", cwd=tmp_path)
+  assert proc.returncode == 0, proc.stderr
+  result = json.loads(out.read_text())
+  assert result["status"] == "completed" and result["pixels"] == "course"
+  assert result["sizes"] == {"train": 24, "val": 12, "test": 12}
+  again = run_cli(*args, cwd=tmp_path)
+  assert again.returncode == 2 and "never overwrites" in again.stderr
+  checkpoint, state_dict = torch_checkpoints.read_checkpoint(str(saved))
+  data = sources.load_intel(data_path, log=lambda line: None)
+  scored = torch_checkpoints.evaluate_cnn(
+      checkpoint, state_dict, cnn.Config(pixels="course"), data, tmp_path / "eval",
+      log=lambda line: None)
+  assert scored.pixels == "course"
+  assert scored.val.accuracy == pytest.approx(result["final_val_accuracy"], abs=1e-6)
+  assert scored.test.accuracy == pytest.approx(result["final_test_accuracy"], abs=1e-6)
+  assert scored.val.loss == pytest.approx(result["history"][-1]["val_loss"], rel=1e-4)

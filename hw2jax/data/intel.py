@@ -27,6 +27,9 @@ CHANNELS = 3
 NPZ_KEYS = ("train_images", "train_labels", "val_images", "val_labels", "test_images",
             "test_labels")
 SPLITS = ("train", "val", "test")
+# How pixels reach the model: correct (as stored, height-width-channel), or course (the course
+# skeleton's reading: flattened and reinterpreted as channels-first; see `course_pixels`).
+PIXELS = ("correct", "course")
 # A Kaggle image's path: seg_<split>/[seg_<split>/]<class>/<file>.
 ENTRY_RE = re.compile(r"(?:^|/)seg_(train|test)/(?:seg_(?:train|test)/)?([^/]+)/([^/]+)$")
 
@@ -65,6 +68,24 @@ class IntelData:
     sizes = " / ".join(str(len(cut[f"{name}_labels"])) for name in SPLITS)
     return dataclasses.replace(self, **cut,
                                source=f"{self.source}; random subset {sizes} (seed {seed})")
+
+
+def course_pixels(images: np.ndarray) -> np.ndarray:
+  """(N, 48, 48, 3) -> (N, 48, 48, 3): what the course skeleton feeds its model. It flattens each
+  image and reshapes it to (3, 48, 48); on height-width-channel pixels (decoded JPEGs, the
+  Kaggle data) each "channel" then holds a third of the image with R, G and B interleaved along
+  its rows. Returned channels-last, as the models take it; a reproduction of the homework's
+  numbers, not a reading of the images (the skeleton's /256 is the models' own scale)."""
+  n = images.shape[0]
+  return np.ascontiguousarray(einops.rearrange(images.reshape(n, -1), "n (c h w) -> n h w c",
+                                               c=CHANNELS, h=IMAGE_SIZE))
+
+
+def model_pixels(images: np.ndarray, pixels: str) -> np.ndarray:
+  """The images as the model sees them under `pixels` (one of PIXELS)."""
+  if pixels not in PIXELS:
+    raise UserError(f"--pixels={pixels!r} is not one of {', '.join(PIXELS)}")
+  return course_pixels(images) if pixels == "course" else images
 
 
 # ----------------------------------------------------------------------------------------------

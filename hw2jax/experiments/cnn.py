@@ -52,6 +52,7 @@ class Config:
   maxpool: bool = True
   channels: tuple[int, ...] = (32, 64, 128)
   init: str = "torch"
+  pixels: str = "correct"            # intel.PIXELS: "course" reproduces the skeleton's reshape
   epoch_mode: str = "auto"
   eval_batch_size: int = 1000
   tensorboard: bool = True           # event files in <workdir>/tb/ (metrics.jsonl regardless)
@@ -85,6 +86,8 @@ class Config:
          f"{' after max-pooling' if self.maxpool and len(self.channels) > 1 else ''}); use at "
          f"most {smallest if smallest % 2 else smallest - 1}"),
         (self.init in ("torch", "flax"), f"--init={self.init!r}: use torch or flax"),
+        (self.pixels in intel.PIXELS,
+         f"--pixels={self.pixels!r} is not one of {', '.join(intel.PIXELS)}"),
         (self.epoch_mode in trainer_lib.EPOCH_MODES,
          f"--epoch_mode={self.epoch_mode!r} is not one of {', '.join(trainer_lib.EPOCH_MODES)}"),
         (self.devices >= 0, f"--devices={self.devices} must be all or a positive number"),
@@ -137,7 +140,8 @@ _LABEL_PARTS = (("kernel_size", lambda v: f"{v}x{v} kernels"),
                 ("maxpool", lambda v: "max-pool" if v else "no max-pool"),
                 ("channels", lambda v: "channels " + "-".join(map(str, v))),
                 ("dropout", lambda v: f"dropout {v:g}"), ("l2_decay", lambda v: f"L2 {v:g}"),
-                ("seed", lambda v: f"seed {v}"))
+                ("seed", lambda v: f"seed {v}"),
+                ("pixels", lambda v: f"{v} pixels"))
 _DEFAULTS = {f: getattr(Config(), f) for f, _ in _LABEL_PARTS}
 # How a setting that differs from the default shows in a run's default workdir name.
 _NAME_PARTS = (
@@ -145,7 +149,10 @@ _NAME_PARTS = (
     ("channels", lambda v: "ch" + "_".join(map(str, v))), ("batch_size", lambda v: f"bs{v}"),
     ("optimizer", str), ("l2_decay", lambda v: f"l2_{v:g}"), ("dropout", lambda v: f"drop{v:g}"),
     ("seed", lambda v: f"seed{v}"), ("init", lambda v: f"init_{v}"),
+    ("pixels", lambda v: f"pixels_{v}"),
 )
+# Settings added after runs were written: a stored identity without one used this value.
+ADDED_SETTINGS = {"pixels": "correct"}
 
 
 @functools.lru_cache(maxsize=None)
@@ -240,9 +247,12 @@ def describe_params(config: Config) -> str:
           + (" (Table 2.3)" if course else ""))
 
 
-def device_data(data: intel.IntelData, trainer: trainer_lib.Trainer) -> dict:
-  """Every split onto the trainer's device(s) once: {'train'|'val'|'test': {'image', 'label'}}."""
-  return {split: trainer.put(cnn.as_dataset(*data.split(split))) for split in intel.SPLITS}
+def device_data(data: intel.IntelData, trainer: trainer_lib.Trainer, pixels: str = "correct"
+                ) -> dict:
+  """Every split onto the trainer's device(s) once, its pixels read as `pixels` says
+  (intel.PIXELS): {'train'|'val'|'test': {'image', 'label'}}."""
+  return {split: trainer.put(cnn.as_dataset(intel.model_pixels(images, pixels), labels))
+          for split, (images, labels) in ((s, data.split(s)) for s in intel.SPLITS)}
 
 
 def make_trainer(config: Config) -> trainer_lib.Trainer:
@@ -280,8 +290,9 @@ def train_and_evaluate(config: Config, data: intel.IntelData, workdir: str | Pat
 def _train_and_evaluate(config, data, workdir, *, fresh, arrays, trainer, log, prefix):
   fingerprint = workdir_lib.fingerprint_splits({s: data.split(s) for s in intel.SPLITS})
   workdir = workdir_lib.prepare(workdir, config.to_json(), data.source, fresh=fresh,
-                                run_files=RUN_FILES, log=log, fingerprint=fingerprint)
-  arrays = arrays or device_data(data, trainer)
+                                run_files=RUN_FILES, log=log, fingerprint=fingerprint,
+                                added_settings=ADDED_SETTINGS)
+  arrays = arrays or device_data(data, trainer, config.pixels)
   state = trainer.put(new_state(config))
 
   def evaluate(s):

@@ -57,7 +57,7 @@ def _sweep(config, learning_rates, data, workdir, dirs, *, fresh, log
     if archived:
       log(f"--fresh: moved the previous sweep's table to {archived}")
   trainer = cnn.make_trainer(config)
-  arrays = cnn.device_data(data, trainer)
+  arrays = cnn.device_data(data, trainer, config.pixels)
   summaries = []
   for lr in learning_rates:
     run_config = dataclasses.replace(config, learning_rate=lr)

@@ -244,6 +244,7 @@ class CnnTorchSummary:
   test: Evaluation
   device: str
   jax_version: str
+  pixels: str = "correct"           # intel.PIXELS: how the images reached the model
 
 
 def check_torch_cnn(config: cnn.Config) -> cnn.Config:
@@ -272,10 +273,11 @@ def evaluate_cnn(checkpoint: Checkpoint, state_dict: Mapping[str, np.ndarray],
   validation and test images, with the trainer's evaluation, into `workdir`."""
   variables = cnn_variables(check_torch_cnn(config), state_dict)
   trainer = cnn.make_trainer(config)
-  key = _workdir_key(checkpoint, "cnn", model=config.model, kernel_size=config.kernel_size)
+  key = _workdir_key(checkpoint, "cnn", model=config.model, kernel_size=config.kernel_size,
+                     pixels=config.pixels)
   with workdir_lib.locked(workdir) as workdir:
     workdir = workdir_lib.prepare(workdir, key, data.source, fresh=fresh, run_files=CNN_FILES,
-                                  log=log)
+                                  log=log, added_settings=cnn.ADDED_SETTINGS)
     previous = _previous(workdir, CnnTorchSummary)
     if previous is not None:
       log(f"{workdir} already holds this evaluation ({runlog.SUMMARY}); --fresh evaluates again")
@@ -286,14 +288,16 @@ def evaluate_cnn(checkpoint: Checkpoint, state_dict: Mapping[str, np.ndarray],
         params=variables["params"], batch_stats=variables.get("batch_stats", {})))
     scores = {}
     for split in ("val", "test"):
-      m = trainer.evaluate(state, trainer.put(as_dataset(*data.split(split))))
+      images, labels = data.split(split)
+      m = trainer.evaluate(state, trainer.put(as_dataset(
+          intel.model_pixels(images, config.pixels), labels)))
       scores[split] = Evaluation(m["loss"], m["accuracy"])
     summary = CnnTorchSummary(
         checkpoint=checkpoint, model=config.model, kernel_size=config.kernel_size,
         data=cnn.DataSizes(data.source, **data.sizes()),
         trainable_params=trainer_lib.count_params(state.params), val=scores["val"],
         test=scores["test"], device=sharding.device_name(trainer.mesh),
-        jax_version=jax.__version__)
+        jax_version=jax.__version__, pixels=config.pixels)
     return _finish(workdir, summary, cnn_table(summary), log)
 
 
@@ -305,7 +309,8 @@ def cnn_table(summary: CnnTorchSummary) -> str:
   return (markdown.table(["model", "kernel", "val loss", "val acc", "test loss", "test acc"],
                          [row])
           + f"\nPyTorch checkpoint {summary.checkpoint.path} (sha256 "
-            f"{summary.checkpoint.sha256[:12]}) in hw2jax; data {summary.data.source}.\n")
+            f"{summary.checkpoint.sha256[:12]}) in hw2jax; data {summary.data.source}"
+            f"{', the course pipeline' if summary.pixels == 'course' else ''}.\n")
 
 
 def export_cnn(workdir: str | Path, path: str | Path,

@@ -199,13 +199,14 @@ def differences(have: dict, now: dict, resumable: Iterable[str] = RESUMABLE) -> 
 def prepare(workdir: str | Path, config: dict, data_source: str, *, fresh: bool,
             run_files: Iterable[str], resumable: Iterable[str] = RESUMABLE,
             globs: Sequence[str] = (), log: Callable[[str], None] = print,
-            fingerprint: dict | None = None) -> Path:
+            fingerprint: dict | None = None, added_settings: Mapping[str, Any] = {}) -> Path:
   """Creates `workdir`, or checks that the run it holds was made from the same settings and
   data (`identity`), as its newest checkpoint records them (config.json only for runs whose
   checkpoints predate that record): a difference is a UserError naming it, with nothing moved
   or rewritten. Keys in `resumable` (e.g. the number of epochs) may differ. With `fresh`, the
   previous run's `run_files` move to <workdir>/archive/<time>/ first. Writes config.json, the
   readable copy of the identity (rebuilt from the checkpoint when missing or damaged).
+  `added_settings`: settings newer than some stored runs, with the value those runs used.
   """
   workdir = ensure(workdir)
   now = identity(config, data_source, fingerprint)
@@ -217,6 +218,7 @@ def prepare(workdir: str | Path, config: dict, data_source: str, *, fresh: bool,
     stored = stored_identity(workdir)
     if stored is not None:
       have, origin = stored
+      have = {**have, "config": {**added_settings, **have["config"]}}
       diffs = differences(have, now, resumable)
       if diffs:
         raise UserError(f"{workdir} holds a run made from other settings or data ({origin}): "

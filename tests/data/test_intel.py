@@ -342,3 +342,20 @@ def test_a_subset_is_random_per_split_seeded_and_named():
   assert np.array_equal(labels[sub.train_images[:, 0, 0, 0]], sub.train_labels)
   assert sub.source == "s; random subset 25 / 10 / 10 (seed 0)"
   assert data.subset(25, 10).source == sub.source                   # deterministic
+
+
+def test_course_pixels_are_the_skeletons_flatten_divide_and_reshape():
+  """--pixels=course against a plain transcription of the course skeleton's lines (numpy, no
+  hw2jax code): X = images.reshape(N, -1) / 256; X = X.reshape(-1, 3, 48, 48), NCHW."""
+  images = np.random.default_rng(0).integers(0, 256, (3, 48, 48, 3), dtype=np.uint8)
+  skeleton = images.reshape(3, -1) / 256
+  skeleton = skeleton.reshape(-1, 3, 48, 48)
+  ours = intel.course_pixels(images)
+  assert ours.shape == (3, 48, 48, 3) and ours.dtype == np.uint8
+  np.testing.assert_array_equal(ours.transpose(0, 3, 1, 2) / 256, skeleton)
+  # On HWC pixels the skeleton's first "channel" is the top third of the image, colours mixed.
+  np.testing.assert_array_equal(ours[0, :, :, 0].ravel(), images[0].ravel()[:48 * 48])
+  assert not np.array_equal(ours, images)
+  np.testing.assert_array_equal(intel.model_pixels(images, "correct"), images)
+  with pytest.raises(UserError, match="--pixels='scrambled' is not one of correct, course"):
+    intel.model_pixels(images, "scrambled")

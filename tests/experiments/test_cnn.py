@@ -47,12 +47,18 @@ def test_single_run_writes_outputs_and_resumes(tmp_path):
   assert_clean_failure(other, "learning_rate=0.01 (now 0.1)", "For a separate run use "
                        "--workdir=<another folder>; to replace that run, --fresh")
 
-  fresh = run_cli("experiments.cnn", *args, "--epochs=1", "--lr=0.1", "--fresh", cwd=tmp_path)
+  course = run_cli("experiments.cnn", *args, "--epochs=3", "--pixels=course", cwd=tmp_path)
+  assert_clean_failure(course, "pixels='correct' (now 'course')")
+
+  fresh = run_cli("experiments.cnn", *args, "--epochs=1", "--lr=0.1", "--pixels=course",
+                  "--fresh", cwd=tmp_path)
   assert fresh.returncode == 0, fresh.stderr
+  assert "vanilla lr=0.1, course pixels: completed" in fresh.stdout
   archived = list((run / "archive").iterdir())
   assert len(archived) == 1
   assert [r["epoch"] for r in lines(archived[0] / "metrics.jsonl")] == [1, 2, 3]
   assert [r["epoch"] for r in lines(run / "metrics.jsonl")] == [1]
+  assert json.loads((run / "summary.json").read_text())["config"]["pixels"] == "course"
 
 
 def test_learning_rate_sweep_writes_table_and_one_figure_per_rate(tmp_path):
@@ -174,9 +180,10 @@ def test_default_workdirs_name_every_changed_setting_so_the_readme_runs_in_order
            cnn.Config(model="bn_gap", kernel_size=5).run_name(),
            cnn.Config(model="bn_gap", kernel_size=5, maxpool=False).run_name(),
            cnn.Config(epochs=3, epoch_mode="loop").run_name(),
-           cnn.Config(channels=(16, 32)).run_name(sweep=True)]
+           cnn.Config(channels=(16, 32)).run_name(sweep=True),
+           cnn.Config(pixels="course").run_name()]
   assert names == ["bn_gap-lr0.01", "bn_gap-lr0.01-k5", "bn_gap-lr0.01-k5-nopool",
-                   "vanilla-lr0.01", "vanilla-sweep-ch16_32"]
+                   "vanilla-lr0.01", "vanilla-sweep-ch16_32", "vanilla-lr0.01-pixels_course"]
 
 
 def test_the_parameter_line_names_table_2_3_only_for_the_course_architectures():

@@ -44,6 +44,21 @@ def test_every_checkpoint_carries_the_settings_and_data_it_was_made_from(tmp_pat
       "train": 24, "val": 12, "test": 12}
 
 
+def test_a_run_from_before_a_setting_existed_resumes_with_that_settings_old_value(tmp_path):
+  """--pixels came after runs were written: their identity lacks it and meant 'correct'."""
+  now = cnn.Config().to_json()
+  older = {k: v for k, v in now.items() if k != "pixels"}
+  run = workdir_lib.ensure(tmp_path / "run")
+  (run / workdir_lib.CONFIG).write_text(json.dumps(workdir_lib.identity(older, "npz a.npz")))
+  prepare = lambda config: workdir_lib.prepare(run, config, "npz a.npz", fresh=False,
+                                               run_files=cnn.RUN_FILES, log=quiet,
+                                               added_settings=cnn.ADDED_SETTINGS)
+  with pytest.raises(UserError, match=r"pixels='correct' \(now 'course'\)"):
+    prepare({**now, "pixels": "course"})
+  prepare(now)
+  assert json.loads((run / workdir_lib.CONFIG).read_text())["config"]["pixels"] == "correct"
+
+
 def test_replaced_cnn_data_is_refused_untouched_and_the_restored_data_resumes_bit_identically(
     tmp_path):
   path = write_npz(tmp_path / "a.npz", n_train=24, n_val=12, n_test=12)
