@@ -28,6 +28,10 @@ flags.DEFINE_string("intel_data_path", None,
                     "none: Q2 is skipped and Q1 retrieves random patterns.")
 flags.DEFINE_enum("layout", _D.layout, list(sources.LAYOUTS),
                   "How to read flattened (N, 6912) npz images; 4-D arrays are detected.")
+flags.DEFINE_enum("pixels", _D.pixels, ["correct", "course"],
+                  "Q2 and Q2.4: correct (the images as stored) or course (the course skeleton's "
+                  "flatten and reshape to (3, 48, 48), as in the homework's runs; run folders "
+                  "end in -pixels_course).")
 flags.DEFINE_string("p2g_data_path", None,
                     "Folder with the course's train.tsv, valid.tsv, test.tsv (Q3). Default: "
                     "CMUdict (the seed report's numbers are for the course data).")
@@ -56,7 +60,7 @@ def main(argv):
   del argv
   config = report_config.Config(
       parts=tuple(FLAGS.parts), seeds=tuple(cli.parse_ints(FLAGS.seeds, "seeds")),
-      quick=FLAGS.quick, epoch_mode=FLAGS.epoch_mode, layout=FLAGS.layout,
+      quick=FLAGS.quick, epoch_mode=FLAGS.epoch_mode, layout=FLAGS.layout, pixels=FLAGS.pixels,
       ablation_kernel_sizes=tuple(cli.parse_ints(FLAGS.ablation_kernel_sizes,
                                                  "ablation_kernel_sizes")),
       ablation_pooling=tuple(FLAGS.ablation_pooling), q3_hidden_size=FLAGS.q3_hidden_size,

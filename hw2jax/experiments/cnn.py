@@ -364,6 +364,16 @@ def model_label(model: str) -> str:
   return "BN+GAP" if model == "bn_gap" else "vanilla"
 
 
+def pixels_note(pixels: str) -> str:
+  """The sentence a table of runs carries about how their images reached the model."""
+  if pixels == "course":
+    return ("Pixels: the course skeleton's pipeline (--pixels=course): each image flattened, "
+            "divided by 256 and reshaped to (3, 48, 48), which scrambles the channels of these "
+            "height-width-channel images, as in the homework's own runs.")
+  return ("Pixels: as stored, each channel one colour, divided by 256 (the course skeleton's "
+          "reshape scrambles them; --pixels=course reproduces it).")
+
+
 def statuses(runs: Sequence[tuple[int, str]]) -> str:
   """'completed', or each (seed, status) that is not."""
   if all(s == "completed" for _, s in runs):
@@ -381,8 +391,9 @@ def table_2_1(rows: Sequence[TableRow]) -> str:
     seed = SEED_REPORT.get((row.model, row.learning_rate))
     seedless = seedless or seed is None
     finals = [r.final for r in row.runs]
+    course = any(r.config.pixels == "course" for r in row.runs)
     lines.append([
-        model_label(row.model), f"{row.learning_rate:g}",
+        model_label(row.model) + (", course pixels" if course else ""), f"{row.learning_rate:g}",
         markdown.mean_std([f.val_accuracy for f in finals]),
         markdown.mean_std([f.test_accuracy for f in finals]),
         markdown.fmt(seed and seed.val_accuracy), markdown.fmt(seed and seed.test_accuracy),

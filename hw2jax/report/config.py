@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 from hw2jax import records
+from hw2jax.data import intel
 from hw2jax.train import trainer
 
 PARTS = ("q1", "q2", "q2_ablations", "q3")
@@ -52,6 +53,7 @@ class Config:
   quick: bool = False
   epoch_mode: str = "auto"
   layout: str = "hwc"
+  pixels: str = "correct"            # intel.PIXELS, for Q2 and Q2.4
   ablation_kernel_sizes: tuple[int, ...] = (3, 5, 7)
   ablation_pooling: tuple[str, ...] = ("max", "none")
   q3_hidden_size: int = 128
@@ -76,10 +78,17 @@ class Config:
         (self.q3_hidden_size >= 2 and self.q3_hidden_size % 2 == 0,
          f"--q3_hidden_size={self.q3_hidden_size} must be a positive even number"),
         (self.q3_beam >= 0, f"--q3_beam={self.q3_beam} must be >= 0 (0: no beam search)"),
+        (self.pixels in intel.PIXELS,
+         f"--pixels={self.pixels!r} is not one of {', '.join(intel.PIXELS)}"),
         (self.overlap in OVERLAP, f"--overlap={self.overlap!r} is not one of "
          f"{', '.join(OVERLAP)}"),
     ])
     return self
+
+  @property
+  def pixels_suffix(self) -> str:
+    """The Q2 and Q2.4 run folders' suffix: none for correct pixels, else -pixels_course."""
+    return "" if self.pixels == "correct" else f"-pixels_{self.pixels}"
 
   @property
   def schedule(self) -> Schedule:

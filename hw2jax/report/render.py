@@ -206,7 +206,9 @@ def _render_q2(r: R.Q2, results: R.Results) -> str:
   out = [f"Data: {data.source} ({data.train:,} train / {data.val:,} validation / "
          f"{data.test:,} test images). {_epochs(r.epochs)}, batch 8, plain SGD, dropout 0.1, "
          "PyTorch-style initialisation; accuracies of the last epoch (as the seed report), and "
-         "the test accuracy of the best-validation epoch beside them.\n", "### Table 2.1\n"]
+         "the test accuracy of the best-validation epoch beside them. "
+         f"{cnn.pixels_note(r.runs[0].summary.config.pixels if r.runs else 'correct')}\n",
+         "### Table 2.1\n"]
   groups = _group(r.runs, lambda x: (x.model, x.lr))
   out.append(cnn.table_2_1([
       cnn.TableRow(model, lr, [x.summary for x in runs],
@@ -242,7 +244,8 @@ def _render_ablations(r: R.Ablations, results: R.Results) -> str:
          f"feature-map size), lr {ABLATION_LR:g}, {_epochs(r.epochs)}, batch 8, SGD, on "
          f"{data.source} ({data.train:,} / {data.val:,} / {data.test:,} images). "
          f"Without max-pooling the vanilla flatten head would hold "
-         f"{r.vanilla_nopool_params:,} parameters.\n"]
+         f"{r.vanilla_nopool_params:,} parameters. "
+         f"{cnn.pixels_note(r.runs[0].summary.config.pixels if r.runs else 'correct')}\n"]
   rows = []
   for (k, pool), runs in _group(r.runs, lambda x: (x.kernel_size, x.maxpool)).items():
     summaries = [x.summary for x in runs]

@@ -171,11 +171,12 @@ def part_inputs(config: Config, intel_path: Path | None, p2g_data) -> dict[str, 
   a rerun may only continue a finished part with the same inputs."""
   intel_data = str(intel_path.resolve()) if intel_path is not None else None
   seeds = list(config.seeds)
+  # Reports from before --pixels existed used correct pixels and do not name them.
+  q2 = {"intel_data": intel_data, "seeds": seeds, "layout": config.layout,
+        **({"pixels": config.pixels} if config.pixels != "correct" else {})}
   every = {
-      "q1": {"intel_data": intel_data},
-      "q2": {"intel_data": intel_data, "seeds": seeds, "layout": config.layout},
-      "q2_ablations": {"intel_data": intel_data, "seeds": seeds, "layout": config.layout,
-                       "kernel_sizes": list(config.ablation_kernel_sizes),
+      "q1": {"intel_data": intel_data}, "q2": q2,
+      "q2_ablations": {**q2, "kernel_sizes": list(config.ablation_kernel_sizes),
                        "pooling": list(config.ablation_pooling)},
       "q3": {"p2g_data": p2g_data.source if p2g_data is not None else None, "seeds": seeds,
              "hidden_size": config.q3_hidden_size, "beam": config.q3_beam},
@@ -316,7 +317,7 @@ class _Runner:
 
   def _cnn_config(self, data: intel.IntelData, **kw) -> cnn.Config:
     sizes = data.sizes()
-    return cnn.Config(epoch_mode=self.config.epoch_mode,
+    return cnn.Config(epoch_mode=self.config.epoch_mode, pixels=self.config.pixels,
                       eval_batch_size=max(1, min(1000, max(sizes["val"], sizes["test"]))), **kw)
 
   def _train(self, c: cnn.Config, data, run_dir: Path, arrays, trainer, prefix: str):
@@ -334,12 +335,13 @@ class _Runner:
     data = self.intel_data().subset(s.q2_train_images, s.q2_eval_images)
     first = self._cnn_config(data, epochs=s.q2_epochs)
     trainer = cnn.make_trainer(first)
-    arrays = cnn.device_data(data, trainer)
+    arrays = cnn.device_data(data, trainer, self.config.pixels)
     runs = []
     for model, lr in Q2_RUNS:
       for seed in self.config.seeds:
         c = dataclasses.replace(first, model=model, learning_rate=lr, seed=seed)
-        run_dir = self.workdir / "q2" / f"{model}-lr{lr:g}" / f"seed{seed}"
+        run_dir = (self.workdir / "q2" / f"{model}-lr{lr:g}{self.config.pixels_suffix}" /
+                   f"seed{seed}")
         summary, wall = self._train(c, data, run_dir, arrays, trainer,
                                     prefix=f"[{model} lr {lr:g} seed {seed}] ")
         runs.append(R.CnnRun(model=model, lr=lr, seed=seed, dir=self._rel(run_dir),
@@ -376,10 +378,11 @@ class _Runner:
           c = dataclasses.replace(base, kernel_size=k, maxpool=POOLING[pooling], seed=seed)
           shared = (c == dataclasses.replace(q2_base, seed=seed)
                     and data.source == q2_data.source)
-          run_dir = (self.workdir / "q2" / f"bn_gap-lr{ABLATION_LR:g}" / f"seed{seed}" if shared
-                     else self.workdir / "q2_ablations" /
-                     f"k{k}-{'maxpool' if c.maxpool else 'nopool'}" / f"seed{seed}")
-          arrays = arrays or cnn.device_data(data, trainer)
+          suffix = self.config.pixels_suffix
+          run_dir = (self.workdir / "q2" / f"bn_gap-lr{ABLATION_LR:g}{suffix}" / f"seed{seed}"
+                     if shared else self.workdir / "q2_ablations" /
+                     f"k{k}-{'maxpool' if c.maxpool else 'nopool'}{suffix}" / f"seed{seed}")
+          arrays = arrays or cnn.device_data(data, trainer, self.config.pixels)
           summary, wall = self._train(c, data, run_dir, arrays, trainer,
                                       prefix=f"[k{k} {pooling} pool seed {seed}] ")
           runs.append(R.AblationRun(kernel_size=k, maxpool=c.maxpool, seed=seed,

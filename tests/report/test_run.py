@@ -52,14 +52,21 @@ def test_quick_report_is_complete_and_resumes(tmp_path):
   assert "P2G data: tsv:" in first.stdout and "; train 32 / valid 8 / test 8 pairs" in \
       first.stdout
 
-  # Q3 alone, in the main thread, gives the same numbers as beside Q1/Q2.
-  alone = run_cli("experiments.report", *args[1:], "--workdir=alone", "--parts=q3",
-                  "--overlap=off", cwd=tmp_path)
+  # Q3 in the main thread gives the same numbers as beside Q1/Q2; Q2 the course's way (its
+  # pipeline scrambles the pixels) is labelled so and trains in folders of its own.
+  alone = run_cli("experiments.report", *args[1:], "--workdir=alone", "--parts=q2,q3",
+                  "--overlap=off", "--pixels=course", cwd=tmp_path)
   assert alone.returncode == 0, alone.stderr[-3000:]
   assert "[Q3]" not in alone.stdout
   alone_results = json.loads((tmp_path / "alone/report.json").read_text())
   assert [r["summary"]["test"] for r in alone_results["q3"]["runs"]] == \
       [r["summary"]["test"] for r in results["q3"]["runs"]]
+  course = (tmp_path / "alone/REPORT.md").read_text()
+  assert "| vanilla, course pixels | 0.01 |" in course and "--pixels=course" in course
+  assert (tmp_path / "alone/q2/bn_gap-lr0.01-pixels_course/seed42/curves.png").is_file()
+  assert {r["summary"]["config"]["pixels"] for r in alone_results["q2"]["runs"]} == {"course"}
+  assert [r["summary"]["final"] for r in alone_results["q2"]["runs"]] != \
+      [r["summary"]["final"] for r in results["q2"]["runs"]]
 
   again = run_cli("experiments.report", *args, cwd=tmp_path)
   assert again.returncode == 0, again.stderr[-3000:]
@@ -77,8 +84,11 @@ def test_quick_report_is_complete_and_resumes(tmp_path):
   assert tables(kept) == tables(text) and kept.count("kept from an earlier invocation") == 3
   assert "Complete: every table" in kept
 
-  # A rerun that does not find the Intel data is refused: nothing finished is replaced.
+  # A rerun that does not find the Intel data, or reads it the course's way, is refused:
+  # nothing finished is replaced.
   before = checksums(rep)
+  course = run_cli("experiments.report", *args, "--parts=q2", "--pixels=course", cwd=tmp_path)
+  assert_clean_failure(course, "holds a finished Q2", "pixels None (now 'course')")
   lost = run_cli("experiments.report", "--workdir=rep", "--p2g_data_path=p2g", *TINY,
                  cwd=tmp_path)
   assert_clean_failure(lost, "holds a finished Q1", "intel_data", "(now None)", "--fresh")
