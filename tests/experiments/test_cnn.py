@@ -43,12 +43,11 @@ def test_single_run_writes_outputs_and_resumes(tmp_path):
   assert "epoch   1/3" not in resumed.stdout and "epoch   3/3" in resumed.stdout
   assert [r["epoch"] for r in lines(run / "metrics.jsonl")] == [1, 2, 3]
 
-  other = run_cli("experiments.cnn", *args, "--epochs=3", "--lr=0.1", cwd=tmp_path)
-  assert_clean_failure(other, "learning_rate=0.01 (now 0.1)", "For a separate run use "
-                       "--workdir=<another folder>; to replace that run, --fresh")
-
-  course = run_cli("experiments.cnn", *args, "--epochs=3", "--pixels=course", cwd=tmp_path)
-  assert_clean_failure(course, "pixels='correct' (now 'course')")
+  other = run_cli("experiments.cnn", *args, "--epochs=3", "--lr=0.1", "--pixels=course",
+                  cwd=tmp_path)
+  assert_clean_failure(other, "learning_rate=0.01 (now 0.1); pixels='correct' (now 'course')",
+                       "For a separate run use --workdir=<another folder>; to replace that "
+                       "run, --fresh")
 
   fresh = run_cli("experiments.cnn", *args, "--epochs=1", "--lr=0.1", "--pixels=course",
                   "--fresh", cwd=tmp_path)

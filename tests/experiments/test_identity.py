@@ -105,7 +105,13 @@ def test_edited_p2g_data_is_refused_with_checkpoints_and_vocab_untouched_and_sti
     f.write("ʒ ʒ\tzz\n")                                # one line with a new symbol
   with pytest.raises(UserError, match=r"train split of 24 items \(now 25\)"):
     p2g.train_and_evaluate(config(3), sources.load_p2g(folder), run, log=quiet)
+  train.write_bytes(original)
+  with pytest.raises(UserError, match=r"learning_rate=0.003 \(now 0.01\).*--fresh"):
+    p2g.train_and_evaluate(dataclasses.replace(config(3), learning_rate=0.01),
+                           sources.load_p2g(folder), run, log=quiet)
   assert checksums(run) == before
+  with train.open("a", encoding="utf-8") as f:
+    f.write("ʒ ʒ\tzz\n")
   (run / p2g.VOCAB).write_text('{"source": ["<pad>"], "target": []}')   # shortened by hand
   words = [p for p, _ in sources.load_p2g(folder).test[:2]]
   assert len(p2g.predict(run, words, log=quiet)) == 2      # vocabularies from the checkpoint
