@@ -121,6 +121,13 @@ def run(main: Callable[[Sequence[str]], None], *, memory_flags: str = "--batch_s
     except OSError as e:
       fail(describe_os_error(e))
     except Exception as e:  # out-of-memory and a missing device are the user's to fix
+      lost = sharding.lost_peer(e)
+      if lost:
+        # Not sys.exit: JAX's exit handler would wait at a shutdown barrier for the dead
+        # process, then abort (exit 134) with a page of coordination-service logs.
+        print(f"error: {lost}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(EXIT_USAGE)
       if platform_failure(e):
         fail(describe_platform_error(jax.config.jax_platforms, _platforms_here()))
       if "RESOURCE_EXHAUSTED" not in str(e):

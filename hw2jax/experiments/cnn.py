@@ -289,6 +289,7 @@ def train_and_evaluate(config: Config, data: intel.IntelData, workdir: str | Pat
 
 def _train_and_evaluate(config, data, workdir, *, fresh, arrays, trainer, log, prefix):
   fingerprint = workdir_lib.fingerprint_splits({s: data.split(s) for s in intel.SPLITS})
+  sharding.same_everywhere({"config": config.to_json(), "data": fingerprint}, "settings or data")
   workdir = workdir_lib.prepare(workdir, config.to_json(), data.source, fresh=fresh,
                                 run_files=RUN_FILES, log=log, fingerprint=fingerprint,
                                 added_settings=ADDED_SETTINGS)

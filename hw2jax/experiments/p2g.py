@@ -241,6 +241,7 @@ def train_and_evaluate(config: Config, data: phonemes.P2GData, workdir: str | Pa
 
 def _train_and_evaluate(config, data, workdir, trainer, *, decoding_options, fresh, log):
   fingerprint = workdir_lib.fingerprint_splits({s: data.split(s) for s in phonemes.SPLITS})
+  sharding.same_everywhere({"config": config.to_json(), "data": fingerprint}, "settings or data")
   workdir = workdir_lib.prepare(workdir, config.to_json(), data.source, fresh=fresh,
                                 run_files=RUN_FILES, log=log, fingerprint=fingerprint)
   vocab = {"source": list(data.src_vocab.symbols), "target": list(data.tgt_vocab.symbols)}

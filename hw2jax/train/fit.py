@@ -19,7 +19,7 @@ import jax
 
 from hw2jax.errors import UserError
 from hw2jax.train import checkpoints as ckpt_lib
-from hw2jax.train import runlog
+from hw2jax.train import runlog, sharding
 from hw2jax.train import tensorboard as tb
 from hw2jax.train.trainer import Trainer, TrainState
 
@@ -74,14 +74,26 @@ def fit(trainer: Trainer, state: TrainState, train_data, *, epochs: int,
                                      log=log)
   board = tb.Board(workdir, enabled=tensorboard)
   try:
-    return _fit(trainer, state, train_data, checkpoints, board, epochs=epochs,
-                evaluate=evaluate, workdir=workdir, best_metric=best_metric,
-                best_mode=best_mode, progress_keys=progress_keys, log=log, prefix=prefix,
-                extra_meta=extra_meta)
-  finally:
-    board.close()
-    checkpoints.wait()
-    checkpoints.close()
+    result = _fit(trainer, state, train_data, checkpoints, board, epochs=epochs,
+                  evaluate=evaluate, workdir=workdir, best_metric=best_metric,
+                  best_mode=best_mode, progress_keys=progress_keys, log=log, prefix=prefix,
+                  extra_meta=extra_meta)
+  except BaseException as e:
+    if sharding.lost_peer(e):
+      # A checkpoint still being written waits at a barrier for every process, the dead one
+      # too: leave it unfinished (the next run skips it) and let the CLI end this process.
+      board.close()
+      raise
+    _close(board, checkpoints)
+    raise
+  _close(board, checkpoints)
+  return result
+
+
+def _close(board, checkpoints) -> None:
+  board.close()
+  checkpoints.wait()
+  checkpoints.close()
 
 
 def _fit(trainer, state, train_data, checkpoints, board, *, epochs, evaluate, workdir,

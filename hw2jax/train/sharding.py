@@ -13,6 +13,8 @@ global batch, and only process 0 writes logs, plots and metadata (`primary`).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 
 import jax
@@ -97,20 +99,81 @@ def put_replicated(tree, mesh: Mesh | None):
   return jax.tree_util.tree_map(put, tree)
 
 
+# Seconds before the coordination service gives up on a process that stopped sending
+# heartbeats (JAX's default: 100) and before a process that cannot reach the coordinator, or
+# whose peers do not all arrive, stops waiting (JAX's default: 300). Shorter, so that a run
+# whose peer died ends in under two minutes; $HW2JAX_HEARTBEAT_TIMEOUT and
+# $HW2JAX_INIT_TIMEOUT override them.
+HEARTBEAT_TIMEOUT = 45
+INIT_TIMEOUT = 90
+
+
 def initialize_distributed() -> None:
   """`jax.distributed.initialize()` for multi-host runs (TPU pod slices, GPU clusters).
 
   Cluster environments (Cloud TPU, SLURM, Open MPI, Kubernetes) are detected by JAX itself;
-  elsewhere set JAX_COORDINATOR_ADDRESS=host:port, JAX_NUM_PROCESSES and JAX_PROCESS_ID.
+  elsewhere set JAX_COORDINATOR_ADDRESS=host:port, JAX_NUM_PROCESSES and JAX_PROCESS_ID. On
+  CPU, JAX's collectives between processes go over gloo (TCP).
   """
-  kwargs = {}
-  if os.environ.get("JAX_NUM_PROCESSES"):
-    kwargs["num_processes"] = int(os.environ["JAX_NUM_PROCESSES"])
-  if os.environ.get("JAX_PROCESS_ID"):
-    kwargs["process_id"] = int(os.environ["JAX_PROCESS_ID"])
+  kwargs = {"heartbeat_timeout_seconds": _seconds("HW2JAX_HEARTBEAT_TIMEOUT", HEARTBEAT_TIMEOUT),
+            "initialization_timeout": _seconds("HW2JAX_INIT_TIMEOUT", INIT_TIMEOUT)}
+  for name, key in (("JAX_NUM_PROCESSES", "num_processes"), ("JAX_PROCESS_ID", "process_id")):
+    if os.environ.get(name):
+      try:
+        kwargs[key] = int(os.environ[name])
+      except ValueError:
+        raise UserError(f"{name}={os.environ[name]!r} must be a whole number") from None
   try:
     jax.distributed.initialize(**kwargs)
   except (RuntimeError, ValueError) as e:
     raise UserError(f"--distributed: jax.distributed.initialize() failed ({str(e).splitlines()[0]}"
                     "); on a plain machine set JAX_COORDINATOR_ADDRESS=host:port, "
                     "JAX_NUM_PROCESSES and JAX_PROCESS_ID") from None
+
+
+def _seconds(name: str, default: int) -> int:
+  text = os.environ.get(name, "")
+  if not text:
+    return default
+  if not text.isdigit() or int(text) < 1:
+    raise UserError(f"{name}={text!r} must be a whole number of seconds >= 1")
+  return int(text)
+
+
+# What a collective or the coordination service says when another process went away.
+_PEER_LOST = ("Gloo", "Connection reset by peer", "Connection closed by peer",
+              "stopped sending heartbeats", "Barrier timed out", "DEADLINE_EXCEEDED",
+              "coordination service")
+
+
+def lost_peer(e: BaseException) -> str | None:
+  """The one line for a multi-process run whose collective failed because another process
+  stopped (killed, crashed, its host gone), or None when `e` is something else."""
+  if jax.process_count() < 2 or not isinstance(e, jax.errors.JaxRuntimeError):
+    return None
+  text = str(e)
+  cause = next((c for c in _PEER_LOST if c in text), None)
+  if cause is None:
+    return None
+  me, n = jax.process_index(), jax.process_count()
+  who = f"process {1 - me}" if n == 2 else "another process"
+  detail = text.rsplit("Error dispatching computation: ", 1)[-1].splitlines()[0][:160]
+  return (f"process {me} of {n}: {who} of this run stopped ({detail}); nothing after the last "
+          "complete checkpoint is lost: start every process again with the same command to "
+          "resume")
+
+
+def same_everywhere(description: dict, what: str) -> None:
+  """Refuses (UserError, in every process) a multi-process run whose processes were started
+  with other `description`s (settings, data fingerprints): they would train different things
+  in lockstep. One all-gather of a 32-byte digest, before anything is written."""
+  if jax.process_count() < 2:
+    return
+  from jax.experimental import multihost_utils
+  mine = hashlib.sha256(json.dumps(description, sort_keys=True, default=str).encode()).digest()
+  every = np.asarray(multihost_utils.process_allgather(np.frombuffer(mine, np.uint8)))
+  differ = [p for p in range(every.shape[0]) if bytes(every[p]) != bytes(every[0])]
+  if differ:
+    raise UserError(f"process {jax.process_index()} of {jax.process_count()}: process(es) "
+                    f"{', '.join(map(str, differ))} started with other {what} than process 0; "
+                    "start every process with the same command and the same data")
