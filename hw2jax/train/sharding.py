@@ -165,15 +165,31 @@ def lost_peer(e: BaseException) -> str | None:
 
 def same_everywhere(description: dict, what: str) -> None:
   """Refuses (UserError, in every process) a multi-process run whose processes were started
-  with other `description`s (settings, data fingerprints): they would train different things
-  in lockstep. One all-gather of a 32-byte digest, before anything is written."""
+  with other `description`s (settings, data fingerprints) or told another JAX_NUM_PROCESSES:
+  they would train different things in lockstep. One all-gather of a 32-byte digest, before
+  anything is written."""
   if jax.process_count() < 2:
     return
   from jax.experimental import multihost_utils
-  mine = hashlib.sha256(json.dumps(description, sort_keys=True, default=str).encode()).digest()
+  told = {"description": description, "processes": os.environ.get("JAX_NUM_PROCESSES")}
+  mine = hashlib.sha256(json.dumps(told, sort_keys=True, default=str).encode()).digest()
   every = np.asarray(multihost_utils.process_allgather(np.frombuffer(mine, np.uint8)))
   differ = [p for p in range(every.shape[0]) if bytes(every[p]) != bytes(every[0])]
   if differ:
     raise UserError(f"process {jax.process_index()} of {jax.process_count()}: process(es) "
                     f"{', '.join(map(str, differ))} started with other {what} than process 0; "
                     "start every process with the same command and the same data")
+
+
+def from_process_0(text: str, size: int = 1024) -> str:
+  """Process 0's `text` in every process (a broadcast of at most `size` UTF-8 bytes), so that
+  a decision only process 0 can make (the workdir lock) is taken by all; `text` itself with a
+  single process."""
+  if jax.process_count() < 2:
+    return text
+  from jax.experimental import multihost_utils
+  data = np.zeros(size, np.uint8)
+  raw = text.encode()[:size]
+  data[:len(raw)] = np.frombuffer(raw, np.uint8)
+  got = np.asarray(multihost_utils.broadcast_one_to_all(data))
+  return bytes(got).rstrip(b"\0").decode(errors="replace")

@@ -19,6 +19,7 @@ import numpy as np
 from hw2jax.errors import UserError
 from hw2jax.train import checkpoints as ckpt_lib
 from hw2jax.train import runlog
+from hw2jax.train import sharding
 from hw2jax.train.sharding import primary
 
 CONFIG = "config.json"
@@ -79,16 +80,26 @@ def locked(workdir: str | Path, *, read_only: bool = False) -> Iterator[Path]:
       yield workdir
     return
   workdir = ensure(workdir)
-  if not primary():
+  if not primary():             # process 0 holds the lock for the run; its answer is theirs
+    refused = sharding.from_process_0("")
+    if refused:
+      raise UserError(refused)
     yield workdir
     return
   path = workdir / LOCK
   try:
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
   except OSError as e:
-    raise UserError(f"cannot open the lock file {path} ({e.strerror or e})") from None
+    message = f"cannot open the lock file {path} ({e.strerror or e})"
+    sharding.from_process_0(message)
+    raise UserError(message) from None
   try:
-    _lock(fd, fcntl.LOCK_EX, workdir)
+    try:
+      _lock(fd, fcntl.LOCK_EX, workdir)
+    except UserError as e:
+      sharding.from_process_0(str(e))
+      raise
+    sharding.from_process_0("")
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     yield workdir

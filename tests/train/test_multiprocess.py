@@ -3,7 +3,9 @@ numbers as one process with two devices; a killed peer ends the survivor with on
 2, and both restarted resume to the uninterrupted run; processes started differently are
 refused before anything is written. Every process runs under a timeout, so a hang fails."""
 
+import fcntl
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -99,9 +101,18 @@ def test_two_processes_equal_one_and_a_killed_peer_ends_the_survivor_and_resumes
   assert history(tmp_path / "killed") == history(tmp_path / "two")
 
 
-def test_processes_started_with_other_settings_are_refused_before_anything_is_written(
+def test_a_busy_workdir_and_processes_started_differently_are_refused_by_every_process(
     tmp_path):
   write_npz(tmp_path / "tiny.npz", n_train=48, n_val=12, n_test=12)
+  (tmp_path / "run").mkdir()
+  with open(tmp_path / "run" / ".lock", "w") as lock:     # another run holds the workdir
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    results = finish(start(tmp_path, "run"))
+  for code, _, err in results:
+    assert code == 2 and f"is in use by another run (pid {os.getpid()})" in err, err[-2000:]
+
   results = finish(start(tmp_path, "run", only={1: ["--lr=0.1"]}))
   for rank, (code, _, err) in enumerate(results):
     assert code == 2 and "Traceback" not in err, err[-2000:]
