@@ -114,6 +114,9 @@ def run(main: Callable[[Sequence[str]], None], *, memory_flags: str = "--batch_s
     try:
       if "distributed" in flags.FLAGS and flags.FLAGS.distributed:
         sharding.initialize_distributed()
+        if not sharding.primary():    # process 0 prints the run's progress; errors stay
+          sys.stdout.flush()
+          os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
       enable_compilation_cache()
       main(argv)
     except UserError as e:

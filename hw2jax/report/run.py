@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import threading
 import time
 from pathlib import Path
 from typing import Callable
 
-from hw2jax import plots, records
+from hw2jax import cache, plots, records
 from hw2jax.data import intel, phonemes, sources
 from hw2jax.errors import UserError
 from hw2jax.experiments import cnn, p2g
@@ -93,12 +92,11 @@ def run(config: Config, workdir: str | Path, *, intel_data_path: str | None = No
     meta = dataclasses.replace(meta, seed_runs_seconds=seed_runs_seconds(parts),
                                wall_seconds=time.perf_counter() - clock)
     results = R.Results(meta=meta, config=config, schedule=config.schedule, **parts)
+    if not sharding.primary():    # process 0 writes (and checks) REPORT.md and its figures
+      return results
     text, missing = render.report(results, workdir)
     results = dataclasses.replace(results, missing=missing)
-    if sharding.primary():
-      tmp = workdir / f".{REPORT}.tmp{os.getpid()}"
-      tmp.write_text(text)
-      os.replace(tmp, workdir / REPORT)
+    cache.write_atomically(workdir / REPORT, lambda f: f.write(text.encode()))
     runlog.write_json(workdir / RESULTS, results.to_json())
     return results
 
