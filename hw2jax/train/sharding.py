@@ -149,11 +149,12 @@ _PEER_LOST = ("Gloo", "Connection reset by peer", "Connection closed by peer",
 def lost_peer(e: BaseException) -> str | None:
   """The one line for a multi-process run whose collective failed because another process
   stopped (killed, crashed, its host gone), or None when `e` is something else."""
-  if jax.process_count() < 2 or not isinstance(e, jax.errors.JaxRuntimeError):
-    return None
+  # The exception first: asking JAX for the process count starts a backend, which may be
+  # the very thing that failed (JAX_PLATFORMS naming a platform this machine lacks).
   text = str(e)
-  cause = next((c for c in _PEER_LOST if c in text), None)
-  if cause is None:
+  if not (isinstance(e, jax.errors.JaxRuntimeError) and any(c in text for c in _PEER_LOST)):
+    return None
+  if jax.process_count() < 2:
     return None
   me, n = jax.process_index(), jax.process_count()
   who = f"process {1 - me}" if n == 2 else "another process"

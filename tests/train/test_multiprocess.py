@@ -62,26 +62,20 @@ def history(run):
           for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_two_processes_equal_one_and_a_killed_peer_ends_the_survivor_and_resumes(tmp_path):
+def test_two_processes_equal_one_and_a_killed_peer_ends_the_survivor_and_both_resume(
+    tmp_path):
+  """Process 1 is killed mid-run; the survivor ends at once (both processes are then down, as
+  after killing both); both restarted resume and end as one process with two devices does."""
   write_npz(tmp_path / "tiny.npz", n_train=128, n_val=16, n_test=16)
-  results = finish(start(tmp_path, "two"))
-  assert [r[0] for r in results] == [0, 0], [r[2][-2000:] for r in results]
-  assert "epoch   4/4" in results[0][1] and results[1][1] == ""     # process 0 prints
   one = subprocess.run(
       [sys.executable, "-m", "experiments.cnn", "--data_path=tiny.npz", "--workdir=one", *ARGS],
       cwd=tmp_path, env={**cli_env(tmp_path),
                          "XLA_FLAGS": "--xla_force_host_platform_device_count=2"},
       capture_output=True, text=True, timeout=TIMEOUT)
   assert one.returncode == 0, one.stderr[-2000:]
-  two, single = [json.loads((tmp_path / w / "summary.json").read_text()) for w in ("two", "one")]
-  assert two["device"].endswith("x2") and single["device"].endswith("x2")
-  # The same programs on the same global batches; only the all-reduce differs (gloo between
-  # processes, XLA's in-process one), which may sum the two halves in another order.
-  for key in ("train_loss", "val_loss", "test_loss", "val_accuracy", "test_accuracy"):
-    assert two["final"][key] == pytest.approx(single["final"][key], rel=1e-5, abs=1e-6), key
 
-  procs = start(tmp_path, "killed")
-  metrics = tmp_path / "killed" / "metrics.jsonl"
+  procs = start(tmp_path, "two")
+  metrics = tmp_path / "two" / "metrics.jsonl"
   deadline = time.monotonic() + TIMEOUT
   while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
     assert time.monotonic() < deadline and procs[0].poll() is None, finish(procs)
@@ -95,10 +89,18 @@ def test_two_processes_equal_one_and_a_killed_peer_ends_the_survivor_and_resumes
   assert len(errors) == 1 and "process 0 of 2: process 1 of this run stopped" in errors[0]
   assert "start every process again with the same command to resume" in errors[0]
 
-  resumed = finish(start(tmp_path, "killed"))
+  resumed = finish(start(tmp_path, "two"))
   assert [r[0] for r in resumed] == [0, 0], [r[2][-2000:] for r in resumed]
   assert "resuming from the checkpoint of epoch" in resumed[0][1]
-  assert history(tmp_path / "killed") == history(tmp_path / "two")
+  assert "epoch   4/4" in resumed[0][1] and resumed[1][1] == ""      # process 0 prints
+  two, single = [json.loads((tmp_path / w / "summary.json").read_text()) for w in ("two", "one")]
+  assert two["device"].endswith("x2") and single["device"].endswith("x2")
+  # The same programs on the same global batches; only the all-reduce differs (gloo between
+  # processes, XLA's in-process one), which may sum the two halves in another order.
+  for a, b in zip(history(tmp_path / "two"), history(tmp_path / "one"), strict=True):
+    assert a == pytest.approx(b, rel=1e-5, abs=1e-6)
+  for key in ("train_loss", "val_loss", "test_loss", "val_accuracy", "test_accuracy"):
+    assert two["final"][key] == pytest.approx(single["final"][key], rel=1e-5, abs=1e-6), key
 
 
 def test_a_busy_workdir_and_processes_started_differently_are_refused_by_every_process(
