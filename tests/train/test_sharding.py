@@ -1,6 +1,7 @@
 """Data parallelism on 8 fake CPU devices (subprocesses) equals one device; --distributed."""
 
 import json
+import math
 import subprocess
 import sys
 import textwrap
@@ -105,20 +106,19 @@ def test_eight_devices_train_like_one(tmp_path):
 
 
 def test_cli_on_eight_devices(tmp_path):
+  """The CLI's run over 8 devices (that its numbers equal one device's: the worker test above,
+  and through the CLI over two devices and two processes, tests/train/test_multiprocess.py)."""
   data = write_npz(tmp_path / "tiny.npz", n_train=32, n_val=8, n_test=8)
   base = [sys.executable, "-m", "experiments.cnn", f"--data_path={data}", "--epochs=1",
           "--channels=4,8,16", "--model=bn_gap"]
   bad = run(base + ["--batch_size=12", "--workdir=bad"], tmp_path, **EIGHT)
   assert bad.returncode == 2 and "Traceback" not in bad.stderr
   assert "does not split over 8 devices" in bad.stderr and not (tmp_path / "bad").exists()
-  one = run(base + ["--workdir=one"], tmp_path)
   eight = run(base + ["--workdir=eight"], tmp_path, **EIGHT)
-  assert one.returncode == 0 and eight.returncode == 0, one.stderr + eight.stderr
-  s1, s8 = [json.loads((tmp_path / w / "summary.json").read_text()) for w in ("one", "eight")]
-  assert "x8" in s8["device"] and "x1" in s1["device"]
-  for key in ("train_loss", "val_loss", "test_loss"):
-    assert s1["final"][key] == pytest.approx(s8["final"][key], rel=1e-4)
-  # (--devices=N: test_eight_devices_train_like_one, with the trainer experiments.cnn builds.)
+  assert eight.returncode == 0, eight.stderr
+  summary = json.loads((tmp_path / "eight" / "summary.json").read_text())
+  assert "x8" in summary["device"] and summary["status"] == "completed"
+  assert all(math.isfinite(summary["final"][k]) for k in ("train_loss", "val_loss", "test_loss"))
 
 
 def test_distributed_without_a_coordinator_is_one_line(tmp_path):
