@@ -115,6 +115,8 @@ def test_edited_p2g_data_is_refused_with_checkpoints_and_vocab_untouched_and_sti
   (run / p2g.VOCAB).write_text('{"source": ["<pad>"], "target": []}')   # shortened by hand
   words = [p for p, _ in sources.load_p2g(folder).test[:2]]
   assert len(p2g.predict(run, words, log=quiet)) == 2      # vocabularies from the checkpoint
+  with pytest.raises(UserError, match=r"word 2.*'ʒ', 'q'"):
+    p2g.predict(run, [["k", "æ"], ["ʒ", "q", "ŋ"]], log=quiet)
   assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["1", "2"]
 
   train.write_bytes(original)

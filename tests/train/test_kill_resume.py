@@ -78,9 +78,9 @@ def test_sigkill_and_rerun_equals_an_uninterrupted_run(tmp_path):
   ref = run_cli("experiments.cnn", *command(data, "ref")[3:], cwd=tmp_path)
   assert ref.returncode == 0, ref.stderr
   kinds = kill_at_random_moments(command(data, "killed"), tmp_path, tmp_path / "killed",
-                                 random.Random(0), max_kills=4)
+                                 random.Random(0), max_kills=3)
   print("kill points:", kinds)
-  assert len(kinds) >= 4 and "during checkpoint write" in kinds
+  assert len(kinds) >= 3 and "during checkpoint write" in kinds
   assert strip(tmp_path / "killed/metrics.jsonl") == strip(tmp_path / "ref/metrics.jsonl")
   a = json.loads((tmp_path / "ref/summary.json").read_text())
   b = json.loads((tmp_path / "killed/summary.json").read_text())
