@@ -6,6 +6,7 @@ refused before anything is written. Every process runs under a timeout, so a han
 import fcntl
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -121,3 +122,30 @@ def test_a_busy_workdir_and_processes_started_differently_are_refused_by_every_p
     assert (f"process {rank} of 2: process(es) 1 started with other settings or data than "
             "process 0") in err
   assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("name, value, message", [
+    ("JAX_NUM_PROCESSES", "two", "JAX_NUM_PROCESSES='two' must be a whole number"),
+    ("JAX_PROCESS_ID", "1.5", "JAX_PROCESS_ID='1.5' must be a whole number"),
+    ("HW2JAX_HEARTBEAT_TIMEOUT", "0", "HW2JAX_HEARTBEAT_TIMEOUT='0' must be a whole number of "
+     "seconds >= 1"),
+    ("HW2JAX_INIT_TIMEOUT", "soon", "HW2JAX_INIT_TIMEOUT='soon' must be a whole number"),
+])
+def test_bad_cluster_variables_are_one_line_before_jax_starts(monkeypatch, name, value, message):
+  from hw2jax.errors import UserError
+  from hw2jax.train import sharding
+  monkeypatch.setenv(name, value)
+  monkeypatch.setattr(sharding.jax.distributed, "initialize",
+                      lambda **kw: pytest.fail(f"initialize called with {kw}"))
+  with pytest.raises(UserError, match=re.escape(message)):
+    sharding.initialize_distributed()
+
+
+def test_the_timeouts_reach_jax(monkeypatch):
+  from hw2jax.train import sharding
+  seen = {}
+  monkeypatch.setenv("HW2JAX_HEARTBEAT_TIMEOUT", "30")
+  monkeypatch.setattr(sharding.jax.distributed, "initialize", lambda **kw: seen.update(kw))
+  sharding.initialize_distributed()
+  assert seen["heartbeat_timeout_seconds"] == 30
+  assert seen["initialization_timeout"] == sharding.INIT_TIMEOUT == 90
