@@ -73,27 +73,22 @@ def fit(trainer: Trainer, state: TrainState, train_data, *, epochs: int,
   checkpoints = ckpt_lib.Checkpoints(workdir, best_metric=best_metric, best_mode=best_mode,
                                      log=log)
   board = tb.Board(workdir, enabled=tensorboard)
+  lost_peer = False
   try:
-    result = _fit(trainer, state, train_data, checkpoints, board, epochs=epochs,
-                  evaluate=evaluate, workdir=workdir, best_metric=best_metric,
-                  best_mode=best_mode, progress_keys=progress_keys, log=log, prefix=prefix,
-                  extra_meta=extra_meta)
+    return _fit(trainer, state, train_data, checkpoints, board, epochs=epochs,
+                evaluate=evaluate, workdir=workdir, best_metric=best_metric,
+                best_mode=best_mode, progress_keys=progress_keys, log=log, prefix=prefix,
+                extra_meta=extra_meta)
   except BaseException as e:
-    if sharding.lost_peer(e):
-      # A checkpoint still being written waits at a barrier for every process, the dead one
-      # too: leave it unfinished (the next run skips it) and let the CLI end this process.
-      board.close()
-      raise
-    _close(board, checkpoints)
+    lost_peer = bool(sharding.lost_peer(e))
     raise
-  _close(board, checkpoints)
-  return result
-
-
-def _close(board, checkpoints) -> None:
-  board.close()
-  checkpoints.wait()
-  checkpoints.close()
+  finally:
+    board.close()
+    # A checkpoint still being written waits at a barrier for every process, a dead one too:
+    # after a lost peer it is left unfinished (the next run skips it) and the CLI ends here.
+    if not lost_peer:
+      checkpoints.wait()
+      checkpoints.close()
 
 
 def _fit(trainer, state, train_data, checkpoints, board, *, epochs, evaluate, workdir,
