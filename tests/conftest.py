@@ -3,6 +3,7 @@ downloads) and a shared compilation cache for the CLI subprocesses. Helpers: tes
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -23,16 +24,39 @@ def _isolated_env(tmp_path_factory, monkeypatch):
   monkeypatch.setenv("HW2JAX_DOWNLOAD", "never")
   monkeypatch.setenv("KAGGLEHUB_CACHE", str(tmp_path_factory.mktemp("kagglehub")))
   # The CLI tests' subprocesses share compiled programs (compilation dominates them on CPU).
-  monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(_shared_xla_cache(tmp_path_factory)))
-  monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+  for name, value in _xla_cache_settings(tmp_path_factory).items():
+    monkeypatch.setenv(name.upper(), str(value))
 
 
-def _shared_xla_cache(tmp_path_factory) -> Path:
-  path = tmp_path_factory.getbasetemp() / "xla-cache"
+def _xla_cache_settings(tmp_path_factory) -> dict:
+  """JAX's persistent compilation cache, one for the whole session: xdist's workers (whose
+  temporary folders sit side by side in the session's) and every subprocess they start compile
+  the same small programs. A size limit turns on JAX's file lock, so that one process never
+  reads an entry another is still writing."""
+  base = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    base = base.parent
+  path = base / "xla-cache"
   path.mkdir(exist_ok=True)
-  return path
+  return {"jax_compilation_cache_dir": path, "jax_persistent_cache_min_compile_time_secs": 0,
+          "jax_compilation_cache_max_size": 4 << 30}
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _xla_cache_in_process(tmp_path_factory):
+  """The tests' own compilations use (and fill) the same cache as their subprocesses."""
+  import jax
+  for name, value in _xla_cache_settings(tmp_path_factory).items():
+    jax.config.update(name, value if name.endswith(("_secs", "_size")) else str(value))
 
 
 @pytest.fixture
 def npz_path(tmp_path) -> Path:
   return write_npz(tmp_path / "intel_landscapes.v2.npz")
+
+
+def pytest_collection_modifyitems(items):
+  """End-to-end (`slow`) tests first, in their usual order: under xdist the short in-process
+  tests then fill the end of the run, instead of one worker idling while the other finishes a
+  minute-long subprocess test."""
+  items.sort(key=lambda item: item.get_closest_marker("slow") is None)

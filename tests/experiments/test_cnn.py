@@ -203,36 +203,7 @@ def test_data_is_discovered_in_dot_data(tmp_path):
   assert "-> train 24, val 6, test 12" in proc.stdout
 
 
-def test_tensorboard_events_survive_a_kill_and_hold_every_epoch_once(tmp_path):
-  import signal
-  import subprocess
-  import sys
-  import time
-  from helpers import cli_env, read_tensorboard
-  data = write_npz(tmp_path / "tiny.npz", n_train=48, n_val=6, n_test=6)
-  cmd = [sys.executable, "-m", "experiments.cnn", f"--data_path={data}", "--workdir=run",
-         "--channels=4,8,16", "--epochs=4"]
-  proc = subprocess.Popen(cmd, cwd=tmp_path, env=cli_env(tmp_path), stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL)
-  metrics = tmp_path / "run/metrics.jsonl"
-  while proc.poll() is None and not (metrics.exists() and
-                                     len(metrics.read_text().splitlines()) >= 2):
-    time.sleep(0.01)
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-  done = run_cli("experiments.cnn", *cmd[3:], cwd=tmp_path)
-  assert done.returncode == 0, done.stderr
-  scalars = read_tensorboard(tmp_path / "run/tb")
-  for tag in ("train_loss", "val_loss", "val_accuracy", "seconds", "learning_rate"):
-    assert [step for step, _ in scalars[tag]] == [1, 2, 3, 4], (tag, scalars[tag])
-  logged = [json.loads(line) for line in metrics.read_text().splitlines()]
-  assert [v for _, v in scalars["val_loss"]] == pytest.approx([r["val_loss"] for r in logged])
-  assert scalars["learning_rate"][0][1] == pytest.approx(0.01)
-  hparams = list((tmp_path / "run/tb/hparams").rglob("events.out.tfevents.*"))
-  assert hparams, "the hyper-parameters and test metrics are written at the end"
-  off = run_cli("experiments.cnn", *cmd[3:], "--workdir=off", "--epochs=1", "--notensorboard",
-                cwd=tmp_path)
-  assert off.returncode == 0 and not (tmp_path / "off/tb").exists()
+# (TensorBoard events through kills and resumes: tests/train/test_kill_resume.py.)
 
 
 def test_table_2_1_puts_mean_and_std_over_seeds_beside_the_seed_report():

@@ -16,19 +16,6 @@ pytestmark = pytest.mark.slow
 TINY = ["--hidden_size=8", "--batch_size=16", "--widths=2"]
 
 
-@pytest.fixture(scope="module")
-def jax_cache(tmp_path_factory):
-  return tmp_path_factory.mktemp("jax_cache")
-
-
-@pytest.fixture(autouse=True)
-def _shared_compilation_cache(jax_cache, monkeypatch):
-  """The subprocesses share compiled programs through JAX's persistent cache (a resumed run or
-  --predict recompiles what the first run compiled; XLA:CPU compilation dominates these tests)."""
-  monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(jax_cache))
-  monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-
-
 def lines(path):
   return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 

@@ -1,4 +1,5 @@
-"""A training run SIGKILLed at random moments (also mid-checkpoint) and rerun ends identically."""
+"""A training run SIGKILLed at random moments (also mid-checkpoint) and rerun ends identically,
+its TensorBoard events holding every epoch once."""
 
 import json
 import random
@@ -11,7 +12,7 @@ import chex
 import jax.numpy as jnp
 import pytest
 
-from helpers import cli_env, run_cli, write_npz
+from helpers import cli_env, read_tensorboard, run_cli, write_npz
 from hw2jax.experiments import cnn
 from hw2jax.train import checkpoints, trainer as trainer_lib
 
@@ -75,8 +76,9 @@ def strip(path):
 
 def test_sigkill_and_rerun_equals_an_uninterrupted_run(tmp_path):
   data = write_npz(tmp_path / "tiny.npz", n_train=96, n_val=12, n_test=12)
-  ref = run_cli("experiments.cnn", *command(data, "ref")[3:], cwd=tmp_path)
+  ref = run_cli("experiments.cnn", *command(data, "ref")[3:], "--notensorboard", cwd=tmp_path)
   assert ref.returncode == 0, ref.stderr
+  assert not (tmp_path / "ref/tb").exists()
   kinds = kill_at_random_moments(command(data, "killed"), tmp_path, tmp_path / "killed",
                                  random.Random(0), max_kills=3)
   print("kill points:", kinds)
@@ -85,6 +87,15 @@ def test_sigkill_and_rerun_equals_an_uninterrupted_run(tmp_path):
   a = json.loads((tmp_path / "ref/summary.json").read_text())
   b = json.loads((tmp_path / "killed/summary.json").read_text())
   assert a["final"] == b["final"] and b["status"] == "completed"
+  # The killed runs' TensorBoard events: every epoch once, as metrics.jsonl has it.
+  scalars = read_tensorboard(tmp_path / "killed/tb")
+  for tag in ("train_loss", "val_loss", "val_accuracy", "seconds", "learning_rate"):
+    assert [step for step, _ in scalars[tag]] == list(range(1, EPOCHS + 1)), (tag, scalars[tag])
+  logged = strip(tmp_path / "killed/metrics.jsonl")
+  assert [v for _, v in scalars["val_loss"]] == pytest.approx([r["val_loss"] for r in logged])
+  assert scalars["learning_rate"][0][1] == pytest.approx(0.01)
+  assert list((tmp_path / "killed/tb/hparams").rglob("events.out.tfevents.*")), \
+      "the hyper-parameters and test metrics are written at the end"
   config = cnn.Config(channels=(4, 8, 16), epochs=EPOCHS)
   template = trainer_lib.create_train_state(
       config.build_model(), (jnp.zeros((1, 48, 48, 3), jnp.uint8),),
