@@ -14,16 +14,15 @@ of the course's CNN instead of training, --to_torch exports the workdir's best c
   python -m experiments.cnn --model=bn_gap --lr=0.01 --to_torch=bn_gap_lr0.01.pt
 """
 
-import dataclasses
-
 from absl import flags
 
 from hw2jax import cli
 from hw2jax.data import intel, sources
 from hw2jax.experiments import cnn, sweep, torch_checkpoints
+from hw2jax.models import registry
 
 _D = cnn.Config()
-flags.DEFINE_enum("model", _D.model, list(cnn.MODELS),
+flags.DEFINE_enum("model", _D.model, list(registry.FAMILIES),
                   "vanilla CNN, or bn_gap (BatchNorm + global average pooling).")
 flags.DEFINE_list("lr", [f"{_D.learning_rate:g}"],
                   "Learning rate, or a comma-separated list for a sweep.")
@@ -55,7 +54,7 @@ flags.DEFINE_string("tfds_data_dir", None,
 flags.DEFINE_string("tfds_manual_dir", None,
                     "With --data_path=tfds:intel48 not yet prepared: prepare it (once) from this "
                     "Intel npz, Kaggle zip or folder. Default: <tfds_data_dir>/downloads/manual/.")
-flags.DEFINE_enum("layout", "hwc", list(sources.LAYOUTS),
+flags.DEFINE_enum("layout", "hwc", list(intel.LAYOUTS),
                   "How to read flattened (N, 6912) npz images; 4-D arrays are detected.")
 flags.DEFINE_string("workdir", None,
                     "Output folder. Default: runs/cnn/<model>-lr<lr>, then every setting that "
@@ -90,9 +89,7 @@ def main(argv):
       pixels=FLAGS.pixels,
       epoch_mode=FLAGS.epoch_mode, tensorboard=FLAGS.tensorboard,
       devices=cli.parse_devices(FLAGS.devices))
-  for lr in lrs:
-    dataclasses.replace(config, learning_rate=lr).validate()
-  run_dirs = sweep.run_dirs(config, lrs, FLAGS.workdir)
+  run_dirs = sweep.run_dirs(config, lrs, FLAGS.workdir)      # validates every rate's settings
   if FLAGS.to_torch is not None:
     torch_checkpoints.export_cnn(FLAGS.workdir or f"runs/cnn/{config.run_name()}",
                                  FLAGS.to_torch)

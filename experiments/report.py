@@ -16,7 +16,7 @@ import sys
 from absl import flags
 
 from hw2jax import cli
-from hw2jax.data import sources
+from hw2jax.data import intel
 from hw2jax.report import config as report_config
 from hw2jax.report import run as report
 
@@ -26,7 +26,7 @@ flags.DEFINE_string("intel_data_path", None,
                     "Intel npz, Kaggle zip or folder (Q1 retrieval, Q2). Default: $HW2JAX_DATA, "
                     "./data/, a Kaggle notebook's /kaggle/input, else a download (--download); "
                     "none: Q2 is skipped and Q1 retrieves random patterns.")
-flags.DEFINE_enum("layout", _D.layout, list(sources.LAYOUTS),
+flags.DEFINE_enum("layout", _D.layout, list(intel.LAYOUTS),
                   "How to read flattened (N, 6912) npz images; 4-D arrays are detected.")
 flags.DEFINE_enum("pixels", _D.pixels, ["correct", "course"],
                   "Q2 and Q2.4: correct (the images as stored) or course (the course skeleton's "

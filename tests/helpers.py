@@ -176,12 +176,13 @@ def cnn_summary(model="vanilla", lr=0.01, seed=42, val=0.7, test=0.68, status="c
                 best_test=0.69, epochs=2, seconds=3.0):
   """A `CnnRunSummary` as a finished run would return it."""
   from hw2jax.experiments import cnn
+  from hw2jax.models import registry
   config = cnn.Config(model=model, learning_rate=lr, seed=seed, epochs=epochs)
   return cnn.CnnRunSummary(
-      config=config, trainable_params=cnn.EXPECTED_PARAMS[model],
+      config=config, trainable_params=registry.get(model).expected_params,
       data=cnn.DataSizes("npz tiny.npz", 24, 6, 6), epochs_done=epochs, diverged_at=None,
       status=status, final=cnn.FinalMetrics(0.5, 0.6, val, 0.61, test),
-      best_val=cnn.BestEpoch(1, val, best_test), train_seconds_total=seconds,
+      best_val=cnn.CnnBestEpoch(1, val, best_test), train_seconds_total=seconds,
       train_seconds_this_call=seconds, device="cpu: x1", jax_version="0.0",
       seed_report=cnn.SEED_REPORT.get((model, lr)))
 
@@ -201,7 +202,7 @@ def p2g_summary(attention=False, seed=42, greedy=(0.25, 0.8), beam=None, nucleus
       trainable_params=1000, trainable_params_torch_convention=1512,
       data=p2g.P2GDataSizes("tsv:p2g", 32, 8, 8, 16, 19), epochs_done=2, diverged_at=None,
       status="completed", evaluated_checkpoint="best validation CER, epoch 2",
-      best_val=p2g.BestEpoch(2, 0.3, 0.9, 2.0), test=test, seed_report=p2g.SEED_REPORT,
+      best_val=p2g.P2GBestEpoch(2, 0.3, 0.9, 2.0), test=test, seed_report=p2g.SEED_REPORT,
       train_seconds_total=4.0, train_seconds_this_call=4.0, device="cpu: x1",
       jax_version="0.0")
 

@@ -9,7 +9,6 @@ that names the file it is about.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 import zipfile
@@ -19,6 +18,8 @@ from typing import Callable, Mapping
 import einops
 import numpy as np
 
+from hw2jax.data import images
+from hw2jax.data.images import ImageData
 from hw2jax.errors import UserError
 
 CLASSES = ("buildings", "forest", "glacier", "mountain", "sea", "street")
@@ -26,48 +27,14 @@ IMAGE_SIZE = 48
 CHANNELS = 3
 NPZ_KEYS = ("train_images", "train_labels", "val_images", "val_labels", "test_images",
             "test_labels")
-SPLITS = ("train", "val", "test")
+SPLITS = images.SPLITS
 # How pixels reach the model: correct (as stored, height-width-channel), or course (the course
 # skeleton's reading: flattened and reinterpreted as channels-first; see `course_pixels`).
 PIXELS = ("correct", "course")
+# How flat (N, 6912) images are ordered: height-width-channel (decoded JPEGs) or channels-first.
+LAYOUTS = ("hwc", "chw")
 # A Kaggle image's path: seg_<split>/[seg_<split>/]<class>/<file>.
 ENTRY_RE = re.compile(r"(?:^|/)seg_(train|test)/(?:seg_(?:train|test)/)?([^/]+)/([^/]+)$")
-
-
-@dataclasses.dataclass(frozen=True)
-class IntelData:
-  """The three splits as numpy arrays: images (N, 48, 48, 3) uint8 NHWC, labels (N,) int32."""
-  train_images: np.ndarray
-  train_labels: np.ndarray
-  val_images: np.ndarray
-  val_labels: np.ndarray
-  test_images: np.ndarray
-  test_labels: np.ndarray
-  source: str
-  skipped: int = 0
-
-  def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """(images, labels) of 'train', 'val' or 'test'."""
-    return getattr(self, f"{name}_images"), getattr(self, f"{name}_labels")
-
-  def sizes(self) -> dict[str, int]:
-    return {name: int(self.split(name)[1].shape[0]) for name in SPLITS}
-
-  def subset(self, n_train: int | None, n_eval: int | None, seed: int = 0) -> "IntelData":
-    """A seeded random subset of each split (Kaggle's train split is ordered by class, so the
-    first n images would hold one class), for quick runs; None keeps a whole split. Its source
-    names the subset, so runs on it never mix with runs on all the data."""
-    if n_train is None and n_eval is None:
-      return self
-    rng = np.random.default_rng(seed)
-    cut = {}
-    for name, n in (("train", n_train), ("val", n_eval), ("test", n_eval)):
-      images, labels = self.split(name)
-      idx = np.sort(rng.permutation(len(labels))[:n]) if n is not None else slice(None)
-      cut[f"{name}_images"], cut[f"{name}_labels"] = images[idx], labels[idx]
-    sizes = " / ".join(str(len(cut[f"{name}_labels"])) for name in SPLITS)
-    return dataclasses.replace(self, **cut,
-                               source=f"{self.source}; random subset {sizes} (seed {seed})")
 
 
 def course_pixels(images: np.ndarray) -> np.ndarray:
@@ -134,7 +101,7 @@ def _zip_has_layout(path: Path) -> bool:
 # Loading
 
 
-def check_splits(data: IntelData, log: Callable[[str], None] = print) -> IntelData:
+def check_splits(data: ImageData, log: Callable[[str], None] = print) -> ImageData:
   """Every split must hold images, and validation and test every class that training has (a
   class missing from training is allowed, with a warning line): found when the data is
   loaded, not after the last epoch."""
@@ -160,15 +127,19 @@ def check_splits(data: IntelData, log: Callable[[str], None] = print) -> IntelDa
   return data
 
 
-def load_npz(path: str | os.PathLike, *, layout: str = "hwc") -> IntelData:
+def check_layout(layout: str) -> None:
+  if layout not in LAYOUTS:
+    raise UserError(f"layout {layout!r} is not valid; use {' or '.join(LAYOUTS)}")
+
+
+def load_npz(path: str | os.PathLike, *, layout: str = "hwc") -> ImageData:
   """Reads the course's npz. Images may be (N,48,48,3), (N,3,48,48) or flat (N,6912).
 
   Flat images are ambiguous, so `layout` ('hwc' or 'chw') says how to read them; 4-D images are
   recognised from their shape and never reinterpreted.
   """
   path = Path(path)
-  if layout not in ("hwc", "chw"):
-    raise UserError(f"layout {layout!r} is not valid; use hwc or chw")
+  check_layout(layout)
   if path.is_file() and not zipfile.is_zipfile(path):
     with open(path, "rb") as f:
       damaged = f.read(2) == b"PK"
@@ -188,12 +159,13 @@ def load_npz(path: str | os.PathLike, *, layout: str = "hwc") -> IntelData:
   except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
     raise UserError(f"{path} is not a readable npz file ({type(e).__name__}: {e}); "
                     "re-download it") from None
-  return IntelData(**checked_splits(arrays, layout, path.name), source=f"npz {path}")
+  return ImageData(**checked_splits(arrays, layout, path.name), source=f"npz {path}",
+                   classes=CLASSES)
 
 
 def checked_splits(arrays: Mapping[str, np.ndarray], layout: str, name: str
                     ) -> dict[str, np.ndarray]:
-  """The NPZ_KEYS arrays as IntelData fields: (N,48,48,3) uint8 images, int32 labels in 0..5,
+  """The NPZ_KEYS arrays as ImageData fields: (N,48,48,3) uint8 images, int32 labels in 0..5,
   as many labels as images; a UserError naming `name` (if any) otherwise. The one check of
   arrays read from a file: the course npz and our conversion cache alike."""
   where = f"{name}:" if name else ""

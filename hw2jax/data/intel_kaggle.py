@@ -2,7 +2,7 @@
 a seeded validation split, seg_test -> test, every image decoded and resized to 48x48, and the
 conversion cached (an npz keyed by the source and its modification times).
 
-The arrays are `intel.IntelData`, checked as the course npz is (`intel.checked_splits`).
+The arrays are an `images.ImageData`, checked as the course npz is (`intel.checked_splits`).
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ import numpy as np
 from PIL import Image
 
 from hw2jax import cache
-from hw2jax.data.intel import (CHANNELS, CLASSES, ENTRY_RE, IMAGE_SIZE, NPZ_KEYS, IntelData,
-                               checked_splits)
+from hw2jax.data.images import ImageData
+from hw2jax.data.intel import CHANNELS, CLASSES, ENTRY_RE, IMAGE_SIZE, NPZ_KEYS, checked_splits
 from hw2jax.errors import UserError
 
 VAL_FRACTION = 0.1
@@ -43,7 +43,7 @@ class _Entry:
 def load_kaggle(path: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None,
                 val_fraction: float = VAL_FRACTION, split_seed: int = SPLIT_SEED,
                 log: Callable[[str], None] = print,
-                environ: Mapping[str, str] | None = None) -> IntelData:
+                environ: Mapping[str, str] | None = None) -> ImageData:
   """Reads Kaggle's layout (folder or zip): seg_train -> train + seeded val split, seg_test -> test.
 
   Images of any size are resized to 48x48 (PIL bilinear); unreadable files are skipped and counted.
@@ -93,11 +93,11 @@ def load_kaggle(path: str | os.PathLike, *, cache_dir: str | os.PathLike | None 
   if not len(train_idx):
     raise UserError(f"{path} holds no readable seg_train images")
   val_idx, train_idx = _split_validation(train_idx, labels, val_fraction, split_seed)
-  data = IntelData(
+  data = ImageData(
       train_images=images[train_idx], train_labels=labels[train_idx],
       val_images=images[val_idx], val_labels=labels[val_idx],
       test_images=images[test_idx], test_labels=labels[test_idx],
-      source=f"{'zip' if is_zip else 'folder'} {path}", skipped=skipped)
+      source=f"{'zip' if is_zip else 'folder'} {path}", classes=CLASSES, skipped=skipped)
   if use_cache:
     _write_cache(cache_file, data, log)
   return data
@@ -201,7 +201,7 @@ def _open_cache(path: Path, log: Callable[[str], None]) -> bool:
   return True
 
 
-def _read_cache(path: Path, n_entries: int, log: Callable[[str], None]) -> IntelData | None:
+def _read_cache(path: Path, n_entries: int, log: Callable[[str], None]) -> ImageData | None:
   """The cached conversion, checked like the course npz (`checked_splits`) and against the
   source's image count: a damaged or foreign cache is deleted (it is ours to rebuild), never
   trusted. None if there is none."""
@@ -212,7 +212,7 @@ def _read_cache(path: Path, n_entries: int, log: Callable[[str], None]) -> Intel
       raise UserError("not an npz archive")
     with np.load(path, allow_pickle=False) as npz:
       arrays = {k: npz[k] for k in (*NPZ_KEYS, "skipped")}
-    data = IntelData(**checked_splits(arrays, "hwc", ""), source="",
+    data = ImageData(**checked_splits(arrays, "hwc", ""), source="", classes=CLASSES,
                      skipped=int(arrays["skipped"]))
     held = sum(data.sizes().values()) + data.skipped
     if held != n_entries:
@@ -235,7 +235,7 @@ def _discard(path: Path, reason, log: Callable[[str], None]) -> None:
       f"{done}, converting again")
 
 
-def _write_cache(path: Path, data: IntelData, log: Callable[[str], None]) -> None:
+def _write_cache(path: Path, data: ImageData, log: Callable[[str], None]) -> None:
   """Writes the conversion cache. A failure (full disk, no permission) costs only the next run
   a conversion, so it is a warning line: this run goes on with the arrays it converted. No
   temp file stays behind (`cache.write_atomically`)."""

@@ -13,10 +13,10 @@ import re
 from pathlib import Path
 from typing import Callable, Mapping
 
-from hw2jax.data import intel, intel_kaggle, phonemes
+from hw2jax.data import intel, intel_kaggle, phonemes, tfds_name
+from hw2jax.data.images import ImageData
 from hw2jax.errors import UserError
 
-TFDS_PREFIX = "tfds:"
 KAGGLE_DATASET = "puneet6060/intel-image-classification"
 # Where Kaggle notebooks mount attached datasets ($HW2JAX_KAGGLE_INPUT overrides it). Kaggle has
 # moved them before (/kaggle/input/<slug>, /kaggle/input/datasets/<owner>/<slug>), so the
@@ -27,7 +27,6 @@ DOWNLOAD_MODES = ("auto", "never")
 DOWNLOAD_SIZE = "about 360 MB, 24,335 JPEGs"
 KAGGLE_PAGE = f"https://www.kaggle.com/datasets/{KAGGLE_DATASET}"
 CAUSE_CHARS = 100               # an exception's message longer than this is shortened
-LAYOUTS = ("hwc", "chw")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -153,18 +152,17 @@ def load_intel(data_path: str | os.PathLike | None = None, *, layout: str = "hwc
                environ: Mapping[str, str] | None = None,
                tfds_data_dir: str | os.PathLike | None = None,
                tfds_manual_dir: str | os.PathLike | None = None, download: str = "never",
-               origin: str = "--data_path") -> intel.IntelData:
+               origin: str = "--data_path") -> ImageData:
   """Finds (see `discover_intel`; `download='auto'` may fetch it) and loads the Intel data into
   numpy arrays, with every split checked (`intel.check_splits`).
 
   A `data_path` (or $HW2JAX_DATA) of the form 'tfds:intel48' reads the TFDS dataset in
   `tfds_data_dir`, preparing it first from `tfds_manual_dir` if needed (see hw2jax.data.tfds).
   """
-  if layout not in LAYOUTS:
-    raise UserError(f"layout {layout!r} is not valid; use hwc or chw")
+  intel.check_layout(layout)
   spec = str(data_path) if data_path else (os.environ if environ is None else environ).get(
       "HW2JAX_DATA", "")
-  if spec.startswith(TFDS_PREFIX):
+  if tfds_name(spec):
     from hw2jax.data import tfds  # lazy: only tfds: paths need tensorflow-datasets
     data = tfds.load_intel_tfds(spec, tfds_data_dir, manual_dir=tfds_manual_dir, layout=layout,
                                 log=log)
@@ -195,7 +193,7 @@ def load_p2g(data_path: str | Path | None = None, max_train_words: int = 0, *,
   A `data_path` of the form 'tfds:p2g' reads the TFDS dataset in `tfds_data_dir`, preparing it
   first from the TSV folder `tfds_manual_dir` if needed (see hw2jax.data.tfds).
   """
-  if data_path is not None and str(data_path).startswith(TFDS_PREFIX):
+  if tfds_name(data_path):
     from hw2jax.data import tfds  # lazy: only tfds: paths need tensorflow-datasets
     data = tfds.load_p2g_tfds(str(data_path), tfds_data_dir, manual_dir=tfds_manual_dir)
   elif tfds_data_dir or tfds_manual_dir:

@@ -27,7 +27,8 @@ from typing import Callable, Iterator, Mapping
 
 import numpy as np
 
-from hw2jax.data import intel, intel_kaggle, phonemes
+from hw2jax.data import TFDS_PREFIX, intel, intel_kaggle, phonemes, tfds_name
+from hw2jax.data.images import ImageData
 from hw2jax.errors import UserError
 
 try:
@@ -36,7 +37,6 @@ except ImportError:  # pragma: no cover - exercised by a test that hides the pac
   raise UserError("tfds: data paths need tensorflow-datasets and array-record; install them with "
                   "pip install 'hw2jax[tfds]'") from None
 
-PREFIX = "tfds:"
 VERSION = "1.0.0"
 FILE_FORMAT = "array_record"
 
@@ -203,11 +203,6 @@ _KIND = {"intel48": "Intel images", "p2g": "phoneme-to-grapheme TSVs"}
 # Preparing and reading
 
 
-def is_tfds_path(data_path) -> bool:
-  """Whether a --data_path value names a TFDS dataset (`tfds:<name>`)."""
-  return data_path is not None and str(data_path).startswith(PREFIX)
-
-
 def data_dir_root(data_dir: str | os.PathLike | None = None) -> Path:
   """--tfds_data_dir, else $TFDS_DATA_DIR, else ~/tensorflow_datasets."""
   if data_dir:
@@ -223,12 +218,12 @@ def builder(name: str, data_dir: str | os.PathLike | None = None, *,
 
   `want` restricts the name to one dataset (a CLI that needs Intel images asks for 'intel48').
   """
-  name = name[len(PREFIX):] if name.startswith(PREFIX) else name
+  name = tfds_name(name) or name
   if name not in BUILDERS:
-    known = ", ".join(f"tfds:{n} ({k})" for n, k in _KIND.items())
-    raise UserError(f"unknown TFDS dataset {PREFIX}{name}; hw2jax builds {known}")
+    known = ", ".join(f"{TFDS_PREFIX}{n} ({k})" for n, k in _KIND.items())
+    raise UserError(f"unknown TFDS dataset {TFDS_PREFIX}{name}; hw2jax builds {known}")
   if want is not None and name != want:
-    raise UserError(f"{PREFIX}{name} holds {_KIND[name]}; this needs {PREFIX}{want} "
+    raise UserError(f"{TFDS_PREFIX}{name} holds {_KIND[name]}; this needs {TFDS_PREFIX}{want} "
                     f"({_KIND[want]})")
   cls = BUILDERS[name]
   root = data_dir_root(data_dir)
@@ -242,7 +237,7 @@ def builder(name: str, data_dir: str | os.PathLike | None = None, *,
     source = None
   if not prepared:
     if source is None:
-      raise UserError(f"{PREFIX}{name} is not prepared in {root}; prepare it once by adding "
+      raise UserError(f"{TFDS_PREFIX}{name} is not prepared in {root}; prepare it once by adding "
                       f"--tfds_manual_dir=<{cls.SOURCE_HELP}> (or put it in {default_manual}/)")
     b = cls(data_dir=root, source=source, log=log, **kwargs)
     b.download_and_prepare()
@@ -268,7 +263,7 @@ def _description(b: _ManualBuilder) -> str:
 
 def load_intel_tfds(name: str = "intel48", data_dir: str | os.PathLike | None = None, *,
                     manual_dir: str | os.PathLike | None = None, layout: str = "hwc",
-                    log: Callable[[str], None] = print) -> intel.IntelData:
+                    log: Callable[[str], None] = print) -> ImageData:
   """The Intel data of a (prepared, or prepared now) TFDS dataset, as `load_intel` returns it."""
   b = builder(name, data_dir, manual_dir=manual_dir, want="intel48", log=log, layout=layout)
   arrays = {}
@@ -278,7 +273,7 @@ def load_intel_tfds(name: str = "intel48", data_dir: str | os.PathLike | None = 
     arrays[f"{split}_images"] = (np.stack([r["image"] for r in rows]) if rows
                                  else np.zeros(shape, np.uint8))
     arrays[f"{split}_labels"] = np.array([r["label"] for r in rows], np.int32)
-  return intel.IntelData(**arrays, source=_description(b),
+  return ImageData(**arrays, source=_description(b), classes=intel.CLASSES,
                          skipped=int(b.info.metadata.get("skipped", 0)))
 
 

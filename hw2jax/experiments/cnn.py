@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -20,16 +19,17 @@ import jax.numpy as jnp
 
 from hw2jax import markdown, plots, records
 from hw2jax.data import intel
+from hw2jax.data.images import ImageData
 from hw2jax.errors import UserError
-from hw2jax.models import cnn
+from hw2jax.models import cnn, registry
 from hw2jax.train import fit as fit_lib
 from hw2jax.train import runlog, sharding, tensorboard as tb, trainer as trainer_lib
 from hw2jax.train import workdir as workdir_lib
 
-MODELS = ("vanilla", "bn_gap")
-EXPECTED_PARAMS = {"vanilla": 5_340_742, "bn_gap": 755_718}
+# The CLI's data, and what a model's size is computed for before any data is read (Table 2.3).
 IMAGE_SIZE = intel.IMAGE_SIZE
-MAX_POOLED_BLOCKS = 6           # 48 -> 24 -> 12 -> 6 -> 3 -> 1: the sixth block sees 1x1
+INTEL_SHAPE = (intel.IMAGE_SIZE, intel.IMAGE_SIZE, intel.CHANNELS)
+INTEL_CLASSES = len(intel.CLASSES)
 CURVES = "curves.png"
 TABLE = "table_2_1.md"
 SWEEP = "sweep.json"
@@ -59,11 +59,13 @@ class Config:
   devices: int = 0                   # data parallelism over the first N devices (0: all)
 
   def validate(self) -> "Config":
-    smallest = min(self.feature_map_sizes()) if self.channels else 0
+    """Checks every setting; the ones that depend on the image size against Intel's 48x48
+    (`check_data` checks them again against the data's own)."""
     records.require([
-        (self.model in MODELS, f"--model={self.model!r} is not one of {', '.join(MODELS)}"),
+        (self.model in registry.FAMILIES,
+         f"--model={self.model!r} is not one of {', '.join(registry.FAMILIES)}"),
         (self.optimizer in ("sgd", "adam"), f"--optimizer={self.optimizer!r}: use sgd or adam"),
-        (self.learning_rate > 0 and math.isfinite(self.learning_rate),
+        (records.positive(self.learning_rate),
          f"--lr={self.learning_rate} must be a positive number"),
         (self.epochs >= 1, f"--epochs={self.epochs} must be at least 1"),
         (self.batch_size >= 1, f"--batch_size={self.batch_size} must be at least 1"),
@@ -76,15 +78,7 @@ class Config:
          f"--kernel_size={self.kernel_size} must be a positive odd number ('same' padding)"),
         (len(self.channels) >= 1 and all(c >= 1 for c in self.channels),
          f"--channels={','.join(map(str, self.channels))} must be positive widths"),
-        (smallest >= 1,
-         f"--channels={','.join(map(str, self.channels))}: {len(self.channels)} blocks with "
-         f"2x2 max-pooling shrink a {IMAGE_SIZE}x{IMAGE_SIZE} image to nothing; use at most "
-         f"{MAX_POOLED_BLOCKS} blocks, or --nomaxpool"),
-        (self.kernel_size <= max(1, smallest),
-         f"--kernel_size={self.kernel_size} is larger than the smallest feature map it "
-         f"convolves ({smallest}x{smallest}"
-         f"{' after max-pooling' if self.maxpool and len(self.channels) > 1 else ''}); use at "
-         f"most {smallest if smallest % 2 else smallest - 1}"),
+        *self._size_checks(IMAGE_SIZE),
         (self.init in ("torch", "flax"), f"--init={self.init!r}: use torch or flax"),
         (self.pixels in intel.PIXELS,
          f"--pixels={self.pixels!r} is not one of {', '.join(intel.PIXELS)}"),
@@ -94,23 +88,41 @@ class Config:
     ])
     return self
 
-  def feature_map_sizes(self) -> list[int]:
+  def feature_map_sizes(self, image_size: int = IMAGE_SIZE) -> list[int]:
     """Height (= width) of the input of every conv block: 48, 24, 12 with max-pooling."""
-    return [IMAGE_SIZE // 2 ** (i if self.maxpool else 0) for i in range(len(self.channels))]
+    return [image_size // 2 ** (i if self.maxpool else 0) for i in range(len(self.channels))]
 
-  def check_data(self, data: intel.IntelData) -> "Config":
-    """Settings that depend on the data: a batch must not be larger than the training set."""
+  def _size_checks(self, image_size: int) -> list[tuple[bool, str]]:
+    """The conv blocks must leave a feature map, and a kernel fit the smallest one."""
+    smallest = min(self.feature_map_sizes(image_size)) if self.channels else 0
+    blocks = max(1, image_size.bit_length())            # 48 -> 24 -> 12 -> 6 -> 3 -> 1: six
+    return [
+        (smallest >= 1,
+         f"--channels={','.join(map(str, self.channels))}: {len(self.channels)} blocks with "
+         f"2x2 max-pooling shrink a {image_size}x{image_size} image to nothing; use at most "
+         f"{blocks} blocks, or --nomaxpool"),
+        (self.kernel_size <= max(1, smallest),
+         f"--kernel_size={self.kernel_size} is larger than the smallest feature map it "
+         f"convolves ({smallest}x{smallest}"
+         f"{' after max-pooling' if self.maxpool and len(self.channels) > 1 else ''}); use at "
+         f"most {smallest if smallest % 2 else smallest - 1}")]
+
+  def check_data(self, data: ImageData) -> "Config":
+    """Settings that depend on the data: a batch no larger than the training set, blocks and
+    kernels that fit its images."""
     n = data.sizes()["train"]
     if self.batch_size > n:
       raise UserError(f"--batch_size={self.batch_size} is larger than the training set ({n:,} "
                       f"images); use at most {n:,}")
+    records.require(self._size_checks(min(data.image_shape[:2])))
     return self
 
-  def build_model(self) -> cnn.CNN:
-    """The config's model: one shared instance per architecture, because the train state holds
-    `model.apply` and jit keys its programs on it (a new, equal module would compile again)."""
-    return _model(self.model == "bn_gap", tuple(self.channels), self.kernel_size, self.maxpool,
-                  self.dropout, self.init)
+  def build_model(self, num_classes: int = INTEL_CLASSES):
+    """The config's model (a Flax module of its `registry` family): one shared instance per
+    architecture, because the train state holds `model.apply` and jit keys its programs on it
+    (a new, equal module would compile again)."""
+    return _model(self.model, tuple(self.channels), self.kernel_size, self.maxpool,
+                  self.dropout, self.init, num_classes)
 
   def to_json(self) -> dict:
     return records.to_json(self)
@@ -156,9 +168,10 @@ ADDED_SETTINGS = {"pixels": "correct"}
 
 
 @functools.lru_cache(maxsize=None)
-def _model(batch_norm, channels, kernel_size, maxpool, dropout, init) -> cnn.CNN:
-  return cnn.CNN(batch_norm=batch_norm, channels=channels, kernel_size=kernel_size,
-                 maxpool=maxpool, dropout=dropout, init_scheme=init)
+def _model(family, channels, kernel_size, maxpool, dropout, init, num_classes):
+  return registry.get(family).build(num_classes=num_classes, channels=channels,
+                                    kernel_size=kernel_size, maxpool=maxpool, dropout=dropout,
+                                    init_scheme=init)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -198,7 +211,7 @@ class FinalMetrics:
 
 
 @dataclasses.dataclass(frozen=True)
-class BestEpoch:
+class CnnBestEpoch:
   """The best-validation epoch, and the test accuracy of its checkpoint."""
   epoch: int                        # 1-based; the earliest one on ties
   val_accuracy: float
@@ -215,7 +228,7 @@ class CnnRunSummary:
   diverged_at: int | None
   status: str
   final: FinalMetrics
-  best_val: BestEpoch | None
+  best_val: CnnBestEpoch | None
   train_seconds_total: float
   train_seconds_this_call: float
   device: str
@@ -230,10 +243,12 @@ class CnnRunSummary:
     return records.from_json(cls, data)
 
 
-def param_count(config: Config) -> int:
-  model = config.build_model()
+def param_count(config: Config, image_shape: tuple[int, ...] = INTEL_SHAPE,
+                num_classes: int = INTEL_CLASSES) -> int:
+  """Trainable parameters of the config's model on images of `image_shape` (H, W, C)."""
+  model = config.build_model(num_classes)
   shapes = jax.eval_shape(lambda: model.init({"params": jax.random.PRNGKey(0)},
-                                             jnp.zeros((1, 48, 48, 3), jnp.uint8), train=False))
+                                             jnp.zeros((1, *image_shape), jnp.uint8), train=False))
   return trainer_lib.count_params(shapes["params"])
 
 
@@ -247,7 +262,7 @@ def describe_params(config: Config) -> str:
           + (" (Table 2.3)" if course else ""))
 
 
-def device_data(data: intel.IntelData, trainer: trainer_lib.Trainer, pixels: str = "correct"
+def device_data(data: ImageData, trainer: trainer_lib.Trainer, pixels: str = "correct"
                 ) -> dict:
   """Every split onto the trainer's device(s) once, its pixels read as `pixels` says
   (intel.PIXELS): {'train'|'val'|'test': {'image', 'label'}}."""
@@ -260,19 +275,21 @@ def make_trainer(config: Config) -> trainer_lib.Trainer:
   return trainer_lib.trainer_for(cnn.loss_fn, cnn.eval_fn, config)
 
 
-def new_state(config: Config) -> trainer_lib.TrainState:
-  """The config's initial train state (also the template its checkpoints restore into)."""
+def new_state(config: Config, image_shape: tuple[int, ...] = INTEL_SHAPE,
+              num_classes: int = INTEL_CLASSES) -> trainer_lib.TrainState:
+  """The config's initial train state for images of `image_shape` (H, W, C) and `num_classes`
+  classes (also the template its checkpoints restore into)."""
   tx = trainer_lib.make_optimizer(config.optimizer, config.l2_decay)
   return trainer_lib.create_train_state(
-      config.build_model(), (jnp.zeros((1, 48, 48, 3), jnp.uint8),), tx, config.seed,
-      learning_rate=config.learning_rate, train=False)
+      config.build_model(num_classes), (jnp.zeros((1, *image_shape), jnp.uint8),), tx,
+      config.seed, learning_rate=config.learning_rate, train=False)
 
 
 # ----------------------------------------------------------------------------------------------
 # Runs
 
 
-def train_and_evaluate(config: Config, data: intel.IntelData, workdir: str | Path, *,
+def train_and_evaluate(config: Config, data: ImageData, workdir: str | Path, *,
                        fresh: bool = False, arrays: dict | None = None,
                        trainer: trainer_lib.Trainer | None = None,
                        log: Callable[[str], None] = print, prefix: str = "") -> CnnRunSummary:
@@ -294,7 +311,7 @@ def _train_and_evaluate(config, data, workdir, *, fresh, arrays, trainer, log, p
                                 run_files=RUN_FILES, log=log, fingerprint=fingerprint,
                                 added_settings=ADDED_SETTINGS)
   arrays = arrays or device_data(data, trainer, config.pixels)
-  state = trainer.put(new_state(config))
+  state = trainer.put(new_state(config, data.image_shape, data.num_classes))
 
   def evaluate(s):
     m = trainer.evaluate(s, arrays["val"])
@@ -315,8 +332,8 @@ def _train_and_evaluate(config, data, workdir, *, fresh, arrays, trainer, log, p
     best_state = fit_lib.restore_best(workdir, result.state, best_metric="val_accuracy",
                                       log=log)
     best_test = trainer.evaluate(best_state, arrays["test"]) if best_state is not None else None
-    best = BestEpoch(epoch=result.best["epoch"], val_accuracy=result.best["val_accuracy"],
-                     test_accuracy=best_test and best_test["accuracy"])
+    best = CnnBestEpoch(epoch=result.best["epoch"], val_accuracy=result.best["val_accuracy"],
+                        test_accuracy=best_test and best_test["accuracy"])
   summary = CnnRunSummary(
       config=config, trainable_params=trainer_lib.count_params(state.params),
       data=DataSizes(data.source, **data.sizes()), epochs_done=len(result.history),
@@ -362,7 +379,23 @@ class TableRow:
 
 
 def model_label(model: str) -> str:
-  return "BN+GAP" if model == "bn_gap" else "vanilla"
+  return registry.get(model).label
+
+
+def course_models() -> list[str]:
+  """The families whose size the course fixes (Table 2.3): 'vanilla', 'bn_gap'."""
+  return [name for name, f in registry.FAMILIES.items() if f.expected_params is not None]
+
+
+def table_2_3(counts: dict[str, int]) -> str:
+  """The seed report's Table 2.3: each model's trainable parameters ({model: count}) beside
+  the count the course fixes ('—' for a family it has none for)."""
+  rows = []
+  for model, ours in counts.items():
+    expected = registry.get(model).expected_params
+    rows.append([model_label(model), f"{ours:,}", markdown.DASH if expected is None else f"{expected:,}",
+                 markdown.DASH if expected is None else "yes" if ours == expected else "**NO**"])
+  return markdown.table(["model", "trainable parameters (ours)", "seed report", "equal"], rows)
 
 
 def pixels_note(pixels: str) -> str:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -62,7 +61,7 @@ class Config:
 
   def validate(self) -> "Config":
     records.require([
-        (self.learning_rate > 0 and math.isfinite(self.learning_rate),
+        (records.positive(self.learning_rate),
          f"--lr={self.learning_rate} must be a positive number"),
         (self.epochs >= 1, f"--epochs={self.epochs} must be at least 1"),
         (self.batch_size >= 1, f"--batch_size={self.batch_size} must be at least 1"),
@@ -142,7 +141,8 @@ class P2GDataSizes:
 
 
 @dataclasses.dataclass(frozen=True)
-class BestEpoch:
+class P2GBestEpoch:
+  """The best-validation (lowest CER) epoch and its validation numbers."""
   epoch: int
   val_cer: float | None
   val_wer: float | None
@@ -162,7 +162,7 @@ class P2GRunSummary:
   diverged_at: int | None
   status: str
   evaluated_checkpoint: str
-  best_val: BestEpoch | None
+  best_val: P2GBestEpoch | None
   test: dict[str, Scores]
   seed_report: SeedScores
   train_seconds_total: float
@@ -285,8 +285,8 @@ def _train_and_evaluate(config, data, workdir, trainer, *, decoding_options, fre
       status=result.status(config.epochs),
       evaluated_checkpoint=(f"best validation CER, epoch {best['epoch']}"
                             if best_state is not None else "last epoch"),
-      best_val=best and BestEpoch(best["epoch"], best.get("val_cer"), best.get("val_wer"),
-                                  best.get("val_loss")),
+      best_val=best and P2GBestEpoch(best["epoch"], best.get("val_cer"), best.get("val_wer"),
+                                     best.get("val_loss")),
       test=test, seed_report=SEED_REPORT, train_seconds_total=result.train_seconds_total,
       train_seconds_this_call=result.train_seconds, device=sharding.device_name(trainer.mesh),
       jax_version=jax.__version__)

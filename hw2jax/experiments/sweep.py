@@ -8,25 +8,30 @@ import os
 from pathlib import Path
 from typing import Callable, Sequence
 
-from hw2jax.data import intel
+from hw2jax.data.images import ImageData
 from hw2jax.errors import UserError
 from hw2jax.experiments import cnn
 from hw2jax.train import runlog
 from hw2jax.train import workdir as workdir_lib
 
 
-def run_dirs(config: cnn.Config, learning_rates: Sequence[float], workdir: str | Path | None,
-             root: str | Path = "runs/cnn") -> dict[float, Path]:
-  """Where each learning rate's run lives. Without a workdir, the folder a single `--lr` run of
-  that rate uses (<root>/<run_name>), so a sweep and single runs share their runs and each
-  configuration trains once whatever order the commands come in; with one, <workdir>/lr_<lr>.
-  Two rates that would name one folder are refused before anything trains."""
+def run_configs(config: cnn.Config, learning_rates: Sequence[float]) -> dict[float, cnn.Config]:
+  """Each rate's run settings, validated; a rate given twice is refused."""
   if len(set(learning_rates)) != len(learning_rates):
     raise UserError(f"--lr={','.join(f'{lr!r}' for lr in learning_rates)} repeats a learning "
                     "rate; give each rate once")
+  return {lr: dataclasses.replace(config, learning_rate=lr).validate() for lr in learning_rates}
+
+
+def run_dirs(config: cnn.Config, learning_rates: Sequence[float], workdir: str | Path | None,
+             root: str | Path = "runs/cnn") -> dict[float, Path]:
+  """Where each learning rate's run lives (`run_configs` checks the rates first). Without a
+  workdir, the folder a single `--lr` run of that rate uses (<root>/<run_name>), so a sweep and
+  single runs share their runs and each configuration trains once whatever order the commands
+  come in; with one, <workdir>/lr_<lr>. Two rates that would name one folder are refused
+  before anything trains."""
   dirs: dict[float, Path] = {}
-  for lr in learning_rates:
-    run = dataclasses.replace(config, learning_rate=lr)
+  for lr, run in run_configs(config, learning_rates).items():
     path = Path(root) / run.run_name() if workdir is None else Path(workdir) / f"lr_{lr:g}"
     same = [other for other, p in dirs.items() if p == path]
     if same:
@@ -36,16 +41,16 @@ def run_dirs(config: cnn.Config, learning_rates: Sequence[float], workdir: str |
   return dirs
 
 
-def sweep(config: cnn.Config, learning_rates: Sequence[float], data: intel.IntelData,
+def sweep(config: cnn.Config, learning_rates: Sequence[float], data: ImageData,
           workdir: str | Path, *, dirs: dict[float, Path] | None = None, fresh: bool = False,
           log: Callable[[str], None] = print) -> list[cnn.CnnRunSummary]:
   """One run per learning rate (one compiled program for all) in `dirs` (default
   <workdir>/lr_<lr>, see `run_dirs`), then Table 2.1 as markdown in <workdir>/table_2_1.md and
   the summaries in <workdir>/sweep.json. A run already finished (by this sweep or by a single
   run in the same folder) is read back, not trained again."""
+  run_configs(config, learning_rates)
   dirs = dirs or run_dirs(config, learning_rates, workdir)
-  for lr in learning_rates:
-    dataclasses.replace(config, learning_rate=lr).validate().check_data(data)
+  config.check_data(data)                         # (the batch size, the same for every rate)
   with workdir_lib.locked(workdir) as workdir:
     return _sweep(config, learning_rates, data, workdir, dirs, fresh=fresh, log=log)
 

@@ -30,10 +30,11 @@ import numpy as np
 
 from hw2jax import markdown, records
 from hw2jax.data import intel, phonemes
+from hw2jax.data.images import ImageData
 from hw2jax.errors import UserError
 from hw2jax.experiments import cnn, p2g, spellings, torch_files
 from hw2jax.experiments.spellings import Decoding, Scores
-from hw2jax.models import seq2seq, torch_port
+from hw2jax.models import registry, seq2seq, torch_port
 from hw2jax.models.cnn import as_dataset
 from hw2jax.train import fit as fit_lib
 from hw2jax.train import runlog, sharding, trainer as trainer_lib
@@ -250,6 +251,9 @@ class CnnTorchSummary:
 def check_torch_cnn(config: cnn.Config) -> cnn.Config:
   """`config` if TorchCNN can hold its model (channels 32,64,128, max-pooling; any odd kernel)."""
   config.validate()
+  if not registry.get(config.model).torch_cnn:
+    raise UserError(f"--model={config.model} has no PyTorch counterpart: the course's TorchCNN "
+                    f"holds {', '.join(n for n, f in registry.FAMILIES.items() if f.torch_cnn)}")
   if tuple(config.channels) != TORCH_CNN_CHANNELS or not config.maxpool:
     raise UserError("the course's TorchCNN has channels 32,64,128 and max-pooling; "
                     f"--channels={','.join(map(str, config.channels))}"
@@ -267,7 +271,7 @@ def cnn_variables(config: cnn.Config, state_dict: Mapping[str, np.ndarray]) -> d
 
 
 def evaluate_cnn(checkpoint: Checkpoint, state_dict: Mapping[str, np.ndarray],
-                 config: cnn.Config, data: intel.IntelData, workdir: str | Path, *,
+                 config: cnn.Config, data: ImageData, workdir: str | Path, *,
                  fresh: bool = False, log: Callable[[str], None] = print) -> CnnTorchSummary:
   """Loss and accuracy of a PyTorch TorchCNN (`config.model`, `config.kernel_size`) on the
   validation and test images, with the trainer's evaluation, into `workdir`."""
@@ -332,12 +336,12 @@ def export_cnn(workdir: str | Path, path: str | Path,
   if state is None:
     raise UserError(f"{workdir} has no readable best checkpoint; train first with the same "
                     "--workdir")
-  variables = {"params": state.params, "batch_stats": state.batch_stats}
-  arrays = torch_port.cnn_to_torch(config.build_model(), jax.device_get(variables),
+  arrays = torch_port.cnn_to_torch(config.build_model(), jax.device_get(state.variables()),
                                    cnn.IMAGE_SIZE, num_batches_tracked=int(state.step))
   torch_files.write_state_dict(arrays, path)
   log(f"wrote {path}: the best checkpoint of {workdir} (epoch of the best validation accuracy) "
-      f"as a TorchCNN(batch_norm={config.model == 'bn_gap'}, kernel_size={config.kernel_size}) "
+      f"as a TorchCNN(batch_norm={config.build_model().batch_norm}, "
+      f"kernel_size={config.kernel_size}) "
       "state_dict")
   return Path(path)
 

@@ -14,13 +14,15 @@ the course's NLL of log-softmax, averaged over the real examples of the batch.
 
 from __future__ import annotations
 
-import itertools
+import functools
 import math
 from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
+
+from hw2jax.models import dropout, registry
 
 # PyTorch's BatchNorm2d/1d defaults: momentum 0.1 (Flax 0.9) and eps 1e-5.
 BN_MOMENTUM = 0.9
@@ -74,30 +76,6 @@ class BatchNorm(nn.Module):
     return (x - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + bias
 
 
-def dropout_keep_masks(key: jax.Array, rate: float, shapes: Sequence[tuple[int, ...]]
-                       ) -> list[jax.Array]:
-  """Keep-masks for every dropout site of a step, drawn with ONE random-bits call.
-
-  Each element keeps with probability thr / 65536, thr = round((1 - rate) * 65536), from 16 random
-  bits (two per 32-bit word): half the random words of `nn.Dropout` and one RNG kernel instead of
-  one per site. `apply_dropout` rescales by the exact keep probability, so E[output] = input.
-  """
-  sizes = [math.prod(s) for s in shapes]
-  words = jax.random.bits(key, ((sum(sizes) + 1) // 2,), jnp.uint32)
-  halves = jax.lax.bitcast_convert_type(words, jnp.uint16).reshape(-1)
-  keep = halves < keep_threshold(rate)
-  offsets = [0] + list(itertools.accumulate(sizes))
-  return [keep[a:b].reshape(s) for a, b, s in zip(offsets, offsets[1:], shapes)]
-
-
-def keep_threshold(rate: float) -> int:
-  return int(round((1.0 - rate) * 65536))
-
-
-def apply_dropout(x: jax.Array, keep: jax.Array, rate: float) -> jax.Array:
-  return jnp.where(keep, x * (65536.0 / keep_threshold(rate)), 0.0).astype(x.dtype)
-
-
 def torch_uniform(fan_in: int) -> nn.initializers.Initializer:
   """U(-1/sqrt(fan_in), 1/sqrt(fan_in)): PyTorch's default for Conv/Linear weights and biases."""
   bound = 1.0 / math.sqrt(fan_in)
@@ -143,16 +121,16 @@ class CNN(nn.Module):
       mask = mask.reshape((-1,) + (1,) * (x.ndim - 1))
     return BatchNorm(name=name)(x, train, mask if train else None)
 
-  def _keep_masks(self, image_shape) -> list[jax.Array]:
-    """Dropout masks of the step: after each conv block and after the first dense layer."""
+  def _keep_masks(self, image_shape) -> dict[str, jax.Array]:
+    """Dropout masks of the step, one per site: after each conv block and the first dense."""
     b, h, w, _ = image_shape
-    shapes = []
-    for c in self.channels:
+    shapes = {}
+    for i, c in enumerate(self.channels):
       if self.maxpool:
         h, w = h // 2, w // 2
-      shapes.append((b, h, w, c))
-    shapes.append((b, self.hidden[0]))
-    return dropout_keep_masks(self.make_rng("dropout"), self.dropout, shapes)
+      shapes[f"block{i}"] = (b, h, w, c)
+    shapes["fc0"] = (b, self.hidden[0])
+    return dropout.keep_masks(self.make_rng("dropout"), self.dropout, shapes)
 
   @nn.compact
   def __call__(self, images: jax.Array, *, train: bool, mask: jax.Array | None = None
@@ -161,9 +139,8 @@ class CNN(nn.Module):
       raise ValueError(f"init_scheme must be 'torch' or 'flax', got {self.init_scheme!r}")
     if not 0.0 <= self.dropout < 1.0:
       raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-    keep = iter(self._keep_masks(images.shape) if train and self.dropout > 0 else [])
-    dropout = lambda h: apply_dropout(h, next(keep), self.dropout) if train and self.dropout > 0 \
-        else h
+    keep = self._keep_masks(images.shape) if train and self.dropout > 0 else None
+    drop = lambda h, site: h if keep is None else dropout.apply(h, keep[site], self.dropout)
     x = images.astype(jnp.float32) * PIXEL_SCALE
     for i, features in enumerate(self.channels):
       x = self._conv(x, features, name=f"conv{i}")
@@ -172,7 +149,7 @@ class CNN(nn.Module):
       x = nn.relu(x)
       if self.maxpool:
         x = max_pool_2x2(x)
-      x = dropout(x)
+      x = drop(x, f"block{i}")
     if self.batch_norm:
       x = jnp.mean(x, axis=(1, 2))                     # global average pooling: (B, C)
     else:
@@ -180,10 +157,19 @@ class CNN(nn.Module):
     x = nn.relu(self._dense(x, self.hidden[0], name="fc0"))
     if self.batch_norm:
       x = self._bn(x, train, mask, name="bn_fc0")
-    x = dropout(x)
+    x = drop(x, "fc0")
     for j, features in enumerate(self.hidden[1:], 1):
       x = nn.relu(self._dense(x, features, name=f"fc{j}"))
     return self._dense(x, self.num_classes, name="logits")
+
+
+# The course's two families (Table 2.3 fixes their sizes at its defaults on 48x48 images).
+registry.register(registry.ModelFamily(
+    "vanilla", "vanilla", functools.partial(CNN, batch_norm=False), expected_params=5_340_742,
+    torch_cnn=True))
+registry.register(registry.ModelFamily(
+    "bn_gap", "BN+GAP", functools.partial(CNN, batch_norm=True), expected_params=755_718,
+    torch_cnn=True))
 
 
 # -- the task ----------------------------------------------------------------------------------
@@ -212,9 +198,8 @@ def loss_fn(apply_fn, params, batch_stats, batch, mask, rng):
 
 
 def eval_fn(apply_fn, variables, batch, mask):
-  """Eval-mode forward (running BN statistics, no dropout): summed loss, correct, count."""
-  if not variables.get("batch_stats"):
-    variables = {"params": variables["params"]}
+  """Eval-mode forward (running BN statistics, no dropout): summed loss, correct, count.
+  `variables`: {'params'} or {'params', 'batch_stats'} (`TrainState.variables`)."""
   logits = apply_fn(variables, batch["image"], train=False)
   return _sums(logits, batch["label"], mask)
 

@@ -217,10 +217,7 @@ def _render_q2(r: R.Q2, results: R.Results) -> str:
   out.append(_quick_note(results, f"{_epochs(r.epochs)} on {data.train:,} training images"))
   out.append("### Table 2.3\n")
   p = r.params
-  out.append(markdown.table(
-      ["model", "trainable parameters (ours)", "seed report", "equal"],
-      [[cnn.model_label(m), f"{p[m].ours:,}", f"{p[m].expected:,}",
-        "yes" if p[m].ours == p[m].expected else "**NO**"] for m in cnn.MODELS]))
+  out.append(cnn.table_2_3({m: p[m].ours for m in cnn.course_models() if m in p}))
   out.append(f"Without max-pooling the vanilla model's flatten head would see 48x48x128 "
              f"features: {p['vanilla_nopool'].ours:,} parameters, so the pooling ablations "
              "use the BN+GAP model (Table 2.4).\n")

@@ -18,9 +18,11 @@ from pathlib import Path
 from typing import Callable
 
 from hw2jax import cache, plots, records
-from hw2jax.data import intel, phonemes, sources
+from hw2jax.data import phonemes, sources
+from hw2jax.data.images import ImageData
 from hw2jax.errors import UserError
 from hw2jax.experiments import cnn, p2g
+from hw2jax.models import registry
 from hw2jax.experiments.hopfield import run as hopfield
 from hw2jax.experiments.spellings import Decoding
 from hw2jax.report import render
@@ -233,9 +235,9 @@ class _Runner:
   course_p2g: bool
   clock: float
   log: Callable[[str], None]
-  _intel: intel.IntelData | None = None
+  _intel: ImageData | None = None
 
-  def intel_data(self) -> intel.IntelData:
+  def intel_data(self) -> ImageData:
     if self._intel is None:
       self._intel = sources.load_intel(self.intel_path, layout=self.config.layout, log=self.log)
     return self._intel
@@ -313,7 +315,7 @@ class _Runner:
 
   # -- Q2 and Q2.4 ----------------------------------------------------------------------------
 
-  def _cnn_config(self, data: intel.IntelData, **kw) -> cnn.Config:
+  def _cnn_config(self, data: ImageData, **kw) -> cnn.Config:
     sizes = data.sizes()
     return cnn.Config(epoch_mode=self.config.epoch_mode, pixels=self.config.pixels,
                       eval_batch_size=max(1, min(1000, max(sizes["val"], sizes["test"]))), **kw)
@@ -344,8 +346,8 @@ class _Runner:
                                     prefix=f"[{model} lr {lr:g} seed {seed}] ")
         runs.append(R.CnnRun(model=model, lr=lr, seed=seed, dir=self._rel(run_dir),
                              summary=summary, wall_seconds=wall))
-    params = {m: R.ParamCount(cnn.param_count(cnn.Config(model=m)), cnn.EXPECTED_PARAMS[m])
-              for m in cnn.MODELS}
+    params = {m: R.ParamCount(cnn.param_count(cnn.Config(model=m)),
+                              registry.get(m).expected_params) for m in cnn.course_models()}
     params["vanilla_nopool"] = R.ParamCount(
         cnn.param_count(cnn.Config(model="vanilla", maxpool=False)), None)
     plot_q2_comparison(runs, self.config.seeds[0], self.workdir)

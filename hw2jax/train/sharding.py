@@ -73,6 +73,14 @@ def split_batch(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(DATA_AXIS))
 
 
+def to_host(x) -> np.ndarray:
+  """A replicated array on the host, also when it spans several processes (each holds a full
+  copy; `np.asarray` of the whole would fail there). Host values pass through."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    x = x.addressable_data(0)
+  return np.asarray(x)
+
+
 def check_batch_size(batch_size: int, mesh: Mesh | None, flag: str = "--batch_size") -> None:
   """A global batch must split evenly over the devices."""
   if mesh is None:

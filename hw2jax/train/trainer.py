@@ -13,6 +13,10 @@ A task plugs in two pure functions (beside each model: `hw2jax.models.cnn`, `...
   eval_fn(apply_fn, variables, batch, mask) -> sums
 where `mask` (B,) is 1 for real examples, `model_state` the `batch_stats` collection ({} if none)
 and `sums` holds at least 'count' (the number of examples or tokens the loss averages over).
+The metric contract: every other entry of `sums` is a SUM over the same units as 'count', so
+that summing over batches and dividing once by the total count (`summarize`) gives the epoch's
+exact mean. A metric with another reduction (a max, a ratio of two sums) does not fit here; its
+task computes it from the decoded outputs (P2G's CER/WER: `hw2jax.metrics`).
 
 Variable-length data (P2G words) comes as `Widths`: the same examples padded to a few widths (a
 single dataset is one width). An epoch's `BatchPlan` draws random batches from all examples and
@@ -26,7 +30,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Callable, Mapping, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -42,7 +46,6 @@ EPOCH_MODES = ("auto", "scan", "loop")
 # XLA's RngBitGenerator ('rbg') instead of threefry: the same statistical quality for dropout
 # and initialisation, 3-4x faster to compile on CPU and cheaper per step on accelerators.
 PRNG_IMPL = "rbg"
-Sums = Mapping[str, jax.Array]
 
 
 class TrainState(train_state.TrainState):
@@ -55,6 +58,13 @@ class TrainState(train_state.TrainState):
   """
   batch_stats: Any = struct.field(default_factory=dict)
   key: jax.Array = None
+
+  def variables(self) -> dict:
+    """What `apply_fn` takes in eval mode: {'params'}, plus 'batch_stats' when the model has
+    any (a model without BatchNorm rejects an empty collection)."""
+    if self.batch_stats:
+      return {"params": self.params, "batch_stats": self.batch_stats}
+    return {"params": self.params}
 
 
 def prng_key(seed: int) -> jax.Array:
@@ -315,7 +325,7 @@ class Trainer:
     if len(widths) == 1:
       which = np.zeros(idx.shape[0], np.int32)
     else:
-      which = batch_widths(widths.need, _host(idx), _host(mask))
+      which = batch_widths(widths.need, sharding.to_host(idx), sharding.to_host(mask))
     return BatchPlan(idx, mask, which)
 
   def evaluate(self, state: TrainState, data) -> dict:
@@ -360,12 +370,10 @@ class Trainer:
     return state, acc
 
   def _eval_step(self, state, acc, data, idx, mask):
-    variables = {"params": state.params}
-    if state.batch_stats:
-      variables["batch_stats"] = state.batch_stats
     idx, mask = _split(self.mesh, (idx, mask))
     batch = _split(self.mesh, gather(data, idx))
-    return _add(acc, self.eval_fn(state.apply_fn, variables, batch, mask.astype(jnp.float32)))
+    return _add(acc, self.eval_fn(state.apply_fn, state.variables(), batch,
+                                  mask.astype(jnp.float32)))
 
   def _loop_eval_step_fn(self, state, acc, pos, data, idx, mask):
     return self._eval_step(state, acc, data, idx[pos], mask[pos]), pos + 1
@@ -384,9 +392,8 @@ class Trainer:
     return _zeros_like_sums(shapes)
 
   def _zero_eval_sums_fn(self, state, data):
-    variables = {"params": state.params, "batch_stats": state.batch_stats}
     batch = gather(data, jnp.zeros((self.eval_batch_size,), jnp.int32))
-    shapes = jax.eval_shape(lambda: self.eval_fn(state.apply_fn, variables, batch,
+    shapes = jax.eval_shape(lambda: self.eval_fn(state.apply_fn, state.variables(), batch,
                                                  jnp.ones((self.eval_batch_size,))))
     return _zeros_like_sums(shapes)
 
@@ -402,11 +409,6 @@ def trainer_for(loss_fn: Callable, eval_fn: Callable, config) -> Trainer:
 def batch_widths(need: np.ndarray, idx: np.ndarray, mask: np.ndarray) -> np.ndarray:
   """The copy each batch trains on: the widest `need` among its real members (host arrays)."""
   return np.where(mask, need[idx], 0).max(axis=1).astype(np.int32)
-
-
-def _host(x: jax.Array) -> np.ndarray:
-  """A replicated device array on the host (also when it spans several processes)."""
-  return np.asarray(x if x.is_fully_addressable else x.addressable_data(0))
 
 
 def summarize(acc) -> dict:

@@ -13,6 +13,7 @@ from helpers import (kaggle_files, learnable_images, write_kaggle_folder, write_
 from hw2jax import UserError
 from hw2jax import cache as cachelib
 from hw2jax.data import intel, intel_kaggle, sources
+from hw2jax.data.images import ImageData
 
 
 def quiet(_):
@@ -334,7 +335,8 @@ def test_an_empty_class_folder_is_a_warning_and_a_missing_test_class_an_error(tm
 def test_a_subset_is_random_per_split_seeded_and_named():
   xs = np.arange(100)[:, None, None, None].astype(np.uint8) * np.ones((1, 48, 48, 3), np.uint8)
   labels = np.repeat(np.arange(5), 20).astype(np.int32)             # ordered by class
-  data = intel.IntelData(xs, labels, xs[:30], labels[:30], xs[:40], labels[:40], source="s")
+  data = ImageData(xs, labels, xs[:30], labels[:30], xs[:40], labels[:40], source="s",
+                          classes=intel.CLASSES)
   assert data.subset(None, None) is data
   sub = data.subset(25, 10)
   assert sub.sizes() == {"train": 25, "val": 10, "test": 10}

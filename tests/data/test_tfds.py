@@ -15,6 +15,7 @@ from helpers import (REPO, run_cli, write_kaggle_folder, write_kaggle_zip, write
 import hw2jax.data
 from hw2jax import UserError
 from hw2jax.data import intel, intel_kaggle, phonemes, sources
+from hw2jax.data.images import ImageData
 from hw2jax.data import tfds as hw2tfds
 import tensorflow_datasets as tfds
 
@@ -31,7 +32,7 @@ def _no_tensorflow():
   assert "tensorflow" not in sys.modules
 
 
-def assert_same_intel(a: intel.IntelData, b: intel.IntelData):
+def assert_same_intel(a: ImageData, b: ImageData):
   for key in intel.NPZ_KEYS:
     x, y = getattr(a, key), getattr(b, key)
     assert x.dtype == y.dtype and x.shape == y.shape, key

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from hw2jax.models import cnn
+from hw2jax.models import cnn, dropout
 from hw2jax.train import trainer as trainer_lib
 
 
@@ -141,15 +141,16 @@ def test_max_pool_2x2_equals_flax_max_pool():
 
 
 def test_dropout_masks_keep_the_right_fraction_and_preserve_the_mean():
-  shapes = [(64, 24, 24, 8), (64, 100), (3,)]
-  masks = cnn.dropout_keep_masks(trainer_lib.prng_key(0), 0.1, shapes)
-  assert [m.shape for m in masks] == shapes and all(m.dtype == jnp.bool_ for m in masks)
-  big = masks[0]
+  shapes = {"a": (64, 24, 24, 8), "b": (64, 100), "c": (3,)}
+  masks = dropout.keep_masks(trainer_lib.prng_key(0), 0.1, shapes)
+  assert {k: m.shape for k, m in masks.items()} == shapes
+  assert all(m.dtype == jnp.bool_ for m in masks.values())
+  big = masks["a"]
   assert float(big.mean()) == pytest.approx(0.9, abs=0.003)
-  assert cnn.keep_threshold(0.1) / 65536 == pytest.approx(0.9, abs=1e-5)
+  assert dropout.keep_threshold(0.1) / 65536 == pytest.approx(0.9, abs=1e-5)
   # Sites draw different bits: their masks are not copies of each other.
-  assert not np.array_equal(np.asarray(big).ravel()[:6400], np.asarray(masks[1]).ravel())
+  assert not np.array_equal(np.asarray(big).ravel()[:6400], np.asarray(masks["b"]).ravel())
   x = jnp.ones(big.shape)
-  assert float(cnn.apply_dropout(x, big, 0.1).mean()) == pytest.approx(1.0, abs=0.005)
-  other = cnn.dropout_keep_masks(trainer_lib.prng_key(1), 0.1, shapes)[0]
+  assert float(dropout.apply(x, big, 0.1).mean()) == pytest.approx(1.0, abs=0.005)
+  other = dropout.keep_masks(trainer_lib.prng_key(1), 0.1, shapes)["a"]
   assert not np.array_equal(big, other)

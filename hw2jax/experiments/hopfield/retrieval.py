@@ -17,7 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from hw2jax import markdown, plots, records
-from hw2jax.data import intel, sources
+from hw2jax.data import sources
+from hw2jax.data.images import ImageData
 from hw2jax.errors import UserError
 from hw2jax.models import hopfield as hf
 
@@ -129,7 +130,7 @@ class Patterns(NamedTuple):
 
 def load_patterns(config: Config, data_path: str | None = None,
                   log: Callable[[str], None] = print, download: str = "never",
-                  data: intel.IntelData | None = None) -> Patterns:
+                  data: ImageData | None = None) -> Patterns:
   """N Intel train images when found (or asked for; `data` when already loaded), else N random
   +-1 patterns of 48x48x3.
 

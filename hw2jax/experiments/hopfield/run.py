@@ -16,7 +16,7 @@ from typing import Callable
 import jax
 
 from hw2jax import records
-from hw2jax.data import intel
+from hw2jax.data.images import ImageData
 from hw2jax.experiments.hopfield import capacity as capacity_lib
 from hw2jax.experiments.hopfield import claims as claims_lib
 from hw2jax.experiments.hopfield import retrieval as retrieval_lib
@@ -92,7 +92,7 @@ class HopfieldSummary:
 
 def run(config: Config, workdir: str | Path, data_path: str | None = None,
         log: Callable[[str], None] = print, download: str = "never",
-        data: intel.IntelData | None = None) -> HopfieldSummary:
+        data: ImageData | None = None) -> HopfieldSummary:
   """Runs `config.parts` and writes summary.json (+ check.md and PNGs) into `workdir`.
 
   The data is loaded (or `data` used) before the workdir is touched, so bad input changes
