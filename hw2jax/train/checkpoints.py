@@ -33,6 +33,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
 from hw2jax.errors import UserError
+from hw2jax.train import sharding
 from hw2jax.train.trainer import TrainState
 
 # Orbax keeps process-global state for a save (its current operation id keys the signals between
@@ -41,7 +42,7 @@ from hw2jax.train.trainer import TrainState
 # overlap training.
 _ORBAX = threading.RLock()
 CORRUPT = "corrupt"
-LEGACY = ("latest", "best")      # the two managers of the older layout
+LEGACY = ("latest", "best")      # the two managers of the layout before 2026-12-02
 _STEP_RE = re.compile(r"^\d+$")
 # How Orbax/TensorStore say that a stored array does not fit the template it is restored into.
 _MISFIT = re.compile(r"not compatible with the stored shape|[Ss]hape mismatch|"
@@ -54,20 +55,25 @@ def state_tree(state: TrainState) -> dict:
           "step": state.step, "key": state.key}
 
 
-def _host(x):
-  if isinstance(x, jax.Array) and not x.is_fully_addressable:
-    x = x.addressable_data(0)
-  return np.asarray(jax.device_get(x))
-
-
 def fingerprint(state: TrainState) -> str:
   """A hash of every array of the state (dtype, shape, bytes), to verify a restored state."""
   h = hashlib.blake2b(digest_size=16)
   for leaf in jax.tree_util.tree_leaves(state_tree(state)):
-    a = np.ascontiguousarray(_host(leaf))
+    a = np.ascontiguousarray(sharding.to_host(leaf))
     h.update(f"{a.dtype}{a.shape}".encode())
     h.update(a.tobytes())
   return h.hexdigest()
+
+
+def refuse_old_layout(root: Path) -> None:
+  """checkpoints/latest/ and checkpoints/best/ (two managers) are the layout of hw2jax before
+  2026-12-02; this version reads <root>/<epoch>/ only. One line, nothing moved."""
+  folders = [name for name in LEGACY if (Path(root) / name).is_dir()]
+  if folders:
+    old = ", ".join(f"{n}/" for n in folders)
+    raise UserError(f"{root} holds checkpoints of hw2jax's layout before 2026-12-02 ({old}), "
+                    "which this version does not read; train again with --fresh (the old run "
+                    "is archived), or resume it with that version")
 
 
 def _quiet_orbax_leftovers() -> None:
@@ -142,6 +148,7 @@ class Checkpoints:
     if best_mode not in ("max", "min"):
       raise ValueError(f"best_mode must be 'max' or 'min', got {best_mode!r}")
     self.root = Path(workdir).resolve() / "checkpoints"
+    refuse_old_layout(self.root)
     self.log = log
     self.best_metric = best_metric
     self.read_only = read_only
@@ -199,7 +206,6 @@ class Checkpoints:
   def restore(self, template: TrainState) -> tuple[TrainState, dict[str, Any]] | None:
     """The newest readable checkpoint, restored onto `template`'s structure; None if there is
     none. Unreadable ones are moved to checkpoints/corrupt/ on the way."""
-    self._adopt_legacy(template)
     for epoch in reversed(self.epochs()):
       restored = self.read(epoch, template)
       if restored is not None:
@@ -208,7 +214,6 @@ class Checkpoints:
 
   def restore_best(self, template: TrainState) -> tuple[TrainState, dict[str, Any]] | None:
     """The best checkpoint (None if there is none, or it is unreadable: it is moved aside)."""
-    self._adopt_legacy(template)
     epoch = self.best_epoch()
     return None if epoch is None else self.read(epoch, template)
 
@@ -281,49 +286,6 @@ class Checkpoints:
     for path in self._step_dirs():
       if path.name not in known:
         self._set_aside(path.name, "no commit marker")
-
-  def _adopt_legacy(self, template: TrainState) -> None:
-    """Copies the readable steps of checkpoints/latest/ and checkpoints/best/ (the older
-    layout) into this manager, then moves those folders to checkpoints/legacy-<time>/."""
-    folders = [self.root / name for name in LEGACY if (self.root / name).is_dir()]
-    if not folders:
-      return
-    if self.read_only:
-      self.log(f"{self.root} holds checkpoints of an older layout, which only a training "
-               "command converts; rerun the training command once, then this one")
-      return
-    abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, state_tree(template))
-    found: dict[int, tuple[TrainState, dict]] = {}
-    for folder in folders:
-      with _ORBAX:
-        old = ocp.CheckpointManager(folder, item_names=("state", "meta"),
-                                    options=ocp.CheckpointManagerOptions(read_only=True))
-      for epoch in old.all_steps():
-        try:
-          with _ORBAX:
-            r = old.restore(epoch, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
-          found.setdefault(epoch, (template.replace(**r["state"]), dict(r["meta"])))
-        except Exception as e:
-          self.log(f"older-layout checkpoint {folder.name}/{epoch} is unreadable "
-                   f"({type(e).__name__}); left in the legacy folder")
-      with _ORBAX:
-        old.close()
-    have = set(self.epochs())
-    for epoch in sorted(found):
-      if epoch in have:
-        continue
-      state, meta = found[epoch]
-      history = meta.get("history") or []
-      self.save(epoch, state, meta, history[epoch - 1] if len(history) >= epoch else {})
-    self.wait()
-    target = self.root / f"legacy-{datetime.datetime.now():%Y%m%d-%H%M%S-%f}"
-    if jax.process_index() == 0:
-      target.mkdir(parents=True)
-      for folder in folders:
-        shutil.move(str(folder), str(target / folder.name))
-    self.log(f"adopted {len(found)} checkpoint(s) of the older layout; its folders are now in "
-             f"{target}")
 
   # -- errors -----------------------------------------------------------------------------------
 

@@ -67,9 +67,8 @@ def fit(trainer: Trainer, state: TrainState, train_data, *, epochs: int,
   with the best `best_metric` (max or min) is also saved as the best checkpoint. Every epoch
   also goes to TensorBoard event files in <workdir>/tb/ unless `tensorboard` is False.
   """
-  if best_mode not in ("max", "min"):
-    raise ValueError(f"best_mode must be 'max' or 'min', got {best_mode!r}")
   workdir = Path(workdir)
+  # Checkpoints checks best_mode, before anything is written.
   checkpoints = ckpt_lib.Checkpoints(workdir, best_metric=best_metric, best_mode=best_mode,
                                      log=log)
   board = tb.Board(workdir, enabled=tensorboard)
@@ -97,6 +96,7 @@ def _fit(trainer, state, train_data, checkpoints, board, *, epochs, evaluate, wo
   best_record, diverged_at = None, None
   restored = checkpoints.restore(state)
   if restored is not None:
+    _same_learning_rate(restored[0], state, checkpoints.root)
     state, meta = restored
     history = list(meta["history"])
     best_record = meta.get("best")
@@ -153,6 +153,16 @@ def _learning_rate(state: TrainState) -> dict[str, float]:
   if "learning_rate" not in hyperparams:
     return {}
   return {"learning_rate": float(jax.device_get(hyperparams["learning_rate"]))}
+
+
+def _same_learning_rate(restored: TrainState, template: TrainState, root: Path) -> None:
+  """The rate is the one setting a checkpoint carries inside its optimizer state: a resumed
+  run must not silently train on at the stored rate when the template asks for another."""
+  stored, wanted = _learning_rate(restored), _learning_rate(template)
+  if stored != wanted:
+    rate = lambda found: f"{found['learning_rate']:.6g}" if found else "none"
+    raise UserError(f"the checkpoints in {root} were trained at learning rate {rate(stored)}, "
+                    f"this run asks for {rate(wanted)}; use another --workdir, or --fresh")
 
 
 def _check_nothing_lost(workdir: Path, restored_epochs: int, root: Path) -> None:

@@ -226,6 +226,7 @@ def prepare(workdir: str | Path, config: dict, data_source: str, *, fresh: bool,
     if archived:
       log(f"--fresh: moved the previous run's files to {archived}")
   else:
+    ckpt_lib.refuse_old_layout(workdir / "checkpoints")
     stored = stored_identity(workdir)
     if stored is not None:
       have, origin = stored

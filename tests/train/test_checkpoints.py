@@ -160,35 +160,17 @@ def test_a_run_killed_while_writing_its_first_checkpoint_starts_again(train, tmp
   assert train(1, tmp_path).epochs_done == 1
 
 
-def test_older_two_manager_layout_is_adopted_and_resumes_identically(train, undamaged,
-                                                                     tmp_path):
-  """A workdir written by the earlier code (checkpoints/latest/ and checkpoints/best/, two Orbax
-  managers, no fingerprint) resumes with this one."""
-  train(3, tmp_path)
-  root = tmp_path / "checkpoints"
-  template = _template()
-  ck = checkpoints.Checkpoints(tmp_path, best_metric="val_accuracy", log=QUIET)
-  steps = {e: ck.read(e, template) for e in ck.epochs()}
-  best = ck.best_epoch()
-  ck.close()
-  shutil.rmtree(root)
-  for name, keep in (("latest", (2, 3)), ("best", (best,))):
-    manager = ocp.CheckpointManager(root / name, item_names=("state", "meta"),
-                                    options=ocp.CheckpointManagerOptions(max_to_keep=2))
-    for epoch in keep:
-      state, meta = steps[epoch]
-      meta = {k: v for k, v in meta.items() if k != "fingerprint"}
-      manager.save(epoch, args=ocp.args.Composite(
-          state=ocp.args.StandardSave(checkpoints.state_tree(state)),
-          meta=ocp.args.JsonSave(meta)))
-    manager.wait_until_finished()
-    manager.close()
-  logs = []
-  resumed = train(4, tmp_path, logs.append)
-  assert strip(resumed) == strip(undamaged)
-  assert any(f"adopted {len({2, 3, best})} checkpoint(s) of the older layout" in line
-             for line in logs), logs
-  assert not (root / "latest").exists() and len(list(root.glob("legacy-*"))) == 1
+def test_the_layout_before_december_2_is_refused_in_one_line_and_left_as_it_is(train,
+                                                                               tmp_path):
+  """checkpoints/latest/ and checkpoints/best/ (two Orbax managers, hw2jax before 2026-12-02):
+  refused with what to do, nothing moved (the migration that adopted them is gone)."""
+  train(1, tmp_path)
+  for name in ("latest", "best"):
+    (tmp_path / "checkpoints" / name / "1").mkdir(parents=True)
+  before = checksums(tmp_path)
+  with pytest.raises(UserError, match=r"layout before 2026-12-02 \(latest/, best/\).*--fresh"):
+    train(2, tmp_path)
+  assert checksums(tmp_path) == before
 
 
 def _template():

@@ -8,7 +8,7 @@ import chex
 import jax.numpy as jnp
 import pytest
 
-from helpers import new_cnn_state as new_state
+from helpers import checksums, new_cnn_state as new_state
 from hw2jax.errors import UserError
 from hw2jax.train import checkpoints, fit as fit_lib, runlog
 
@@ -37,6 +37,15 @@ def test_resume_is_bit_identical(model, trainer, data, tmp_path):
   again = run_fit(model, trainer, data, tmp_path / "b", epochs=3)
   assert again.resumed_from == 3
   chex.assert_trees_all_equal(again.state.params, straight.state.params)
+
+
+def test_a_resume_at_another_learning_rate_is_refused_not_trained_at_the_stored_one(
+    model, trainer, data, tmp_path):
+  run_fit(model, trainer, data, tmp_path, epochs=1, lr=0.05)
+  before = checksums(tmp_path)
+  with pytest.raises(UserError, match="trained at learning rate 0.05.*asks for 0.1"):
+    run_fit(model, trainer, data, tmp_path, epochs=2, lr=0.1)
+  assert checksums(tmp_path) == before
 
 
 def test_best_checkpoint_holds_the_best_epoch(model, trainer, data, tmp_path):
