@@ -18,46 +18,68 @@ def lines(path):
   return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def test_single_run_writes_outputs_and_resumes(tmp_path):
-  data = write_npz(tmp_path / "tiny.npz", n_train=40, n_val=12, n_test=12)
+@pytest.fixture(scope="module")
+def life(tmp_path_factory):
+  """One workdir through the life of a run, each step a CLI call: 2 epochs, the same command
+  with --epochs=3, other settings, then those settings with --fresh. Returns the folder and,
+  per step, (the process, the files as they were right after it)."""
+  root = tmp_path_factory.mktemp("life")
+  data = write_npz(root / "tiny.npz", n_train=40, n_val=12, n_test=12)
   args = [f"--data_path={data}", "--workdir=run", "--batch_size=8"]
-  first = run_cli("experiments.cnn", *args, "--epochs=2", cwd=tmp_path)
-  assert first.returncode == 0, first.stderr
-  assert "5,340,742 trainable parameters" in first.stdout
-  assert "epoch   1/2" in first.stdout and "ETA" in first.stdout
-  run = tmp_path / "run"
-  for name in ("metrics.jsonl", "summary.json", "curves.png", "config.json"):
-    assert (run / name).is_file(), name
-  assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["1", "2"]
-  assert [r["epoch"] for r in lines(run / "metrics.jsonl")] == [1, 2]
-  summary = json.loads((run / "summary.json").read_text())
+  other = ["--epochs=3", "--lr=0.1", "--pixels=course"]
+  steps = {}
+  for name, extra in (("first", ["--epochs=2"]), ("resumed", ["--epochs=3"]),
+                      ("other settings", other), ("fresh", [*other[1:], "--epochs=1", "--fresh"])):
+    proc = run_cli("experiments.cnn", *args, *extra, cwd=root)
+    steps[name] = (proc, checksums(root / "run"), lines(root / "run" / "metrics.jsonl"),
+                   json.loads((root / "run" / "summary.json").read_text()))
+  return root / "run", steps
+
+
+def test_a_run_writes_its_metrics_summary_curves_settings_and_a_checkpoint_per_epoch(life):
+  run, steps = life
+  proc, files, metrics, summary = steps["first"]
+  assert proc.returncode == 0, proc.stderr
+  assert {"metrics.jsonl", "summary.json", "curves.png", "config.json"} <= set(files)
+  assert {f.split("/")[1] for f in files if f.startswith("checkpoints/")} == {"1", "2"}
+  assert [r["epoch"] for r in metrics] == [1, 2]
   assert summary["trainable_params"] == 5_340_742
   assert summary["status"] == "completed" and summary["epochs_done"] == 2
   assert 0.0 <= summary["final"]["test_accuracy"] <= 1.0
   assert summary["seed_report"] == {"test_accuracy": 0.6907, "val_accuracy": 0.7123}
   assert summary["train_seconds_total"] >= summary["train_seconds_this_call"] > 0
+  # What the terminal shows: the model's size, and a progress line with an ETA per epoch.
+  assert "5,340,742 trainable parameters" in proc.stdout and "ETA" in proc.stdout
 
-  resumed = run_cli("experiments.cnn", *args, "--epochs=3", cwd=tmp_path)
-  assert resumed.returncode == 0, resumed.stderr
-  assert "resuming from the checkpoint of epoch 2" in resumed.stdout
-  assert "epoch   1/3" not in resumed.stdout and "epoch   3/3" in resumed.stdout
-  assert [r["epoch"] for r in lines(run / "metrics.jsonl")] == [1, 2, 3]
 
-  other = run_cli("experiments.cnn", *args, "--epochs=3", "--lr=0.1", "--pixels=course",
-                  cwd=tmp_path)
-  assert_clean_failure(other, "learning_rate=0.01 (now 0.1); pixels='correct' (now 'course')",
+def test_the_same_command_with_more_epochs_trains_only_the_new_ones(life):
+  run, steps = life
+  proc, files, metrics, summary = steps["resumed"]
+  assert proc.returncode == 0, proc.stderr
+  assert metrics[:2] == steps["first"][2] and [r["epoch"] for r in metrics] == [1, 2, 3]
+  assert summary["epochs_done"] == 3
+  assert summary["train_seconds_total"] > summary["train_seconds_this_call"]
+  assert "resuming from the checkpoint of epoch 2" in proc.stdout
+
+
+def test_other_settings_on_a_finished_run_are_one_line_and_change_nothing(life):
+  run, steps = life
+  proc, files, _, _ = steps["other settings"]
+  assert_clean_failure(proc, "learning_rate=0.01 (now 0.1); pixels='correct' (now 'course')",
                        "For a separate run use --workdir=<another folder>; to replace that "
                        "run, --fresh")
+  assert files == steps["resumed"][1]
 
-  fresh = run_cli("experiments.cnn", *args, "--epochs=1", "--lr=0.1", "--pixels=course",
-                  "--fresh", cwd=tmp_path)
-  assert fresh.returncode == 0, fresh.stderr
-  assert "vanilla lr=0.1, course pixels: completed" in fresh.stdout
-  archived = list((run / "archive").iterdir())
-  assert len(archived) == 1
-  assert [r["epoch"] for r in lines(archived[0] / "metrics.jsonl")] == [1, 2, 3]
-  assert [r["epoch"] for r in lines(run / "metrics.jsonl")] == [1]
-  assert json.loads((run / "summary.json").read_text())["config"]["pixels"] == "course"
+
+def test_fresh_archives_the_finished_run_and_trains_the_new_settings(life):
+  run, steps = life
+  proc, files, metrics, summary = steps["fresh"]
+  assert proc.returncode == 0, proc.stderr
+  (archived,) = list((run / "archive").iterdir())
+  assert lines(archived / "metrics.jsonl") == steps["resumed"][2]
+  assert [r["epoch"] for r in metrics] == [1]
+  assert summary["config"]["pixels"] == "course" and summary["config"]["learning_rate"] == 0.1
+  assert "vanilla lr=0.1, course pixels: completed" in proc.stdout
 
 
 def test_learning_rate_sweep_writes_table_and_one_figure_per_rate(tmp_path):
@@ -74,36 +96,33 @@ def test_learning_rate_sweep_writes_table_and_one_figure_per_rate(tmp_path):
   assert len(json.loads((sweep / "sweep.json").read_text())) == 2
 
 
-def _trained(stdout: str) -> list[str]:
-  """The runs a CLI call trained an epoch in: '[lr 0.1] epoch   1/1 ...' -> '0.1'."""
-  return [line.split("]")[0].lstrip("[lr ") if line.startswith("[lr ") else "single"
-          for line in stdout.splitlines() if "epoch   1/1 " in line]
-
-
 def test_the_readmes_q2_sequence_trains_each_configuration_once(tmp_path):
   """--lr=0.01, then the sweep --lr=0.1,0.01,0.001, then BN+GAP: four configurations, four
-  trainings (the sweep finds lr 0.01 finished in the folder the single run used; a single run
-  after a sweep finds its folder the same way)."""
+  trainings (the sweep finds lr 0.01 finished in the folder the single run used: its metrics
+  and checkpoints stay as they are)."""
   data = write_npz(tmp_path / "tiny.npz", n_train=24, n_val=12, n_test=12)
   common = [f"--data_path={data}", "--epochs=1", "--channels=8,16,32"]
+  runs = tmp_path / "runs" / "cnn"
   single = run_cli("experiments.cnn", *common, "--lr=0.01", cwd=tmp_path)
+  assert single.returncode == 0, single.stderr
+  trained = lambda: {k: v for k, v in checksums(runs / "vanilla-lr0.01-ch8_16_32").items()
+                     if k == "metrics.jsonl" or k.startswith("checkpoints/")}
+  trained_once = trained()
   sweep = run_cli("experiments.cnn", *common, "--lr=0.1,0.01,0.001", cwd=tmp_path)
   bn_gap = run_cli("experiments.cnn", *common, "--model=bn_gap", "--lr=0.01", cwd=tmp_path)
-  for proc in (single, sweep, bn_gap):
+  for proc in (sweep, bn_gap):
     assert proc.returncode == 0, proc.stderr
-  assert _trained(single.stdout) == ["single"] and _trained(bn_gap.stdout) == ["single"]
-  assert _trained(sweep.stdout) == ["0.1", "0.001"]
+  assert trained() == trained_once
   assert "1 of 1 epochs already trained in runs/cnn/vanilla-lr0.01-ch8_16_32" in sweep.stdout
-  runs = tmp_path / "runs" / "cnn"
   assert sorted(p.name for p in runs.iterdir()) == [
       "bn_gap-lr0.01-ch8_16_32", "vanilla-lr0.001-ch8_16_32", "vanilla-lr0.01-ch8_16_32",
       "vanilla-lr0.1-ch8_16_32", "vanilla-sweep-ch8_16_32"]
+  for run in ("bn_gap-lr0.01", "vanilla-lr0.001", "vanilla-lr0.1"):
+    assert len(lines(runs / f"{run}-ch8_16_32" / "metrics.jsonl")) == 1, run
   table = (runs / "vanilla-sweep-ch8_16_32" / "table_2_1.md").read_text()
   links = [part.split(")")[0] for part in table.split("[curves](")[1:]]
   assert links == [f"../vanilla-lr{lr}-ch8_16_32/curves.png" for lr in ("0.1", "0.01", "0.001")]
   assert all((runs / "vanilla-sweep-ch8_16_32" / link).is_file() for link in links)
-  assert len(lines(runs / "vanilla-lr0.01-ch8_16_32" / "metrics.jsonl")) == 1
-
 
 
 def test_sweep_run_dirs_are_the_single_runs_folders_and_distinct():

@@ -20,45 +20,62 @@ def lines(path):
   return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def test_train_resume_predict(tmp_path):
-  write_p2g_folder(tmp_path / "data", n_train=48, n_valid=12, n_test=12)
-  args = ["--data_path=data", "--workdir=run", *TINY]
-  first = run_cli("experiments.p2g", *args, "--epochs=2", "--attention", cwd=tmp_path)
-  assert first.returncode == 0, first.stderr
-  assert "epoch   1/2" in first.stdout and "val_cer" in first.stdout and "ETA" in first.stdout
-  run = tmp_path / "run"
+@pytest.fixture(scope="module")
+def life(tmp_path_factory):
+  """One P2G workdir, each step a CLI call: 2 epochs with attention, the same with --epochs=3,
+  then --predict of two words with every decoder. Returns the folder and, per step, (the
+  process, metrics.jsonl, summary.json and the checkpoints' epochs right after it)."""
+  root = tmp_path_factory.mktemp("life")
+  write_p2g_folder(root / "data", n_train=48, n_valid=12, n_test=12)
+  args = ["--data_path=data", "--workdir=run", *TINY, "--attention"]
+  words = [p for p, _ in p2g_pairs(2, seed=9)]
+  steps = {}
+  for name, cmd in (("first", [*args, "--epochs=2"]), ("resumed", [*args, "--epochs=3"]),
+                    ("predict", ["--workdir=run", f"--predict={', '.join(words)}", "--beam=2",
+                                 "--topp=0.5", "--k=2"])):
+    proc = run_cli("experiments.p2g", *cmd, cwd=root)
+    steps[name] = (proc, lines(root / "run" / "metrics.jsonl"),
+                   json.loads((root / "run" / "summary.json").read_text()),
+                   sorted(p.name for p in (root / "run" / "checkpoints").iterdir()))
+  return root / "run", steps, words
+
+
+def test_a_run_writes_metrics_summary_tables_predictions_figures_and_checkpoints(life):
+  run, steps, _ = life
+  proc, metrics, summary, epochs = steps["first"]
+  assert proc.returncode == 0, proc.stderr
+  assert epochs == ["1", "2"]
   for name in ("metrics.jsonl", "summary.json", "config.json", "vocab.json", "tables.md",
                "test_predictions.tsv", "cer.png", "attention.png"):
     assert (run / name).is_file(), name
-  assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["1", "2"]
-  assert [r["epoch"] for r in lines(run / "metrics.jsonl")] == [1, 2]
-  summary = json.loads((run / "summary.json").read_text())
+  assert [r["epoch"] for r in metrics] == [1, 2] and "val_cer" in metrics[0]
   assert summary["status"] == "completed" and summary["data"]["train"] == 48
-  assert set(summary["test"]) == {"greedy"}
-  assert 0 <= summary["test"]["greedy"]["wer"] <= 1
+  assert set(summary["test"]) == {"greedy"} and 0 <= summary["test"]["greedy"]["wer"] <= 1
   table = (run / "tables.md").read_text()
   assert "| 3.2 | attention | greedy |" in table and "0.2033" in table
-  assert "| 3.2 | attention | greedy |" in first.stdout
   predictions = (run / "test_predictions.tsv").read_text().splitlines()
   assert predictions[0].split("\t") == ["phonemes", "gold", "greedy"] and len(predictions) == 13
+  assert "| 3.2 | attention | greedy |" in proc.stdout and "ETA" in proc.stdout
 
-  resumed = run_cli("experiments.p2g", *args, "--epochs=3", "--attention", cwd=tmp_path)
-  assert resumed.returncode == 0, resumed.stderr
-  assert "resuming from the checkpoint of epoch 2" in resumed.stdout
-  assert "epoch   1/3" not in resumed.stdout and "epoch   3/3" in resumed.stdout
-  assert [r["epoch"] for r in lines(run / "metrics.jsonl")] == [1, 2, 3]
 
-  words = [p for p, _ in p2g_pairs(2, seed=9)]
-  predicted = run_cli("experiments.p2g", "--workdir=run", f"--predict={', '.join(words)}",
-                      "--beam=2", "--topp=0.5", "--k=2", cwd=tmp_path)
-  assert predicted.returncode == 0, predicted.stderr
-  out = predicted.stdout.splitlines()
-  for w in words:
-    assert w in out
-  assert sum("greedy" in line for line in out) == 2
-  assert sum("beam 2" in line for line in out) == 2
-  assert sum("sample 2" in line for line in out) == 2
+def test_the_same_command_with_more_epochs_trains_only_the_new_one(life):
+  run, steps, _ = life
+  proc, metrics, summary, epochs = steps["resumed"]
+  assert proc.returncode == 0, proc.stderr
+  assert metrics[:2] == steps["first"][1] and [r["epoch"] for r in metrics] == [1, 2, 3]
+  assert summary["epochs_done"] == 3 and epochs[-1] == "3"
+  assert "resuming from the checkpoint of epoch 2" in proc.stdout
 
+
+def test_predict_spells_each_word_with_every_decoder_and_writes_nothing(life):
+  run, steps, words = life
+  proc, *files = steps["predict"]
+  assert proc.returncode == 0, proc.stderr
+  assert files == list(steps["resumed"][1:])
+  out = proc.stdout.splitlines()
+  assert all(w in out for w in words)
+  for decoder in ("greedy", "beam 2", "sample 2"):
+    assert sum(decoder in line for line in out) == 2, decoder
   # (Unknown symbols in --predict, other settings and changed data on this workdir:
   # tests/experiments/test_identity.py, library-level; one line at the CLI: tests/test_cli.py.)
 
