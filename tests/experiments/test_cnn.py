@@ -36,6 +36,7 @@ def life(tmp_path_factory):
   return root / "run", steps
 
 
+@pytest.mark.xdist_group("cnn_life")     # one worker runs the `life` fixture once
 def test_a_run_writes_its_metrics_summary_curves_settings_and_a_checkpoint_per_epoch(life):
   run, steps = life
   proc, files, metrics, summary = steps["first"]
@@ -52,6 +53,7 @@ def test_a_run_writes_its_metrics_summary_curves_settings_and_a_checkpoint_per_e
   assert "5,340,742 trainable parameters" in proc.stdout and "ETA" in proc.stdout
 
 
+@pytest.mark.xdist_group("cnn_life")     # one worker runs the `life` fixture once
 def test_the_same_command_with_more_epochs_trains_only_the_new_ones(life):
   run, steps = life
   proc, files, metrics, summary = steps["resumed"]
@@ -62,6 +64,7 @@ def test_the_same_command_with_more_epochs_trains_only_the_new_ones(life):
   assert "resuming from the checkpoint of epoch 2" in proc.stdout
 
 
+@pytest.mark.xdist_group("cnn_life")     # one worker runs the `life` fixture once
 def test_other_settings_on_a_finished_run_are_one_line_and_change_nothing(life):
   run, steps = life
   proc, files, _, _ = steps["other settings"]
@@ -71,6 +74,7 @@ def test_other_settings_on_a_finished_run_are_one_line_and_change_nothing(life):
   assert files == steps["resumed"][1]
 
 
+@pytest.mark.xdist_group("cnn_life")     # one worker runs the `life` fixture once
 def test_fresh_archives_the_finished_run_and_trains_the_new_settings(life):
   run, steps = life
   proc, files, metrics, summary = steps["fresh"]

@@ -40,6 +40,7 @@ def life(tmp_path_factory):
   return root / "run", steps, words
 
 
+@pytest.mark.xdist_group("p2g_life")     # one worker runs the `life` fixture once
 def test_a_run_writes_metrics_summary_tables_predictions_figures_and_checkpoints(life):
   run, steps, _ = life
   proc, metrics, summary, epochs = steps["first"]
@@ -58,6 +59,7 @@ def test_a_run_writes_metrics_summary_tables_predictions_figures_and_checkpoints
   assert "| 3.2 | attention | greedy |" in proc.stdout and "ETA" in proc.stdout
 
 
+@pytest.mark.xdist_group("p2g_life")     # one worker runs the `life` fixture once
 def test_the_same_command_with_more_epochs_trains_only_the_new_one(life):
   run, steps, _ = life
   proc, metrics, summary, epochs = steps["resumed"]
@@ -67,6 +69,7 @@ def test_the_same_command_with_more_epochs_trains_only_the_new_one(life):
   assert "resuming from the checkpoint of epoch 2" in proc.stdout
 
 
+@pytest.mark.xdist_group("p2g_life")     # one worker runs the `life` fixture once
 def test_predict_spells_each_word_with_every_decoder_and_writes_nothing(life):
   run, steps, words = life
   proc, *files = steps["predict"]
