@@ -114,12 +114,13 @@ def check_splits(data: ImageData, log: Callable[[str], None] = print) -> ImageDa
       raise UserError(f"{data.source}: the {split} split is empty (no images in {where[split]}); "
                       "every split needs images")
   present = {split: set(np.unique(data.split(split)[1]).tolist()) for split in SPLITS}
-  absent = [CLASSES[c] for c in range(len(CLASSES)) if c not in present["train"]]
+  classes = data.classes
+  absent = [classes[c] for c in range(len(classes)) if c not in present["train"]]
   if absent:
     log(f"intel data: WARNING: no training image of class {', '.join(absent)} (an empty "
-        f"folder?); training on {len(CLASSES) - len(absent)} classes")
+        f"folder?); training on {len(classes) - len(absent)} classes")
   for split in ("val", "test"):
-    lacking = [CLASSES[c] for c in sorted(present["train"] - present[split])]
+    lacking = [classes[c] for c in sorted(present["train"] - present[split])]
     if lacking:
       raise UserError(f"{data.source}: the {split} split has no image of class "
                       f"{', '.join(lacking)}, which the training split has; its accuracy would "

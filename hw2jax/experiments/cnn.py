@@ -392,9 +392,11 @@ def table_2_3(counts: dict[str, int]) -> str:
   the count the course fixes ('—' for a family it has none for)."""
   rows = []
   for model, ours in counts.items():
-    expected = registry.get(model).expected_params
-    rows.append([model_label(model), f"{ours:,}", markdown.DASH if expected is None else f"{expected:,}",
-                 markdown.DASH if expected is None else "yes" if ours == expected else "**NO**"])
+    family = registry.get(model)
+    expected = family.expected_params
+    rows.append([family.label, f"{ours:,}"] + (
+        [markdown.DASH, markdown.DASH] if expected is None else
+        [f"{expected:,}", "yes" if ours == expected else "**NO**"]))
   return markdown.table(["model", "trainable parameters (ours)", "seed report", "equal"], rows)
 
 

@@ -48,8 +48,10 @@ def sweep(config: cnn.Config, learning_rates: Sequence[float], data: ImageData,
   <workdir>/lr_<lr>, see `run_dirs`), then Table 2.1 as markdown in <workdir>/table_2_1.md and
   the summaries in <workdir>/sweep.json. A run already finished (by this sweep or by a single
   run in the same folder) is read back, not trained again."""
-  run_configs(config, learning_rates)
-  dirs = dirs or run_dirs(config, learning_rates, workdir)
+  if dirs is None:
+    dirs = run_dirs(config, learning_rates, workdir)      # (which checks every rate)
+  else:
+    run_configs(config, learning_rates)
   config.check_data(data)                         # (the batch size, the same for every rate)
   with workdir_lib.locked(workdir) as workdir:
     return _sweep(config, learning_rates, data, workdir, dirs, fresh=fresh, log=log)

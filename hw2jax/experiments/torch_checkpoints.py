@@ -336,12 +336,12 @@ def export_cnn(workdir: str | Path, path: str | Path,
   if state is None:
     raise UserError(f"{workdir} has no readable best checkpoint; train first with the same "
                     "--workdir")
-  arrays = torch_port.cnn_to_torch(config.build_model(), jax.device_get(state.variables()),
+  model = config.build_model()
+  arrays = torch_port.cnn_to_torch(model, jax.device_get(state.variables()),
                                    cnn.IMAGE_SIZE, num_batches_tracked=int(state.step))
   torch_files.write_state_dict(arrays, path)
   log(f"wrote {path}: the best checkpoint of {workdir} (epoch of the best validation accuracy) "
-      f"as a TorchCNN(batch_norm={config.build_model().batch_norm}, "
-      f"kernel_size={config.kernel_size}) "
+      f"as a TorchCNN(batch_norm={model.batch_norm}, kernel_size={config.kernel_size}) "
       "state_dict")
   return Path(path)
 

@@ -22,9 +22,9 @@ from hw2jax.data import phonemes, sources
 from hw2jax.data.images import ImageData
 from hw2jax.errors import UserError
 from hw2jax.experiments import cnn, p2g
-from hw2jax.models import registry
 from hw2jax.experiments.hopfield import run as hopfield
 from hw2jax.experiments.spellings import Decoding
+from hw2jax.models import registry
 from hw2jax.report import render
 from hw2jax.report import results as R
 from hw2jax.report.config import (ABLATION_LR, PART_TITLES, PARTS, POOLING, Q2_RUNS, Q3_K,

@@ -94,9 +94,10 @@ def _fit(trainer, state, train_data, checkpoints, board, *, epochs, evaluate, wo
          best_metric, best_mode, progress_keys, log, prefix, extra_meta) -> FitResult:
   history: list[dict] = []
   best_record, diverged_at = None, None
+  extra = _learning_rate(state)               # the template's: a checkpoint must hold the same
   restored = checkpoints.restore(state)
   if restored is not None:
-    _same_learning_rate(restored[0], state, checkpoints.root)
+    _same_learning_rate(_learning_rate(restored[0]), extra, checkpoints.root)
     state, meta = restored
     history = list(meta["history"])
     best_record = meta.get("best")
@@ -105,7 +106,6 @@ def _fit(trainer, state, train_data, checkpoints, board, *, epochs, evaluate, wo
   _check_nothing_lost(workdir, len(history), checkpoints.root)
   rlog = runlog.RunLog(workdir, total_epochs=epochs, prefix=prefix, printer=log)
   rlog.reset(history)
-  extra = _learning_rate(state)
   board.start([{**r, **extra} for r in history])
   start = len(history)
   if diverged_at is not None:
@@ -155,10 +155,10 @@ def _learning_rate(state: TrainState) -> dict[str, float]:
   return {"learning_rate": float(jax.device_get(hyperparams["learning_rate"]))}
 
 
-def _same_learning_rate(restored: TrainState, template: TrainState, root: Path) -> None:
+def _same_learning_rate(stored: dict, wanted: dict, root: Path) -> None:
   """The rate is the one setting a checkpoint carries inside its optimizer state: a resumed
-  run must not silently train on at the stored rate when the template asks for another."""
-  stored, wanted = _learning_rate(restored), _learning_rate(template)
+  run must not silently train on at the stored rate when the template asks for another.
+  `stored`, `wanted`: `_learning_rate` of the checkpoint and of the template."""
   if stored != wanted:
     rate = lambda found: f"{found['learning_rate']:.6g}" if found else "none"
     raise UserError(f"the checkpoints in {root} were trained at learning rate {rate(stored)}, "
