@@ -65,8 +65,7 @@ def jax_epoch_seconds(images, labels, *, batch_norm: bool, batch_size: int, epoc
   trainer = trainer_lib.Trainer(cnn.loss_fn, cnn.eval_fn, batch_size=batch_size,
                                 epoch_mode=epoch_mode)
   state = trainer_lib.create_train_state(model, (jnp.zeros((1, 48, 48, 3), jnp.uint8),),
-                                      trainer_lib.make_optimizer("sgd"), 42, learning_rate=0.01,
-                                      train=False)
+                                      trainer_lib.make_optimizer("sgd", 0.01), 42, train=False)
   data = trainer.put(cnn.as_dataset(images, labels.astype(np.int32)))
   start = time.perf_counter()
   state, _ = trainer.train_epoch(state, data, 0)       # host floats: the epoch has finished

@@ -216,9 +216,9 @@ def new_cnn_state(model, lr=0.05, seed=0, optimizer="sgd", l2=0.0):
   """A fresh train state of `model` (a CNN) for 48x48 images."""
   import jax.numpy as jnp
   from hw2jax.train import trainer as trainer_lib
-  tx = trainer_lib.make_optimizer(optimizer, l2)
-  return trainer_lib.create_train_state(model, (jnp.zeros((1, 48, 48, 3), jnp.uint8),), tx,
-                                        seed, learning_rate=lr, train=False)
+  return trainer_lib.create_train_state(model, (jnp.zeros((1, 48, 48, 3), jnp.uint8),),
+                                        trainer_lib.make_optimizer(optimizer, lr, l2), seed,
+                                        train=False)
 
 
 # -- PyTorch state_dicts as numpy (tests/models/test_torch_port.py) ------------------------------

@@ -279,10 +279,10 @@ def new_state(config: Config, image_shape: tuple[int, ...] = INTEL_SHAPE,
               num_classes: int = INTEL_CLASSES) -> trainer_lib.TrainState:
   """The config's initial train state for images of `image_shape` (H, W, C) and `num_classes`
   classes (also the template its checkpoints restore into)."""
-  tx = trainer_lib.make_optimizer(config.optimizer, config.l2_decay)
+  optimizer = trainer_lib.make_optimizer(config.optimizer, config.learning_rate, config.l2_decay)
   return trainer_lib.create_train_state(
-      config.build_model(num_classes), (jnp.zeros((1, *image_shape), jnp.uint8),), tx,
-      config.seed, learning_rate=config.learning_rate, train=False)
+      config.build_model(num_classes), (jnp.zeros((1, *image_shape), jnp.uint8),), optimizer,
+      config.seed, train=False)
 
 
 # ----------------------------------------------------------------------------------------------

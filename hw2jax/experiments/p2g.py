@@ -216,10 +216,11 @@ def train_widths(config: Config, data: phonemes.P2GData, trainer: trainer_lib.Tr
 
 
 def new_state(config: Config, model: seq2seq.Seq2Seq) -> trainer_lib.TrainState:
-  tx = trainer_lib.make_optimizer("adam", update_scale=seq2seq.torch_update_scale)
+  optimizer = trainer_lib.make_optimizer("adam", config.learning_rate,
+                                         update_scale=seq2seq.torch_update_scale)
   one = jnp.ones((1, 2), jnp.int32)
-  return trainer_lib.create_train_state(model, (one, jnp.ones((1,), jnp.int32), one), tx,
-                                        config.seed, learning_rate=config.learning_rate)
+  return trainer_lib.create_train_state(model, (one, jnp.ones((1,), jnp.int32), one), optimizer,
+                                        config.seed)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -15,13 +15,12 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import jax
 
 from hw2jax.errors import UserError
 from hw2jax.train import checkpoints as ckpt_lib
 from hw2jax.train import runlog, sharding
 from hw2jax.train import tensorboard as tb
-from hw2jax.train.trainer import Trainer, TrainState
+from hw2jax.train.trainer import Trainer, TrainState, learning_rate
 
 
 @dataclasses.dataclass
@@ -94,10 +93,11 @@ def _fit(trainer, state, train_data, checkpoints, board, *, epochs, evaluate, wo
          best_metric, best_mode, progress_keys, log, prefix, extra_meta) -> FitResult:
   history: list[dict] = []
   best_record, diverged_at = None, None
-  extra = _learning_rate(state)               # the template's: a checkpoint must hold the same
+  rate = learning_rate(state)                  # the template's: a checkpoint must hold the same
+  extra = {} if rate is None else {"learning_rate": rate}
   restored = checkpoints.restore(state)
   if restored is not None:
-    _same_learning_rate(_learning_rate(restored[0]), extra, checkpoints.root)
+    _same_learning_rate(learning_rate(restored[0]), rate, checkpoints.root)
     state, meta = restored
     history = list(meta["history"])
     best_record = meta.get("best")
@@ -147,20 +147,12 @@ def _fit(trainer, state, train_data, checkpoints, board, *, epochs, evaluate, wo
                    resumed_from=start)
 
 
-def _learning_rate(state: TrainState) -> dict[str, float]:
-  """{'learning_rate': ...} of a `make_optimizer` state (its injected hyper-parameter)."""
-  hyperparams = getattr(state.opt_state, "hyperparams", None) or {}
-  if "learning_rate" not in hyperparams:
-    return {}
-  return {"learning_rate": float(jax.device_get(hyperparams["learning_rate"]))}
-
-
-def _same_learning_rate(stored: dict, wanted: dict, root: Path) -> None:
+def _same_learning_rate(stored: float | None, wanted: float | None, root: Path) -> None:
   """The rate is the one setting a checkpoint carries inside its optimizer state: a resumed
   run must not silently train on at the stored rate when the template asks for another.
-  `stored`, `wanted`: `_learning_rate` of the checkpoint and of the template."""
+  `stored`, `wanted`: `trainer.learning_rate` of the checkpoint and of the template."""
   if stored != wanted:
-    rate = lambda found: f"{found['learning_rate']:.6g}" if found else "none"
+    rate = lambda found: "none" if found is None else f"{found:.6g}"
     raise UserError(f"the checkpoints in {root} were trained at learning rate {rate(stored)}, "
                     f"this run asks for {rate(wanted)}; use another --workdir, or --fresh")
 

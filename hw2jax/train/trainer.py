@@ -77,24 +77,48 @@ def rng(state: TrainState) -> jax.Array:
   return jax.random.wrap_key_data(state.key, impl=PRNG_IMPL)
 
 
-def make_optimizer(name: str, l2_decay: float = 0.0,
-                   update_scale: Callable[[Any], Any] | None = None
-                   ) -> optax.GradientTransformation:
-  """'sgd' (no momentum) or 'adam'; `l2_decay` is added to the gradient like PyTorch's weight_decay.
+class Optimizer(NamedTuple):
+  """An optax transformation and the learning rate a run starts at.
+
+  `tx` depends on (name, l2_decay, update_scale) only and is cached, so runs that differ in the
+  rate share it, and with it one compiled step. The rate is an injected hyper-parameter: `init`
+  puts it into the optimizer state, where it is checkpointed, and `learning_rate(state)` is the
+  one place it is read back.
+  """
+  tx: optax.GradientTransformation
+  learning_rate: float
+
+  def init(self, params) -> optax.OptState:
+    state = self.tx.init(params)
+    rate = jnp.asarray(self.learning_rate, jnp.float32)
+    return state._replace(hyperparams={**state.hyperparams, "learning_rate": rate})
+
+
+def make_optimizer(name: str, learning_rate: float, l2_decay: float = 0.0,
+                   update_scale: Callable[[Any], Any] | None = None) -> Optimizer:
+  """'sgd' (no momentum) or 'adam' at `learning_rate`; `l2_decay` is added to the gradient like
+  PyTorch's weight_decay.
 
   `update_scale(tree)` -> a tree of the same structure of factors that multiply each parameter's
   final update (a hashable function, e.g. `hw2jax.models.seq2seq.torch_update_scale`).
-  The learning rate is an injected hyper-parameter held in the optimizer state (set it with
-  `create_train_state(..., learning_rate=)`), and the transformation is cached, so runs that
-  differ only in the learning rate share one compiled program.
   """
   if name not in ("sgd", "adam"):
     raise ValueError(f"optimizer must be 'sgd' or 'adam', got {name!r}")
-  return _optimizer(name, float(l2_decay), update_scale)
+  return Optimizer(_optimizer(name, float(l2_decay), update_scale), float(learning_rate))
+
+
+def learning_rate(state: TrainState) -> float | None:
+  """The rate `state` trains at (a `make_optimizer` state's injected hyper-parameter), None for
+  an optimizer without one."""
+  hyperparams = getattr(state.opt_state, "hyperparams", None) or {}
+  if "learning_rate" not in hyperparams:
+    return None
+  return float(jax.device_get(hyperparams["learning_rate"]))
 
 
 @functools.lru_cache(maxsize=None)
 def _optimizer(name: str, l2_decay: float, update_scale) -> optax.GradientTransformation:
+  """The rate-free transformation: its placeholder rate 0.0 is replaced by `Optimizer.init`."""
   base = optax.sgd if name == "sgd" else optax.adam
 
   def build(learning_rate):
@@ -116,25 +140,20 @@ def _scaled_by(inner: optax.GradientTransformation, update_scale: Callable[[Any]
   return optax.GradientTransformation(inner.init, update)
 
 
-def create_train_state(model, init_inputs: tuple, tx: optax.GradientTransformation, seed: int,
-                       *, learning_rate: float | None = None, **init_kwargs) -> TrainState:
-  """Initialises `model` on `init_inputs` (a batch's shapes suffice) with key `seed`.
-
-  `learning_rate` sets the injected hyper-parameter of a `make_optimizer` transformation.
-  """
+def create_train_state(model, init_inputs: tuple, optimizer: Optimizer, seed: int,
+                       **init_kwargs) -> TrainState:
+  """Initialises `model` on `init_inputs` (a batch's shapes suffice) with key `seed`, and
+  `optimizer` (its rate included) on the parameters."""
   params_key, dropout_key, run_key = jax.random.split(prng_key(seed), 3)
   variables = _jitted_init(model, tuple(sorted(init_kwargs.items())))(
       {"params": params_key, "dropout": dropout_key}, *init_inputs)
   params = variables["params"]
-  state = TrainState.create(apply_fn=model.apply, params=params, tx=tx,
-                            batch_stats=variables.get("batch_stats", {}),
-                            key=jax.random.key_data(run_key))
   # A strongly typed step counter: a restored checkpoint's step has the same type, so resuming
   # reuses the compiled (and disk-cached) programs instead of compiling them again.
-  state = state.replace(step=jnp.zeros((), jnp.int32))
-  if learning_rate is not None:
-    state.opt_state.hyperparams["learning_rate"] = jnp.asarray(learning_rate, jnp.float32)
-  return state
+  return TrainState(step=jnp.zeros((), jnp.int32), apply_fn=model.apply, params=params,
+                    tx=optimizer.tx, opt_state=optimizer.init(params),
+                    batch_stats=variables.get("batch_stats", {}),
+                    key=jax.random.key_data(run_key))
 
 
 @functools.lru_cache(maxsize=64)

@@ -51,8 +51,8 @@ def test_decode_test_writes_a_column_per_decoder_and_the_heat_maps(tmp_path, dat
                           attention=attention, dropout=0.0)
   test = spellings.evaluation_splits(data)["test"]
   example = (test.src[:1], test.src_len[:1], test.src[:1, :2] * 0)
-  state = trainer_lib.create_train_state(model, example, trainer_lib.make_optimizer("adam"), 0,
-                                         learning_rate=0.01)
+  state = trainer_lib.create_train_state(model, example, trainer_lib.make_optimizer("adam", 0.01),
+                                         0)
   decoders = spellings.Decoders(model, data.tgt_vocab, batch_size=3, max_len=6)
   options = spellings.Decoding(top_p=0.9, k=2, beam=2, max_len=6)
   got = spellings.decode_test(options, decoders, state.params, test, seed=42, workdir=tmp_path)

@@ -34,20 +34,18 @@ def model(words):
 @pytest.fixture(scope="module")
 def untrained(model, words):
   arrays = words[3]
-  tx = trainer_lib.make_optimizer("adam")
   return trainer_lib.create_train_state(model, (arrays["src"][:1], arrays["src_len"][:1],
-                                             arrays["tgt"][:1, :-1]), tx, 0,
-                                     learning_rate=0.02).params
+                                             arrays["tgt"][:1, :-1]),
+                                     trainer_lib.make_optimizer("adam", 0.02), 0).params
 
 
 @pytest.fixture(scope="module")
 def memorised(model, words):
   """Params that reproduce the 8 training words (full-batch Adam until the loss is tiny)."""
   arrays = jax.device_put(words[3])
-  tx = trainer_lib.make_optimizer("adam")
   state = trainer_lib.create_train_state(model, (arrays["src"][:1], arrays["src_len"][:1],
-                                              arrays["tgt"][:1, :-1]), tx, 0,
-                                      learning_rate=0.02)
+                                              arrays["tgt"][:1, :-1]),
+                                      trainer_lib.make_optimizer("adam", 0.02), 0)
   trainer = trainer_lib.Trainer(s2s.loss_fn, s2s.eval_fn, batch_size=8, epoch_mode="loop")
   for epoch in range(400):
     state, m = trainer.train_epoch(state, arrays, epoch)

@@ -35,13 +35,11 @@ H = 128
 def new_state(model, variables, optimizer: str, lr: float,
               update_scale=None) -> trainer_lib.TrainState:
   """A hw2jax TrainState holding `variables`, with the trainer's optimizer at `lr`."""
-  state = trainer_lib.TrainState.create(
-      apply_fn=model.apply, params=variables["params"],
-      tx=trainer_lib.make_optimizer(optimizer, update_scale=update_scale),
-      batch_stats=variables.get("batch_stats", {}),
+  optimizer = trainer_lib.make_optimizer(optimizer, lr, update_scale=update_scale)
+  return trainer_lib.TrainState(
+      step=0, apply_fn=model.apply, params=variables["params"], tx=optimizer.tx,
+      opt_state=optimizer.init(variables["params"]), batch_stats=variables.get("batch_stats", {}),
       key=jax.random.key_data(trainer_lib.prng_key(0)))
-  state.opt_state.hyperparams["learning_rate"] = jnp.asarray(lr, jnp.float32)
-  return state
 
 
 # -- CNN -----------------------------------------------------------------------------------------

@@ -177,8 +177,8 @@ def _template():
   config = cnn.Config(**TINY_CNN)
   example = (jnp.zeros((1, 48, 48, 3), jnp.uint8),)
   return trainer_lib.create_train_state(config.build_model(), example,
-                                     trainer_lib.make_optimizer("sgd"), config.seed,
-                                     learning_rate=0.01, train=False)
+                                     trainer_lib.make_optimizer("sgd", 0.01), config.seed,
+                                     train=False)
 
 
 def test_disk_full_while_saving_is_one_line_and_keeps_the_previous_checkpoint(

@@ -99,7 +99,7 @@ def test_sigkill_and_rerun_equals_an_uninterrupted_run(tmp_path):
   config = cnn.Config(channels=(4, 8, 16), epochs=EPOCHS)
   template = trainer_lib.create_train_state(
       config.build_model(), (jnp.zeros((1, 48, 48, 3), jnp.uint8),),
-      trainer_lib.make_optimizer("sgd"), config.seed, learning_rate=0.01, train=False)
+      trainer_lib.make_optimizer("sgd", 0.01), config.seed, train=False)
   states = []
   for name in ("ref", "killed"):
     ck = checkpoints.Checkpoints(tmp_path / name, best_metric="val_accuracy",

@@ -37,8 +37,7 @@ WORKER = textwrap.dedent("""
         tr = trainer_lib.Trainer(cnn.loss_fn, cnn.eval_fn, batch_size=16, eval_batch_size=20,
                                  epoch_mode=mode, mesh=mesh)
         st = tr.put(trainer_lib.create_train_state(
-            model, example, trainer_lib.make_optimizer("sgd"), 0, learning_rate=0.01,
-            train=False))
+            model, example, trainer_lib.make_optimizer("sgd", 0.01), 0, train=False))
         data = tr.put(cnn.as_dataset(images, labels.astype(np.int32)))
         losses = []
         for e in range(2):
