@@ -67,6 +67,22 @@ def test_the_installed_ml_dtypes_is_below_the_slow_0_7():
   assert metadata.version("ml_dtypes") in pin.specifier
 
 
+def test_xdist_runs_a_group_on_one_worker(tmp_path):
+  """The suite's module fixtures of a run's life rely on `xdist_group` (pyproject's pytest
+  ceiling, BUILD.md): two grouped tests must run on one worker, with two workers to choose."""
+  (tmp_path / "test_group.py").write_text(
+      "import os, pytest\n"
+      + "".join(f"@pytest.mark.xdist_group('life')\ndef test_{n}():\n"
+                f"  open('{n}', 'w').write(os.environ['PYTEST_XDIST_WORKER'])\n"
+                for n in "ab")
+      + "def test_c():\n  pass\ndef test_d():\n  pass\n")
+  proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-n", "2", "--dist", "loadgroup",
+                         "-p", "no:cacheprovider", "-o", "addopts=", "test_group.py"],
+                        cwd=tmp_path, capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  assert (tmp_path / "a").read_text() == (tmp_path / "b").read_text()
+
+
 def test_the_entry_points_run_from_a_plain_checkout(tmp_path):
   """`python -m experiments.cnn` works from the checkout's root without PYTHONPATH."""
   env = {k: v for k, v in cli_env(tmp_path).items() if k != "PYTHONPATH"}
