@@ -1,6 +1,9 @@
 """experiments.report: the whole report end to end on tiny data, resume, skips, completeness."""
 
 import json
+import shutil
+import subprocess
+from typing import NamedTuple
 
 import pytest
 
@@ -16,18 +19,55 @@ from hw2jax.report.config import PARTS, SEED_PARTS, Config
 TINY = ["--quick", "--ablation_kernel_sizes=3", "--q3_hidden_size=8", "--q3_beam=2"]
 
 
-@pytest.mark.slow
-def test_quick_report_is_complete_and_resumes(tmp_path):
-  write_npz(tmp_path / "intel.npz", n_train=48, n_val=12, n_test=12)
-  write_p2g_folder(tmp_path / "p2g", n_train=32, n_valid=8, n_test=8)
+def tables(text: str) -> str:
+  """REPORT.md's tables and figures: all of it but the run times of the invocation."""
+  return text.split("\n## Q1 (")[1].split("\n## Run times")[0]
+
+
+def trained_files(files: dict[str, str]) -> dict[str, str]:
+  """Of `checksums`, what training writes: every run's metrics and checkpoints."""
+  return {f: h for f, h in files.items() if f.endswith("metrics.jsonl") or "/checkpoints/" in f}
+
+
+class Step(NamedTuple):
+  proc: subprocess.CompletedProcess
+  files: dict[str, str]         # `checksums` of the step's workdir right after it
+  text: str                     # its REPORT.md then
+  results: dict                 # and its report.json
+
+
+@pytest.fixture(scope="module")
+def life(tmp_path_factory):
+  """One report workdir through its life, each step a CLI call: the whole quick report (Q3 in
+  a second thread), the same command again, fewer parts at another seed, two reruns that would
+  replace finished results; beside it, Q2 and Q3 alone with Q3 in the main thread and Q2 the
+  course's way. Returns the folder and a `Step` per step."""
+  root = tmp_path_factory.mktemp("report")
+  write_npz(root / "intel.npz", n_train=48, n_val=12, n_test=12)
+  write_p2g_folder(root / "p2g", n_train=32, n_valid=8, n_test=8)
   args = ["--workdir=rep", "--intel_data_path=intel.npz", "--p2g_data_path=p2g", *TINY]
-  # Q3 in a second thread beside the other parts (the GPU default), then sequential reruns.
-  first = run_cli("experiments.report", *args, "--overlap=on", cwd=tmp_path)
-  assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-  assert "[Q3] epoch   1/4" in first.stdout and "[Q3] [Q3]" not in first.stdout
-  rep = tmp_path / "rep"
-  text = (rep / "REPORT.md").read_text()
-  assert "Q3 ran in a second thread" in text
+  steps = {}
+  for name, workdir, extra in (
+      ("first", "rep", [*args, "--overlap=on"]),
+      ("alone", "alone", [*args[1:], "--workdir=alone", "--parts=q2,q3", "--overlap=off",
+                          "--pixels=course"]),
+      ("again", "rep", args),
+      ("fewer", "rep", [*args, "--parts=q1", "--seeds=43"]),
+      ("course", "rep", [*args, "--parts=q2", "--pixels=course"]),
+      ("lost", "rep", ["--workdir=rep", "--p2g_data_path=p2g", *TINY])):
+    proc = run_cli("experiments.report", *extra, cwd=root)
+    read = lambda name: (root / workdir / name).read_text()
+    steps[name] = Step(proc, checksums(root / workdir), read("REPORT.md"),
+                       json.loads(read("report.json")))
+  return root, steps
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("report_life")     # one worker runs the `life` fixture once
+def test_a_quick_report_has_every_table_figure_and_check(life):
+  root, steps = life
+  proc, files, text, _ = steps["first"]
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
   assert "QUICK RUN" in text and text.count("*Quick run:") == 4
   for heading in [h for hs in render.REQUIRED.values() for h in hs] + ["## Run times"]:
     assert heading in text, heading
@@ -38,64 +78,86 @@ def test_quick_report_is_complete_and_resumes(tmp_path):
               "| 0.2242 | 0.7660 | 0.6340 |", "321,757", "All checks pass."):
     assert row in text, row
   figures = render.IMAGE_RE.findall(text)
-  assert len(figures) == 4 + 5 + 3 and all((rep / f).is_file() for f in figures)
+  assert len(figures) == 4 + 5 + 3 and all(f in files for f in figures)
   assert "Complete: every table" in text and "Incomplete" not in text
-  results = json.loads((rep / "report.json").read_text())
+  results = steps["first"].results
   assert results["missing"] == [] and results["meta"]["quick"]
   assert all(results[p]["status"] == "done" for p in PARTS)
+  sizes = lambda part, *keys: [results[part]["data"][k] for k in ("source", *keys)]
+  assert sizes("q3", "train", "valid", "test") == [f"tsv:{root / 'p2g'}", 32, 8, 8]
+  assert sizes("q2", "train", "val", "test")[1:] == [48, 12, 12]
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("report_life")
+def test_q3_beside_the_other_parts_overlaps_them_and_prefixes_its_log_lines(life):
+  root, steps = life
+  proc, _, text, results = steps["first"]
+  assert "Q3 ran in a second thread" in text
   q3_span = (results["q3"]["started_seconds"], results["q3"]["finished_seconds"])
   assert q3_span[0] < results["q1"]["finished_seconds"] and q3_span[1] > q3_span[0]
   spans = [(results[p]["started_seconds"], results[p]["finished_seconds"])
            for p in SEED_PARTS]
   assert results["meta"]["seed_runs_seconds"] == pytest.approx(
       max(e for _, e in spans) - min(s for s, _ in spans), abs=0.05)   # Q3 beside Q1, Q2
-  assert "P2G data: tsv:" in first.stdout and "; train 32 / valid 8 / test 8 pairs" in \
-      first.stdout
+  # The terminal tells the thread's lines apart: each prefixed once.
+  assert "[Q3] epoch   1/4" in proc.stdout and "[Q3] [Q3]" not in proc.stdout
 
-  # Q3 in the main thread gives the same numbers as beside Q1/Q2; Q2 the course's way (its
-  # pipeline scrambles the pixels) is labelled so and trains in folders of its own.
-  alone = run_cli("experiments.report", *args[1:], "--workdir=alone", "--parts=q2,q3",
-                  "--overlap=off", "--pixels=course", cwd=tmp_path)
-  assert alone.returncode == 0, alone.stderr[-3000:]
-  assert "[Q3]" not in alone.stdout
-  alone_results = json.loads((tmp_path / "alone/report.json").read_text())
-  assert [r["summary"]["test"] for r in alone_results["q3"]["runs"]] == \
-      [r["summary"]["test"] for r in results["q3"]["runs"]]
-  course = (tmp_path / "alone/REPORT.md").read_text()
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("report_life")
+def test_q3_alone_gives_the_same_numbers_and_course_pixels_train_in_their_own_folders(life):
+  root, steps = life
+  proc, files, course, alone = steps["alone"]
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  beside = steps["first"].results
+  assert "second thread" not in course
+  assert [r["summary"]["test"] for r in alone["q3"]["runs"]] == \
+      [r["summary"]["test"] for r in beside["q3"]["runs"]]
   assert "| vanilla, course pixels | 0.01 |" in course and "--pixels=course" in course
-  assert (tmp_path / "alone/q2/bn_gap-lr0.01-pixels_course/seed42/curves.png").is_file()
-  assert {r["summary"]["config"]["pixels"] for r in alone_results["q2"]["runs"]} == {"course"}
-  assert [r["summary"]["final"] for r in alone_results["q2"]["runs"]] != \
-      [r["summary"]["final"] for r in results["q2"]["runs"]]
+  assert "q2/bn_gap-lr0.01-pixels_course/seed42/curves.png" in files
+  assert {r["summary"]["config"]["pixels"] for r in alone["q2"]["runs"]} == {"course"}
+  assert [r["summary"]["final"] for r in alone["q2"]["runs"]] != \
+      [r["summary"]["final"] for r in beside["q2"]["runs"]]
 
-  again = run_cli("experiments.report", *args, cwd=tmp_path)
-  assert again.returncode == 0, again.stderr[-3000:]
-  assert "Q1: reusing the finished run" in again.stdout
-  assert again.stdout.count("resuming from the checkpoint") == 4 + 2 + 2
-  assert "epoch   1/" not in again.stdout
-  # Same tables and figures (only the times of this invocation differ).
-  tables = lambda t: t.split("\n## Q1 (")[1].split("\n## Run times")[0]
-  assert tables((rep / "REPORT.md").read_text()) == tables(text)
 
-  # Fewer parts (and other seeds for them): the finished parts stay in REPORT.md.
-  fewer = run_cli("experiments.report", *args, "--parts=q1", "--seeds=43", cwd=tmp_path)
-  assert fewer.returncode == 0, fewer.stderr[-3000:]
-  kept = (rep / "REPORT.md").read_text()
-  assert tables(kept) == tables(text) and kept.count("kept from an earlier invocation") == 3
-  assert "Complete: every table" in kept
+@pytest.mark.slow
+@pytest.mark.xdist_group("report_life")
+def test_the_same_command_again_trains_nothing_and_renders_the_same_tables(life):
+  root, steps = life
+  first, again = steps["first"], steps["again"]
+  assert again.proc.returncode == 0, again.proc.stderr[-3000:]
+  assert trained_files(again.files) == trained_files(first.files) and trained_files(first.files)
+  assert tables(again.text) == tables(first.text)
 
-  # A rerun that does not find the Intel data, or reads it the course's way, is refused:
-  # nothing finished is replaced.
-  before = checksums(rep)
-  course = run_cli("experiments.report", *args, "--parts=q2", "--pixels=course", cwd=tmp_path)
-  assert_clean_failure(course, "holds a finished Q2", "pixels None (now 'course')")
-  lost = run_cli("experiments.report", "--workdir=rep", "--p2g_data_path=p2g", *TINY,
-                 cwd=tmp_path)
-  assert_clean_failure(lost, "holds a finished Q1", "intel_data", "(now None)", "--fresh")
-  assert checksums(rep) == before
 
-  # Several seeds: mean ± std in every table, the figures of the first seed only.
-  two = json.loads(json.dumps(results))
+@pytest.mark.slow
+@pytest.mark.xdist_group("report_life")
+def test_fewer_parts_at_another_seed_keep_the_finished_ones_in_the_report(life):
+  root, steps = life
+  proc, files, kept, _ = steps["fewer"]
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert tables(kept) == tables(steps["first"].text)
+  assert kept.count("kept from an earlier invocation") == 3 and "Complete: every table" in kept
+  assert trained_files(steps["first"].files).items() <= trained_files(files).items()
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("report_life")
+def test_a_rerun_that_would_replace_finished_results_is_refused_with_nothing_changed(life):
+  root, steps = life
+  assert_clean_failure(steps["course"].proc, "holds a finished Q2", "pixels None (now 'course')")
+  assert_clean_failure(steps["lost"].proc, "holds a finished Q1", "intel_data", "(now None)",
+                       "--fresh")
+  assert steps["course"].files == steps["lost"].files == steps["fewer"].files
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("report_life")
+def test_several_seeds_give_mean_and_std_in_every_table_and_the_first_seed_s_figures(life):
+  _, steps = life
+  two = json.loads(json.dumps(steps["first"].results))
+  figures = render.IMAGE_RE.findall(render.render(R.Results.from_json(two)))
   two["meta"]["seeds"] = [42, 43]
   for part in ("q2", "q2_ablations", "q3"):
     copies = json.loads(json.dumps(two[part]["runs"]))
@@ -113,9 +175,15 @@ def test_quick_report_is_complete_and_resumes(tmp_path):
   assert len(rows) == 3 and all(" ± 0.0707 " in r for r in rows), rows
   assert render.IMAGE_RE.findall(several) == figures and "mean ± sample standard" in several
 
-  # The completeness check names what is gone (report.json reads back whole).
-  (rep / "q2/vanilla-lr0.01/seed42/curves.png").unlink()
-  text, missing = render.report(R.Results.from_json(results), rep)
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("report_life")
+def test_the_completeness_check_names_a_missing_figure(life, tmp_path):
+  root, steps = life
+  copy = tmp_path / "rep"
+  shutil.copytree(root / "rep", copy, ignore=shutil.ignore_patterns("checkpoints"))
+  (copy / "q2/vanilla-lr0.01/seed42/curves.png").unlink()
+  text, missing = render.report(R.Results.from_json(steps["first"].results), copy)
   assert missing == ["figure q2/vanilla-lr0.01/seed42/curves.png"] and "**Incomplete**" in text
 
 
