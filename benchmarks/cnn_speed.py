@@ -29,7 +29,7 @@ from hw2jax import cli
 from hw2jax.data import sources
 from hw2jax.errors import UserError
 from hw2jax.models import cnn
-from hw2jax.train import trainer as trainer_lib
+from hw2jax.train import optimizer as optimizer_lib, trainer as trainer_lib
 
 flags.DEFINE_list("models", ["vanilla", "bn_gap"], "Models to time: vanilla, bn_gap.")
 flags.DEFINE_integer("n_images", 12_630, "Training images per epoch (the course's train split).")
@@ -65,7 +65,7 @@ def jax_epoch_seconds(images, labels, *, batch_norm: bool, batch_size: int, epoc
   trainer = trainer_lib.Trainer(cnn.loss_fn, cnn.eval_fn, batch_size=batch_size,
                                 epoch_mode=epoch_mode)
   state = trainer_lib.create_train_state(model, (jnp.zeros((1, 48, 48, 3), jnp.uint8),),
-                                      trainer_lib.make_optimizer("sgd", 0.01), 42, train=False)
+                                      optimizer_lib.make_optimizer("sgd", 0.01), 42, train=False)
   data = trainer.put(cnn.as_dataset(images, labels.astype(np.int32)))
   start = time.perf_counter()
   state, _ = trainer.train_epoch(state, data, 0)       # host floats: the epoch has finished

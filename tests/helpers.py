@@ -215,9 +215,9 @@ TINY_CNN = dict(channels=(4, 8, 16), hidden=(32, 16))
 def new_cnn_state(model, lr=0.05, seed=0, optimizer="sgd", l2=0.0):
   """A fresh train state of `model` (a CNN) for 48x48 images."""
   import jax.numpy as jnp
-  from hw2jax.train import trainer as trainer_lib
+  from hw2jax.train import optimizer as optimizer_lib, trainer as trainer_lib
   return trainer_lib.create_train_state(model, (jnp.zeros((1, 48, 48, 3), jnp.uint8),),
-                                        trainer_lib.make_optimizer(optimizer, lr, l2), seed,
+                                        optimizer_lib.make_optimizer(optimizer, lr, l2), seed,
                                         train=False)
 
 

@@ -23,7 +23,8 @@ from hw2jax.data.images import ImageData
 from hw2jax.errors import UserError
 from hw2jax.models import cnn, registry
 from hw2jax.train import fit as fit_lib
-from hw2jax.train import runlog, sharding, tensorboard as tb, trainer as trainer_lib
+from hw2jax.train import optimizer as optimizer_lib, runlog, sharding, tensorboard as tb
+from hw2jax.train import trainer as trainer_lib
 from hw2jax.train import workdir as workdir_lib
 
 # The CLI's data, and what a model's size is computed for before any data is read (Table 2.3).
@@ -279,7 +280,7 @@ def new_state(config: Config, image_shape: tuple[int, ...] = INTEL_SHAPE,
               num_classes: int = INTEL_CLASSES) -> trainer_lib.TrainState:
   """The config's initial train state for images of `image_shape` (H, W, C) and `num_classes`
   classes (also the template its checkpoints restore into)."""
-  optimizer = trainer_lib.make_optimizer(config.optimizer, config.learning_rate, config.l2_decay)
+  optimizer = optimizer_lib.make_optimizer(config.optimizer, config.learning_rate, config.l2_decay)
   return trainer_lib.create_train_state(
       config.build_model(num_classes), (jnp.zeros((1, *image_shape), jnp.uint8),), optimizer,
       config.seed, train=False)

@@ -26,7 +26,8 @@ from hw2jax.experiments import spellings
 from hw2jax.experiments.spellings import Decoding, Scores
 from hw2jax.models import seq2seq
 from hw2jax.train import fit as fit_lib
-from hw2jax.train import runlog, sharding, tensorboard as tb, trainer as trainer_lib
+from hw2jax.train import optimizer as optimizer_lib, runlog, sharding, tensorboard as tb
+from hw2jax.train import trainer as trainer_lib
 from hw2jax.train import checkpoints as ckpt_lib
 from hw2jax.train import workdir as workdir_lib
 
@@ -216,7 +217,7 @@ def train_widths(config: Config, data: phonemes.P2GData, trainer: trainer_lib.Tr
 
 
 def new_state(config: Config, model: seq2seq.Seq2Seq) -> trainer_lib.TrainState:
-  optimizer = trainer_lib.make_optimizer("adam", config.learning_rate,
+  optimizer = optimizer_lib.make_optimizer("adam", config.learning_rate,
                                          update_scale=seq2seq.torch_update_scale)
   one = jnp.ones((1, 2), jnp.int32)
   return trainer_lib.create_train_state(model, (one, jnp.ones((1,), jnp.int32), one), optimizer,

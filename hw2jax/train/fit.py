@@ -20,7 +20,8 @@ from hw2jax.errors import UserError
 from hw2jax.train import checkpoints as ckpt_lib
 from hw2jax.train import runlog, sharding
 from hw2jax.train import tensorboard as tb
-from hw2jax.train.trainer import Trainer, TrainState, learning_rate
+from hw2jax.train.optimizer import learning_rate
+from hw2jax.train.trainer import Trainer, TrainState
 
 
 @dataclasses.dataclass

@@ -35,12 +35,12 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import struct
 from flax.training import train_state
 from jax.sharding import Mesh
 
 from hw2jax.train import sharding
+from hw2jax.train.optimizer import Optimizer
 
 EPOCH_MODES = ("auto", "scan", "loop")
 # XLA's RngBitGenerator ('rbg') instead of threefry: the same statistical quality for dropout
@@ -75,69 +75,6 @@ def prng_key(seed: int) -> jax.Array:
 def rng(state: TrainState) -> jax.Array:
   """The run's typed PRNG key."""
   return jax.random.wrap_key_data(state.key, impl=PRNG_IMPL)
-
-
-class Optimizer(NamedTuple):
-  """An optax transformation and the learning rate a run starts at.
-
-  `tx` depends on (name, l2_decay, update_scale) only and is cached, so runs that differ in the
-  rate share it, and with it one compiled step. The rate is an injected hyper-parameter: `init`
-  puts it into the optimizer state, where it is checkpointed, and `learning_rate(state)` is the
-  one place it is read back.
-  """
-  tx: optax.GradientTransformation
-  learning_rate: float
-
-  def init(self, params) -> optax.OptState:
-    state = self.tx.init(params)
-    rate = jnp.asarray(self.learning_rate, jnp.float32)
-    return state._replace(hyperparams={**state.hyperparams, "learning_rate": rate})
-
-
-def make_optimizer(name: str, learning_rate: float, l2_decay: float = 0.0,
-                   update_scale: Callable[[Any], Any] | None = None) -> Optimizer:
-  """'sgd' (no momentum) or 'adam' at `learning_rate`; `l2_decay` is added to the gradient like
-  PyTorch's weight_decay.
-
-  `update_scale(tree)` -> a tree of the same structure of factors that multiply each parameter's
-  final update (a hashable function, e.g. `hw2jax.models.seq2seq.torch_update_scale`).
-  """
-  if name not in ("sgd", "adam"):
-    raise ValueError(f"optimizer must be 'sgd' or 'adam', got {name!r}")
-  return Optimizer(_optimizer(name, float(l2_decay), update_scale), float(learning_rate))
-
-
-def learning_rate(state: TrainState) -> float | None:
-  """The rate `state` trains at (a `make_optimizer` state's injected hyper-parameter), None for
-  an optimizer without one."""
-  hyperparams = getattr(state.opt_state, "hyperparams", None) or {}
-  if "learning_rate" not in hyperparams:
-    return None
-  return float(jax.device_get(hyperparams["learning_rate"]))
-
-
-@functools.lru_cache(maxsize=None)
-def _optimizer(name: str, l2_decay: float, update_scale) -> optax.GradientTransformation:
-  """The rate-free transformation: its placeholder rate 0.0 is replaced by `Optimizer.init`."""
-  base = optax.sgd if name == "sgd" else optax.adam
-
-  def build(learning_rate):
-    parts = [optax.add_decayed_weights(l2_decay)] if l2_decay else []
-    tx = optax.chain(*parts, base(learning_rate))
-    return tx if update_scale is None else _scaled_by(tx, update_scale)
-
-  return optax.inject_hyperparams(build)(learning_rate=0.0)
-
-
-def _scaled_by(inner: optax.GradientTransformation, update_scale: Callable[[Any], Any]
-               ) -> optax.GradientTransformation:
-  """`inner` with its updates multiplied by `update_scale(updates)`; its state is `inner`'s
-  own, so checkpoints written without the scale still restore."""
-  def update(updates, state, params=None):
-    updates, state = inner.update(updates, state, params)
-    return jax.tree_util.tree_map(lambda u, s: u * s, updates, update_scale(updates)), state
-
-  return optax.GradientTransformation(inner.init, update)
 
 
 def create_train_state(model, init_inputs: tuple, optimizer: Optimizer, seed: int,

@@ -10,7 +10,7 @@ from hw2jax.data import phonemes
 from hw2jax.errors import UserError
 from hw2jax.experiments import spellings
 from hw2jax.models import seq2seq
-from hw2jax.train import trainer as trainer_lib
+from hw2jax.train import optimizer as optimizer_lib, trainer as trainer_lib
 
 
 def test_decoding_options_are_checked_before_any_model_runs():
@@ -51,7 +51,7 @@ def test_decode_test_writes_a_column_per_decoder_and_the_heat_maps(tmp_path, dat
                           attention=attention, dropout=0.0)
   test = spellings.evaluation_splits(data)["test"]
   example = (test.src[:1], test.src_len[:1], test.src[:1, :2] * 0)
-  state = trainer_lib.create_train_state(model, example, trainer_lib.make_optimizer("adam", 0.01),
+  state = trainer_lib.create_train_state(model, example, optimizer_lib.make_optimizer("adam", 0.01),
                                          0)
   decoders = spellings.Decoders(model, data.tgt_vocab, batch_size=3, max_len=6)
   options = spellings.Decoding(top_p=0.9, k=2, beam=2, max_len=6)

@@ -10,7 +10,7 @@ import pytest
 
 from helpers import p2g_pairs
 from hw2jax.models import decoding, seq2seq as s2s
-from hw2jax.train import trainer as trainer_lib
+from hw2jax.train import optimizer as optimizer_lib, trainer as trainer_lib
 from hw2jax.data import phonemes as ph
 
 H = 16
@@ -36,7 +36,7 @@ def untrained(model, words):
   arrays = words[3]
   return trainer_lib.create_train_state(model, (arrays["src"][:1], arrays["src_len"][:1],
                                              arrays["tgt"][:1, :-1]),
-                                     trainer_lib.make_optimizer("adam", 0.02), 0).params
+                                     optimizer_lib.make_optimizer("adam", 0.02), 0).params
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ def memorised(model, words):
   arrays = jax.device_put(words[3])
   state = trainer_lib.create_train_state(model, (arrays["src"][:1], arrays["src_len"][:1],
                                               arrays["tgt"][:1, :-1]),
-                                      trainer_lib.make_optimizer("adam", 0.02), 0)
+                                      optimizer_lib.make_optimizer("adam", 0.02), 0)
   trainer = trainer_lib.Trainer(s2s.loss_fn, s2s.eval_fn, batch_size=8, epoch_mode="loop")
   for epoch in range(400):
     state, m = trainer.train_epoch(state, arrays, epoch)

@@ -20,7 +20,7 @@ from hw2jax.data import phonemes
 from hw2jax.errors import UserError
 from hw2jax.models import cnn, decoding, torch_port
 from hw2jax.models import seq2seq as s2s
-from hw2jax.train import trainer as trainer_lib
+from hw2jax.train import optimizer as optimizer_lib, trainer as trainer_lib
 
 torch = pytest.importorskip("torch")
 from benchmarks import torch_baselines as tb  # noqa: E402  (needs torch)
@@ -35,7 +35,7 @@ H = 128
 def new_state(model, variables, optimizer: str, lr: float,
               update_scale=None) -> trainer_lib.TrainState:
   """A hw2jax TrainState holding `variables`, with the trainer's optimizer at `lr`."""
-  optimizer = trainer_lib.make_optimizer(optimizer, lr, update_scale=update_scale)
+  optimizer = optimizer_lib.make_optimizer(optimizer, lr, update_scale=update_scale)
   return trainer_lib.TrainState(
       step=0, apply_fn=model.apply, params=variables["params"], tx=optimizer.tx,
       opt_state=optimizer.init(variables["params"]), batch_stats=variables.get("batch_stats", {}),

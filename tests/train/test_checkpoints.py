@@ -13,7 +13,7 @@ import pytest
 from helpers import assert_clean_failure, checksums, run_cli, write_npz, write_p2g_folder
 from hw2jax.data import sources
 from hw2jax.experiments import cnn, p2g
-from hw2jax.train import checkpoints, trainer as trainer_lib
+from hw2jax.train import checkpoints, optimizer as optimizer_lib, trainer as trainer_lib
 from hw2jax.errors import UserError
 
 QUIET = lambda line: None
@@ -177,7 +177,7 @@ def _template():
   config = cnn.Config(**TINY_CNN)
   example = (jnp.zeros((1, 48, 48, 3), jnp.uint8),)
   return trainer_lib.create_train_state(config.build_model(), example,
-                                     trainer_lib.make_optimizer("sgd", 0.01), config.seed,
+                                     optimizer_lib.make_optimizer("sgd", 0.01), config.seed,
                                      train=False)
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from helpers import cli_env, read_tensorboard, run_cli, write_npz
 from hw2jax.experiments import cnn
-from hw2jax.train import checkpoints, trainer as trainer_lib
+from hw2jax.train import checkpoints, optimizer as optimizer_lib, trainer as trainer_lib
 
 pytestmark = pytest.mark.slow
 EPOCHS = 12
@@ -99,7 +99,7 @@ def test_sigkill_and_rerun_equals_an_uninterrupted_run(tmp_path):
   config = cnn.Config(channels=(4, 8, 16), epochs=EPOCHS)
   template = trainer_lib.create_train_state(
       config.build_model(), (jnp.zeros((1, 48, 48, 3), jnp.uint8),),
-      trainer_lib.make_optimizer("sgd", 0.01), config.seed, train=False)
+      optimizer_lib.make_optimizer("sgd", 0.01), config.seed, train=False)
   states = []
   for name in ("ref", "killed"):
     ck = checkpoints.Checkpoints(tmp_path / name, best_metric="val_accuracy",

@@ -20,7 +20,7 @@ WORKER = textwrap.dedent("""
     from helpers import learnable_images
     from hw2jax import UserError
     from hw2jax.models import cnn
-    from hw2jax.train import sharding, trainer as trainer_lib
+    from hw2jax.train import optimizer as optimizer_lib, sharding, trainer as trainer_lib
 
     assert jax.device_count() == 8, jax.devices()
     # Sharding is the subject: XLA's default CPU kernels on both sides. (With the CPU option's
@@ -37,7 +37,7 @@ WORKER = textwrap.dedent("""
         tr = trainer_lib.Trainer(cnn.loss_fn, cnn.eval_fn, batch_size=16, eval_batch_size=20,
                                  epoch_mode=mode, mesh=mesh)
         st = tr.put(trainer_lib.create_train_state(
-            model, example, trainer_lib.make_optimizer("sgd", 0.01), 0, train=False))
+            model, example, optimizer_lib.make_optimizer("sgd", 0.01), 0, train=False))
         data = tr.put(cnn.as_dataset(images, labels.astype(np.int32)))
         losses = []
         for e in range(2):
