@@ -239,9 +239,10 @@ class Trainer:
     self.loss_fn, self.eval_fn = loss_fn, eval_fn
     self.mesh = mesh
     sharding.check_batch_size(batch_size, mesh)
-    if mesh is not None:       # evaluation batches also split evenly: round up
-      eval_batch_size = -(-eval_batch_size // mesh.devices.size) * mesh.devices.size
-    self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+    self.batch_size = batch_size
+    # Evaluation batches split evenly too (rounded up to the devices). A split smaller than a
+    # batch is one batch of its own size: 12 examples are not padded to 1000 and computed.
+    self.eval_batch_size = self._round_to_devices(eval_batch_size)
     self.mode = resolve_mode(epoch_mode)
     # Donating the state saves memory on accelerators; on CPU it made no step faster (BUILD.md).
     donate = jax.default_backend() != "cpu"
@@ -284,11 +285,16 @@ class Trainer:
       which = batch_widths(widths.need, sharding.to_host(idx), sharding.to_host(mask))
     return BatchPlan(idx, mask, which)
 
+  def _round_to_devices(self, n: int) -> int:
+    devices = 1 if self.mesh is None else self.mesh.devices.size
+    return -(-n // devices) * devices
+
   def evaluate(self, state: TrainState, data) -> dict:
     """Eval-mode metrics over every example of `data`, in batches of `eval_batch_size` (on the
     widest copy of `Widths`)."""
     data = Widths.of(data)[-1]
-    idx, mask = self._plan(None, _num_examples(data), self.eval_batch_size)
+    n = _num_examples(data)
+    idx, mask = self._plan(None, n, min(self.eval_batch_size, self._round_to_devices(n)))
     if self.mode == "scan":
       return summarize(self._scan_eval(state, data, idx, mask))
     acc, pos = self._zero_eval_sums(state, data), jnp.zeros((), jnp.int32)

@@ -169,6 +169,23 @@ def test_evaluate_matches_a_direct_computation(model, trainer, data):
   assert metrics["accuracy"] == pytest.approx(float((logits.argmax(-1) == labels).mean()))
 
 
+@pytest.mark.parametrize("mode", ["loop", "scan"])
+def test_a_split_smaller_than_an_eval_batch_is_one_batch_of_its_own_size(model, trainer, data,
+                                                                        mode):
+  sizes = []
+
+  def eval_fn(apply_fn, variables, batch, mask):
+    sizes.append(mask.shape[0])                     # at trace time: the batch's static size
+    return cnn.eval_fn(apply_fn, variables, batch, mask)
+  large = trainer_lib.Trainer(cnn.loss_fn, eval_fn, batch_size=8, eval_batch_size=1000,
+                              epoch_mode=mode)
+  state = new_state(model)
+  metrics = large.evaluate(state, data["val"])        # 30 examples: one batch of 30, not 1000
+  assert set(sizes) - {1000} == {30}                  # 1000: the shapes of the sums, not run
+  expected = trainer.evaluate(state, data["val"])
+  assert metrics == pytest.approx(expected, rel=1e-6)
+
+
 # ---------------------------------------------------------------- padded widths
 
 
