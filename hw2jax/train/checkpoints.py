@@ -289,6 +289,17 @@ class Checkpoints:
 
   # -- errors -----------------------------------------------------------------------------------
 
+  def _finish_earlier_saves(self) -> None:
+    """An earlier epoch's save may still be writing when a later one fails: it finishes (or
+    fails for the same full disk) first, so that the message names the epoch a rerun will
+    really resume from."""
+    try:
+      with _ORBAX:
+        self._manager.wait_until_finished()
+    except Exception as e:
+      if not _disk_full(e):
+        raise
+
   @contextlib.contextmanager
   def _disk_errors(self):
     """A full disk (now, or in an asynchronous write that failed) becomes one line."""
@@ -297,6 +308,7 @@ class Checkpoints:
     except Exception as e:
       if not _disk_full(e):
         raise
+      self._finish_earlier_saves()
       committed = [int(p.name) for p in self._step_dirs()]
       raise UserError(f"disk full while writing checkpoints into {self.root}; free space and "
                       f"rerun: the run resumes from epoch {max(committed, default=0)}") from None
