@@ -29,6 +29,11 @@ def trained_files(files: dict[str, str]) -> dict[str, str]:
   return {f: h for f, h in files.items() if f.endswith("metrics.jsonl") or "/checkpoints/" in f}
 
 
+def life_step(test):
+  """A test of one step of the `life` fixture: slow, and on the one worker that holds it."""
+  return pytest.mark.slow(pytest.mark.xdist_group("report_life")(test))
+
+
 class Step(NamedTuple):
   proc: subprocess.CompletedProcess
   files: dict[str, str]         # `checksums` of the step's workdir right after it
@@ -62,8 +67,7 @@ def life(tmp_path_factory):
   return root, steps
 
 
-@pytest.mark.slow
-@pytest.mark.xdist_group("report_life")     # one worker runs the `life` fixture once
+@life_step
 def test_a_quick_report_has_every_table_figure_and_check(life):
   root, steps = life
   proc, files, text, _ = steps["first"]
@@ -88,8 +92,7 @@ def test_a_quick_report_has_every_table_figure_and_check(life):
   assert sizes("q2", "train", "val", "test")[1:] == [48, 12, 12]
 
 
-@pytest.mark.slow
-@pytest.mark.xdist_group("report_life")
+@life_step
 def test_q3_beside_the_other_parts_overlaps_them_and_prefixes_its_log_lines(life):
   root, steps = life
   proc, _, text, results = steps["first"]
@@ -104,8 +107,7 @@ def test_q3_beside_the_other_parts_overlaps_them_and_prefixes_its_log_lines(life
   assert "[Q3] epoch   1/4" in proc.stdout and "[Q3] [Q3]" not in proc.stdout
 
 
-@pytest.mark.slow
-@pytest.mark.xdist_group("report_life")
+@life_step
 def test_q3_alone_gives_the_same_numbers_and_course_pixels_train_in_their_own_folders(life):
   root, steps = life
   proc, files, course, alone = steps["alone"]
@@ -121,8 +123,7 @@ def test_q3_alone_gives_the_same_numbers_and_course_pixels_train_in_their_own_fo
       [r["summary"]["final"] for r in beside["q2"]["runs"]]
 
 
-@pytest.mark.slow
-@pytest.mark.xdist_group("report_life")
+@life_step
 def test_the_same_command_again_trains_nothing_and_renders_the_same_tables(life):
   root, steps = life
   first, again = steps["first"], steps["again"]
@@ -131,8 +132,7 @@ def test_the_same_command_again_trains_nothing_and_renders_the_same_tables(life)
   assert tables(again.text) == tables(first.text)
 
 
-@pytest.mark.slow
-@pytest.mark.xdist_group("report_life")
+@life_step
 def test_fewer_parts_at_another_seed_keep_the_finished_ones_in_the_report(life):
   root, steps = life
   proc, files, kept, _ = steps["fewer"]
@@ -142,8 +142,7 @@ def test_fewer_parts_at_another_seed_keep_the_finished_ones_in_the_report(life):
   assert trained_files(steps["first"].files).items() <= trained_files(files).items()
 
 
-@pytest.mark.slow
-@pytest.mark.xdist_group("report_life")
+@life_step
 def test_a_rerun_that_would_replace_finished_results_is_refused_with_nothing_changed(life):
   root, steps = life
   assert_clean_failure(steps["course"].proc, "holds a finished Q2", "pixels None (now 'course')")
@@ -152,8 +151,7 @@ def test_a_rerun_that_would_replace_finished_results_is_refused_with_nothing_cha
   assert steps["course"].files == steps["lost"].files == steps["fewer"].files
 
 
-@pytest.mark.slow
-@pytest.mark.xdist_group("report_life")
+@life_step
 def test_several_seeds_give_mean_and_std_in_every_table_and_the_first_seed_s_figures(life):
   _, steps = life
   two = json.loads(json.dumps(steps["first"].results))
@@ -176,8 +174,7 @@ def test_several_seeds_give_mean_and_std_in_every_table_and_the_first_seed_s_fig
   assert render.IMAGE_RE.findall(several) == figures and "mean ± sample standard" in several
 
 
-@pytest.mark.slow
-@pytest.mark.xdist_group("report_life")
+@life_step
 def test_the_completeness_check_names_a_missing_figure(life, tmp_path):
   root, steps = life
   copy = tmp_path / "rep"

@@ -12,6 +12,8 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -63,20 +65,28 @@ def history(run):
           for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_two_processes_equal_one_and_a_killed_peer_ends_the_survivor_and_both_resume(
-    tmp_path):
-  """Process 1 is killed mid-run; the survivor ends at once (both processes are then down, as
-  after killing both); both restarted resume and end as one process with two devices does."""
-  write_npz(tmp_path / "tiny.npz", n_train=128, n_val=16, n_test=16)
+class Life(NamedTuple):
+  root: Path
+  one: subprocess.CompletedProcess   # one process with two devices, uninterrupted
+  survivor: tuple                    # process 0's (returncode, stdout, stderr) after the kill
+  survivor_seconds: float            # from the kill to the survivor's end
+  killed_metrics: list[str]          # metrics.jsonl's lines when both were down
+  resumed: list[tuple]               # both processes started again: (returncode, stdout, stderr)
+
+
+@pytest.fixture(scope="module")
+def life(tmp_path_factory):
+  """One --distributed run through its life: process 1 is killed mid-run and the survivor
+  ends (both are then down, as after killing both); both are started again and resume. Beside
+  it, the same run as one process with two devices."""
+  root = tmp_path_factory.mktemp("two_processes")
+  write_npz(root / "tiny.npz", n_train=128, n_val=16, n_test=16)
   one = subprocess.run(
       [sys.executable, "-m", "experiments.cnn", "--data_path=tiny.npz", "--workdir=one", *ARGS],
-      cwd=tmp_path, env={**cli_env(tmp_path),
-                         "XLA_FLAGS": "--xla_force_host_platform_device_count=2"},
+      cwd=root, env={**cli_env(root), "XLA_FLAGS": "--xla_force_host_platform_device_count=2"},
       capture_output=True, text=True, timeout=TIMEOUT)
-  assert one.returncode == 0, one.stderr[-2000:]
-
-  procs = start(tmp_path, "two")
-  metrics = tmp_path / "two" / "metrics.jsonl"
+  procs = start(root, "two")
+  metrics = root / "two" / "metrics.jsonl"
   deadline = time.monotonic() + TIMEOUT
   while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
     assert time.monotonic() < deadline and procs[0].poll() is None, finish(procs)
@@ -84,21 +94,43 @@ def test_two_processes_equal_one_and_a_killed_peer_ends_the_survivor_and_both_re
   procs[1].send_signal(signal.SIGKILL)
   killed_at = time.monotonic()
   survivor = finish(procs)[0]
-  assert time.monotonic() - killed_at < 120
-  errors = [line for line in survivor[2].splitlines() if line.startswith("error:")]
-  assert survivor[0] == 2 and "Traceback" not in survivor[2], survivor[2][-3000:]
+  survivor_seconds = time.monotonic() - killed_at
+  killed_metrics = metrics.read_text().splitlines()
+  return Life(root, one, survivor, survivor_seconds, killed_metrics,
+              finish(start(root, "two")))
+
+
+@pytest.mark.xdist_group("two_processes")     # one worker runs the `life` fixture once
+def test_a_killed_peer_ends_the_survivor_at_once_with_one_line_and_exit_2(life):
+  returncode, _, stderr = life.survivor
+  assert life.survivor_seconds < 120
+  errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+  assert returncode == 2 and "Traceback" not in stderr, stderr[-3000:]
   assert len(errors) == 1 and "process 0 of 2: process 1 of this run stopped" in errors[0]
   assert "start every process again with the same command to resume" in errors[0]
 
-  resumed = finish(start(tmp_path, "two"))
-  assert [r[0] for r in resumed] == [0, 0], [r[2][-2000:] for r in resumed]
-  assert "resuming from the checkpoint of epoch" in resumed[0][1]
-  assert "epoch   4/4" in resumed[0][1] and resumed[1][1] == ""      # process 0 prints
-  two, single = [json.loads((tmp_path / w / "summary.json").read_text()) for w in ("two", "one")]
+
+@pytest.mark.xdist_group("two_processes")
+def test_both_processes_started_again_resume_from_the_checkpoints_and_one_of_them_prints(life):
+  assert [r[0] for r in life.resumed] == [0, 0], [r[2][-2000:] for r in life.resumed]
+  lines = (life.root / "two/metrics.jsonl").read_text().splitlines()
+  assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3, 4]
+  # Every epoch logged before the kill but the newest (whose checkpoint may not have been
+  # written) is kept as it was, its time included: resumed, not trained again.
+  kept = life.killed_metrics[:-1]
+  assert kept and lines[:len(kept)] == kept
+  assert json.loads((life.root / "two/summary.json").read_text())["status"] == "completed"
+  assert life.resumed[0][1] and life.resumed[1][1] == ""             # process 0 prints
+
+
+@pytest.mark.xdist_group("two_processes")
+def test_two_processes_train_as_one_process_with_two_devices(life):
+  assert life.one.returncode == 0, life.one.stderr[-2000:]
+  two, single = [json.loads((life.root / w / "summary.json").read_text()) for w in ("two", "one")]
   assert two["device"].endswith("x2") and single["device"].endswith("x2")
   # The same programs on the same global batches; only the all-reduce differs (gloo between
   # processes, XLA's in-process one), which may sum the two halves in another order.
-  for a, b in zip(history(tmp_path / "two"), history(tmp_path / "one"), strict=True):
+  for a, b in zip(history(life.root / "two"), history(life.root / "one"), strict=True):
     assert a == pytest.approx(b, rel=1e-5, abs=1e-6)
   for key in ("train_loss", "val_loss", "test_loss", "val_accuracy", "test_accuracy"):
     assert two["final"][key] == pytest.approx(single["final"][key], rel=1e-5, abs=1e-6), key
