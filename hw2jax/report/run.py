@@ -315,10 +315,8 @@ class _Runner:
 
   # -- Q2 and Q2.4 ----------------------------------------------------------------------------
 
-  def _cnn_config(self, data: ImageData, **kw) -> cnn.Config:
-    sizes = data.sizes()
-    return cnn.Config(epoch_mode=self.config.epoch_mode, pixels=self.config.pixels,
-                      eval_batch_size=max(1, min(1000, max(sizes["val"], sizes["test"]))), **kw)
+  def _cnn_config(self, **kw) -> cnn.Config:
+    return cnn.Config(epoch_mode=self.config.epoch_mode, pixels=self.config.pixels, **kw)
 
   def _train(self, c: cnn.Config, data, run_dir: Path, arrays, trainer, prefix: str):
     start = time.perf_counter()
@@ -333,7 +331,7 @@ class _Runner:
       return R.Q2(status=R.SKIPPED, reason=self.intel_reason)
     s = self.config.schedule
     data = self.intel_data().subset(s.q2_train_images, s.q2_eval_images)
-    first = self._cnn_config(data, epochs=s.q2_epochs)
+    first = self._cnn_config(epochs=s.q2_epochs)
     trainer = cnn.make_trainer(first)
     arrays = cnn.device_data(data, trainer, self.config.pixels)
     runs = []
@@ -365,10 +363,8 @@ class _Runner:
     s = self.config.schedule
     data = self.intel_data().subset(s.ablation_train_images, s.ablation_eval_images)
     q2_data = self.intel_data().subset(s.q2_train_images, s.q2_eval_images)
-    base = self._cnn_config(data, model="bn_gap", learning_rate=ABLATION_LR,
-                            epochs=s.ablation_epochs)
-    q2_base = self._cnn_config(q2_data, model="bn_gap", learning_rate=ABLATION_LR,
-                               epochs=s.q2_epochs)
+    base = self._cnn_config(model="bn_gap", learning_rate=ABLATION_LR, epochs=s.ablation_epochs)
+    q2_base = self._cnn_config(model="bn_gap", learning_rate=ABLATION_LR, epochs=s.q2_epochs)
     trainer = cnn.make_trainer(base)
     arrays = None
     runs = []
