@@ -114,6 +114,13 @@ def checksums(root: Path) -> dict[str, str]:
           for p in sorted(root.rglob("*")) if p.is_file() and p.name != ".lock"}
 
 
+def trained_files(files: dict[str, str]) -> dict[str, str]:
+  """Of `checksums`, what training writes: every run's metrics.jsonl and checkpoint files. A run
+  trained again rewrites them (they hold times and Orbax metadata); one only read back does not."""
+  return {f: h for f, h in files.items()
+          if f.split("/")[-1] == "metrics.jsonl" or "checkpoints" in f.split("/")[:-1]}
+
+
 def run_cli(module: str, *args: str, cwd: Path, timeout: int = 600):
   import subprocess
   return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=cli_env(cwd),

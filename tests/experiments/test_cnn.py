@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from helpers import (assert_clean_failure, checksums, cnn_summary, learnable_images, run_cli,
-                      write_kaggle_folder, write_npz)
+                      trained_files, write_kaggle_folder, write_npz)
 from hw2jax.errors import UserError
 from hw2jax.experiments import cnn, sweep
 
@@ -109,8 +109,7 @@ def test_the_readmes_q2_sequence_trains_each_configuration_once(tmp_path):
   runs = tmp_path / "runs" / "cnn"
   single = run_cli("experiments.cnn", *common, "--lr=0.01", cwd=tmp_path)
   assert single.returncode == 0, single.stderr
-  trained = lambda: {k: v for k, v in checksums(runs / "vanilla-lr0.01-ch8_16_32").items()
-                     if k == "metrics.jsonl" or k.startswith("checkpoints/")}
+  trained = lambda: trained_files(checksums(runs / "vanilla-lr0.01-ch8_16_32"))
   trained_once = trained()
   sweep = run_cli("experiments.cnn", *common, "--lr=0.1,0.01,0.001", cwd=tmp_path)
   bn_gap = run_cli("experiments.cnn", *common, "--model=bn_gap", "--lr=0.01", cwd=tmp_path)

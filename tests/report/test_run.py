@@ -7,7 +7,8 @@ from typing import NamedTuple
 
 import pytest
 
-from helpers import assert_clean_failure, checksums, run_cli, write_npz, write_p2g_folder
+from helpers import (assert_clean_failure, checksums, run_cli, trained_files, write_npz,
+                     write_p2g_folder)
 
 from hw2jax.errors import UserError
 from hw2jax.report import render
@@ -22,11 +23,6 @@ TINY = ["--quick", "--ablation_kernel_sizes=3", "--q3_hidden_size=8", "--q3_beam
 def tables(text: str) -> str:
   """REPORT.md's tables and figures: all of it but the run times of the invocation."""
   return text.split("\n## Q1 (")[1].split("\n## Run times")[0]
-
-
-def trained_files(files: dict[str, str]) -> dict[str, str]:
-  """Of `checksums`, what training writes: every run's metrics and checkpoints."""
-  return {f: h for f, h in files.items() if f.endswith("metrics.jsonl") or "/checkpoints/" in f}
 
 
 def life_step(test):

@@ -10,7 +10,8 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 import pytest
 
-from helpers import assert_clean_failure, checksums, run_cli, write_npz, write_p2g_folder
+from helpers import (assert_clean_failure, checksums, run_cli, trained_files, write_npz,
+                     write_p2g_folder)
 from hw2jax.data import sources
 from hw2jax.experiments import cnn, p2g
 from hw2jax.train import checkpoints, optimizer as optimizer_lib, trainer as trainer_lib
@@ -109,8 +110,7 @@ def test_a_damaged_latest_checkpoint_is_set_aside_and_the_run_ends_as_if_undamag
   else:
     assert not kept
   # A third call finds a clean workdir: nothing more to set aside or train.
-  trained = lambda: {f: h for f, h in checksums(tmp_path).items()
-                     if f == "metrics.jsonl" or f.startswith("checkpoints/")}
+  trained = lambda: trained_files(checksums(tmp_path))
   before = trained()
   again = []
   train(4, tmp_path, again.append)
