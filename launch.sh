@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # hw2jax bootstrap: installs what each command needs once (fast when already installed) and runs
 #   ./launch.sh <experiment> [flags]      python -m experiments.<experiment> [flags], e.g. cnn --lr=0.01
-#   ./launch.sh test [pytest args]        the test suite (adds the test extra)
+#   ./launch.sh test [pytest args]        the test suite (adds the test extra and PyTorch)
 #   ./launch.sh bench <name> [flags]      python -m benchmarks.<name> (adds the PyTorch baseline)
 #   ./launch.sh install                   install the runtime only
 # Commands run in the folder you call launch.sh from: relative paths (--data_path, --workdir)
@@ -74,6 +74,11 @@ install() {
     fi
     py="$REPO/.venv/bin/python"
     stamp_dir="$REPO/.venv/.hw2jax-installed"
+    # The venv is the checkout's own: once activated, its Python finds experiments/ and
+    # benchmarks/ from any folder (`python -m experiments.cnn`). Not in a notebook's
+    # interpreter, where a top-level `experiments` could shadow the notebook's own.
+    "$py" -c 'import pathlib, sys, sysconfig
+pathlib.Path(sysconfig.get_path("purelib"), "hw2jax-checkout.pth").write_text(sys.argv[1] + "\n")' "$REPO"
   fi
   # Keyed on the interpreter's prefix too: two environments of one Python never share a stamp.
   want="$( (cat "$REPO/pyproject.toml"; echo "$extras"; "$py" -c 'import sys; print(sys.version, sys.prefix)' 2>&1) | hash_of)"
@@ -108,7 +113,9 @@ ensure_torch() {
   echo "launch.sh: installing PyTorch (${args[*]}) with $("$PY" -V 2>&1)" >&2
   local log
   log="$(mktemp)"
-  if ! "$PY" -m pip install -q --timeout 60 "${args[@]}" >"$log" 2>&1; then
+  # Two retries, not pip's five: where the index cannot be reached but a local wheel can
+  # (--find-links), pip's backoff on every package costs 90 s instead of 15.
+  if ! "$PY" -m pip install -q --timeout 60 --retries 2 "${args[@]}" >"$log" 2>&1; then
     local why
     why="$(grep -v '^ *$' "$log" | grep -iE 'error|could not|no matching' | tail -1 | cut -c1-160)"
     rm -f "$log"
@@ -148,7 +155,8 @@ case "$cmd" in
     ;;
   test)
     shift
-    install "$(plus test)"
+    # The parity, export and benchmark tests compare against PyTorch: the suite is whole with it.
+    install "$(plus test,bench)"
     cd "$REPO"                          # pytest's configuration and tests/ live here
     exec "$PY" -m pytest "$@"
     ;;

@@ -27,14 +27,24 @@ def cache_root(environ: Mapping[str, str] | None = None) -> Path:
   return Path(environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "hw2jax"
 
 
+# The compiled-program cache's bound. Any bound also turns on JAX's file lock (the `filelock`
+# package, a dependency for this): without it a process can read an entry that another one,
+# compiling the same program (two runs of a sweep side by side), is still writing.
+COMPILATION_CACHE_MAX_BYTES = 4 << 30
+
+
 def enable_compilation_cache() -> None:
   """Persists compiled XLA programs (JAX's own cache) so that a rerun or a resume starts faster.
 
-  $JAX_COMPILATION_CACHE_DIR wins if set; otherwise <cache_root>/xla.
+  $JAX_COMPILATION_CACHE_DIR wins if set, otherwise <cache_root>/xla; at most
+  COMPILATION_CACHE_MAX_BYTES (least recently used entries go first) unless
+  $JAX_COMPILATION_CACHE_MAX_SIZE says otherwise.
   """
   import jax
   if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
     jax.config.update("jax_compilation_cache_dir", str(cache_root() / "xla"))
+  if not os.environ.get("JAX_COMPILATION_CACHE_MAX_SIZE"):
+    jax.config.update("jax_compilation_cache_max_size", COMPILATION_CACHE_MAX_BYTES)
 
 
 def _host() -> str:

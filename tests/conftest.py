@@ -11,7 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))     # `import helpers`, from any folder
 
-from helpers import write_npz  # noqa: E402
+from helpers import write_npz, xla_cache_settings  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -31,15 +31,13 @@ def _isolated_env(tmp_path_factory, monkeypatch):
 def _xla_cache_settings(tmp_path_factory) -> dict:
   """JAX's persistent compilation cache, one for the whole session: xdist's workers (whose
   temporary folders sit side by side in the session's) and every subprocess they start compile
-  the same small programs. A size limit turns on JAX's file lock, so that one process never
-  reads an entry another is still writing."""
+  the same small programs."""
   base = tmp_path_factory.getbasetemp()
   if os.environ.get("PYTEST_XDIST_WORKER"):
     base = base.parent
   path = base / "xla-cache"
   path.mkdir(exist_ok=True)
-  return {"jax_compilation_cache_dir": path, "jax_persistent_cache_min_compile_time_secs": 0,
-          "jax_compilation_cache_max_size": 4 << 30}
+  return xla_cache_settings(path)
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from hw2jax import cache
 from hw2jax.data.intel import CLASSES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -82,6 +83,14 @@ def write_kaggle_zip(path: Path, prefix: str = "", **kw) -> Path:
     for rel, data in kaggle_files(**kw).items():
       zf.writestr(prefix + rel, data)
   return path
+
+
+def xla_cache_settings(folder: Path) -> dict:
+  """The suite's JAX compilation cache (conftest.py), in `folder`: every program cached, and a
+  size limit, which turns on JAX's file lock (the `filelock` package), so that one process never
+  reads an entry another is still writing."""
+  return {"jax_compilation_cache_dir": folder, "jax_persistent_cache_min_compile_time_secs": 0,
+          "jax_compilation_cache_max_size": cache.COMPILATION_CACHE_MAX_BYTES}
 
 
 def cli_env(tmp_path: Path) -> dict:

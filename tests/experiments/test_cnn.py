@@ -128,6 +128,33 @@ def test_the_readmes_q2_sequence_trains_each_configuration_once(tmp_path):
   assert all((runs / "vanilla-sweep-ch8_16_32" / link).is_file() for link in links)
 
 
+LOWERED = "/jax/core/compile/jaxpr_to_mlir_module_duration"     # once per program compiled
+
+
+def test_each_learning_rate_compiles_once(tmp_path):
+  """A sweep's second rate compiles no program: it reuses the first one's model, optimizer and
+  init, because `cnn._model`, `optimizer._optimizer` and `trainer._jitted_init` hand back equal
+  objects, on which jit keys its programs (without any one of them: 5, 5 and 1 programs)."""
+  import jax
+  from hw2jax.data import sources
+  lowered, starts = [], []
+
+  def listen(event, seconds, **_):
+    if event == LOWERED:
+      lowered.append(seconds)
+
+  data = sources.load_intel(write_npz(tmp_path / "tiny.npz", n_train=24, n_val=12, n_test=12))
+  config = cnn.Config(channels=(3, 6, 9), epochs=1)     # widths no other test compiles
+  jax.monitoring.register_event_duration_secs_listener(listen)
+  try:
+    sweep.sweep(config, [0.01, 0.02], data, tmp_path / "sweep",
+                log=lambda line: starts.append(len(lowered)) if line.startswith("== ") else None)
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listen)
+  first, second = starts[1] - starts[0], len(lowered) - starts[1]
+  assert first > 0 and second == 0, (first, second)
+
+
 def test_sweep_run_dirs_are_the_single_runs_folders_and_distinct():
   config = cnn.Config(model="bn_gap", kernel_size=5)
   dirs = sweep.run_dirs(config, [0.1, 0.01], None)

@@ -116,7 +116,7 @@ def test_short_run_learns_the_synthetic_task(data):
   assert val["count"] == 30
 
 
-def test_each_learning_rate_compiles_once(model, data):
+def test_the_step_is_traced_once_for_two_learning_rates(model, data):
   # Two learning rates, two epochs each, on one trainer: the loss is traced once for the shape
   # of its sums and once for the step (assert_max_traces would raise on a third).
   def loss_fn(*args):
