@@ -59,34 +59,31 @@ def model_pixels(images: np.ndarray, pixels: str) -> np.ndarray:
 # Sources
 
 
-def resolve(path: Path, origin: str) -> Path:
-  """The Intel source `path` names (an npz, a zip, or the one inside a folder); `origin` says
-  how the user gave it (e.g. '--data_path'), for the message if it is none."""
+def resolve(path: Path, origin: str) -> list[Path]:
+  """The Intel sources `path` names: itself (an npz or a zip), or those inside a folder in the
+  order `candidates` prefers them; `origin` says how the user gave it (e.g. '--data_path'), for
+  the message if it names none."""
   if path.is_dir():
-    found = find_in_folder(path)
-    if found is None:
+    found = candidates(path)
+    if not found:
       raise UserError(f"{origin} {path} holds no Intel data: expected seg_train/seg_train/<class>/ "
                       "folders, an Intel npz or the Kaggle zip")
     return found
   if path.suffix.lower() not in (".npz", ".zip"):
     raise UserError(f"{origin} {path} is neither an .npz, a .zip nor a folder")
-  return path
+  return [path]
 
 
-def find_in_folder(folder: Path) -> Path | None:
-  """The Intel source inside `folder`: Kaggle layout first, then one npz, then one zip."""
-  if (folder / "seg_train").is_dir():
-    return folder
+def candidates(folder: Path) -> list[Path]:
+  """The Intel sources inside `folder`, preferred first: Kaggle's layout (the folder itself),
+  the course npz, other npz files, Kaggle's zip, other zips that hold Kaggle's layout."""
+  found = [folder] if (folder / "seg_train").is_dir() else []
   for pattern in ("intel_landscapes*.npz", "*.npz", "intel-image-classification.zip", "*.zip"):
     matches = sorted(folder.glob(pattern))
     if pattern == "*.zip":
       matches = [m for m in matches if _zip_has_layout(m)]
-    if len(matches) == 1:
-      return matches[0]
-    if len(matches) > 1:
-      raise UserError(f"{folder} holds several candidates ({', '.join(m.name for m in matches)}); "
-                      "pick one with --data_path")
-  return None
+    found += [m for m in matches if m not in found and m.is_file()]
+  return found
 
 
 def _zip_has_layout(path: Path) -> bool:
@@ -101,31 +98,38 @@ def _zip_has_layout(path: Path) -> bool:
 # Loading
 
 
-def check_splits(data: ImageData, log: Callable[[str], None] = print) -> ImageData:
-  """Every split must hold images, and validation and test every class that training has (a
-  class missing from training is allowed, with a warning line): found when the data is
-  loaded, not after the last epoch."""
+def check_splits(data: ImageData, log: Callable[[str], None] = print,
+                 splits: tuple[str, ...] = SPLITS) -> ImageData:
+  """Every split the caller uses (`splits`; Q1's retrieval uses only train) must hold images,
+  and validation and test every class that training has (a class missing from training is
+  allowed, with a warning line): found when the data is loaded, not after the last epoch."""
+  problem = split_problem(data, splits)
+  if problem:
+    raise UserError(f"{data.source}: {problem}")
+  present = set(np.unique(data.split("train")[1]).tolist())
+  absent = [c for i, c in enumerate(data.classes) if i not in present]
+  if absent:
+    log(f"intel data: WARNING: no training image of class {', '.join(absent)} (an empty "
+        f"folder?); training on {len(data.classes) - len(absent)} classes")
+  return data
+
+
+def split_problem(data: ImageData, splits: tuple[str, ...] = SPLITS) -> str | None:
+  """What makes `data` unusable for `splits` (see `check_splits`), None when nothing does."""
   kaggle = not data.source.startswith("npz")
   where = {"train": "seg_train/seg_train/<class>/", "val": "seg_train (10% of it)",
            "test": "seg_test/seg_test/<class>/"} if kaggle else {
                s: f"{s}_images / {s}_labels" for s in SPLITS}
-  for split in SPLITS:
+  for split in splits:
     if data.sizes()[split] == 0:
-      raise UserError(f"{data.source}: the {split} split is empty (no images in {where[split]}); "
-                      "every split needs images")
-  present = {split: set(np.unique(data.split(split)[1]).tolist()) for split in SPLITS}
-  classes = data.classes
-  absent = [classes[c] for c in range(len(classes)) if c not in present["train"]]
-  if absent:
-    log(f"intel data: WARNING: no training image of class {', '.join(absent)} (an empty "
-        f"folder?); training on {len(classes) - len(absent)} classes")
-  for split in ("val", "test"):
-    lacking = [classes[c] for c in sorted(present["train"] - present[split])]
+      return f"the {split} split is empty (no images in {where[split]}); every split needs images"
+  present = {split: set(np.unique(data.split(split)[1]).tolist()) for split in splits}
+  for split in [s for s in ("val", "test") if s in splits]:
+    lacking = [data.classes[c] for c in sorted(present["train"] - present[split])]
     if lacking:
-      raise UserError(f"{data.source}: the {split} split has no image of class "
-                      f"{', '.join(lacking)}, which the training split has; its accuracy would "
-                      "not measure that class")
-  return data
+      return (f"the {split} split has no image of class {', '.join(lacking)}, which the "
+              "training split has; its accuracy would not measure that class")
+  return None
 
 
 def check_layout(layout: str) -> None:

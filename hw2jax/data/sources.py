@@ -36,10 +36,12 @@ CAUSE_CHARS = 100               # an exception's message longer than this is sho
 def discover_intel(data_path: str | os.PathLike | None = None, *,
                    environ: Mapping[str, str] | None = None,
                    cwd: str | os.PathLike | None = None, download: str = "never",
-                   origin: str = "--data_path", log: Callable[[str], None] = print) -> Path:
+                   origin: str = "--data_path", log: Callable[[str], None] = print,
+                   splits: tuple[str, ...] = intel.SPLITS) -> Path:
   """Where the Intel data is: `data_path`, else $HW2JAX_DATA, ./data/, a Kaggle notebook's
   input folder, else (with `download='auto'`) a download of the public Kaggle dataset with
-  kagglehub (cached by kagglehub: a second call finds it at once).
+  kagglehub (cached by kagglehub: a second call finds it at once). A folder holding several
+  sources gives the first complete one for `splits` (see `choose`).
 
   Returns a path to an npz file, a Kaggle zip or a folder in Kaggle's layout.
   """
@@ -52,18 +54,19 @@ def discover_intel(data_path: str | os.PathLike | None = None, *,
     if not path.exists():
       raise UserError(f"{origin} {path} does not exist; give an Intel npz, the Kaggle zip or "
                       "its extracted folder")
-    return intel.resolve(path, origin=origin)
+    return choose(intel.resolve(path, origin=origin), str(path), origin, splits, environ, log)
   tried = []                    # the places searched, each with what was wrong only if useful
   if environ.get("HW2JAX_DATA"):
     path = Path(environ["HW2JAX_DATA"]).expanduser()
     if not path.exists():
       raise UserError(f"$HW2JAX_DATA={path} does not exist; fix it or unset it")
-    return intel.resolve(path, origin="$HW2JAX_DATA")
+    return choose(intel.resolve(path, origin="$HW2JAX_DATA"), str(path), origin, splits,
+                  environ, log)
   tried.append("$HW2JAX_DATA (unset)")
   local = cwd / "data"
-  found = intel.find_in_folder(local) if local.is_dir() else None
-  if found is not None:
-    return found
+  found = intel.candidates(local) if local.is_dir() else []
+  if found:
+    return choose(found, "./data/", origin, splits, environ, log)
   tried.append("./data/ (no Intel data inside)" if local.is_dir() else "./data/")
   kaggle = Path(environ.get("HW2JAX_KAGGLE_INPUT") or KAGGLE_INPUT)
   found = find_kaggle_layout(kaggle)
@@ -75,6 +78,42 @@ def discover_intel(data_path: str | os.PathLike | None = None, *,
     return download_kaggle(where, environ, log, origin=origin)
   raise UserError(f"{where}; let the CLIs download it with --download=auto (needs internet), "
                   f"or {manual_hint(origin)}")
+
+
+def choose(candidates: list[Path], where: str, origin: str, splits: tuple[str, ...],
+           environ: Mapping[str, str], log: Callable[[str], None]) -> Path:
+  """One source of `candidates` (found in `where`, preferred first): the only one, or the first
+  that is complete for `splits` (read to find out; Kaggle's are converted once and cached), with
+  a line naming the others. None complete: one line naming each and what it lacks."""
+  if len(candidates) == 1:
+    return candidates[0]
+  problems = []
+  for path in candidates:
+    try:
+      problem = intel.split_problem(_read(path, environ=environ, log=_quiet), splits)
+    except UserError as e:
+      problem = str(e)
+    if problem is None:
+      others = ", ".join(p.name for p in candidates if p != path)
+      log(f"intel data: {where} holds {len(candidates)} candidates; using {path.name}, the first "
+          f"complete one (also there: {others}; pick one with {origin}=<path>)")
+      return path
+    problems.append(f"{path.name} ({problem})")
+  raise UserError(f"{where} holds {len(candidates)} Intel candidates and none is complete: "
+                  f"{'; '.join(problems)}; give a complete one with {origin}=<path>")
+
+
+def _quiet(line: str) -> None:
+  del line
+
+
+def _read(path: Path, *, layout: str = "hwc", cache_dir: str | os.PathLike | None = None,
+          log: Callable[[str], None] = print, environ: Mapping[str, str] | None = None
+          ) -> ImageData:
+  """The Intel data at `path`, an npz or Kaggle's layout (zip or folder)."""
+  if path.is_file() and path.suffix.lower() == ".npz":
+    return intel.load_npz(path, layout=layout)
+  return intel_kaggle.load_kaggle(path, cache_dir=cache_dir, log=log, environ=environ)
 
 
 def manual_hint(origin: str) -> str:
@@ -152,9 +191,10 @@ def load_intel(data_path: str | os.PathLike | None = None, *, layout: str = "hwc
                environ: Mapping[str, str] | None = None,
                tfds_data_dir: str | os.PathLike | None = None,
                tfds_manual_dir: str | os.PathLike | None = None, download: str = "never",
-               origin: str = "--data_path") -> ImageData:
+               origin: str = "--data_path", splits: tuple[str, ...] = intel.SPLITS
+               ) -> ImageData:
   """Finds (see `discover_intel`; `download='auto'` may fetch it) and loads the Intel data into
-  numpy arrays, with every split checked (`intel.check_splits`).
+  numpy arrays, with every split the caller uses checked (`intel.check_splits`).
 
   A `data_path` (or $HW2JAX_DATA) of the form 'tfds:intel48' reads the TFDS dataset in
   `tfds_data_dir`, preparing it first from `tfds_manual_dir` if needed (see hw2jax.data.tfds).
@@ -169,12 +209,10 @@ def load_intel(data_path: str | os.PathLike | None = None, *, layout: str = "hwc
   elif tfds_data_dir or tfds_manual_dir:
     raise UserError("--tfds_data_dir and --tfds_manual_dir only apply to --data_path=tfds:intel48")
   else:
-    path = discover_intel(data_path, environ=environ, download=download, origin=origin, log=log)
-    if path.is_file() and path.suffix.lower() == ".npz":
-      data = intel.load_npz(path, layout=layout)
-    else:
-      data = intel_kaggle.load_kaggle(path, cache_dir=cache_dir, log=log, environ=environ)
-  intel.check_splits(data, log)
+    path = discover_intel(data_path, environ=environ, download=download, origin=origin, log=log,
+                          splits=splits)
+    data = _read(path, layout=layout, cache_dir=cache_dir, log=log, environ=environ)
+  intel.check_splits(data, log, splits)
   log(f"intel data: {data.source} -> train {data.sizes()['train']}, val {data.sizes()['val']}, "
       f"test {data.sizes()['test']}")
   return data

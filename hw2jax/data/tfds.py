@@ -144,8 +144,13 @@ class Intel48(_ManualBuilder):
     path = Path(path).expanduser()
     if not path.exists():
       raise UserError(f"--tfds_manual_dir {path} does not exist; give {cls.SOURCE_HELP}")
-    # The npz, zip or Kaggle folder that `path` is or holds (intel's own discovery rules).
-    return intel.resolve(path.resolve(), origin="--tfds_manual_dir")
+    # The npz, zip or Kaggle folder that `path` is or holds (intel's own discovery rules); the
+    # data is prepared once, so of several the user names one.
+    found = intel.resolve(path.resolve(), origin="--tfds_manual_dir")
+    if len(found) > 1:
+      raise UserError(f"--tfds_manual_dir {path} holds several Intel sources "
+                      f"({', '.join(p.name for p in found)}); give the one to prepare")
+    return found[0]
 
   def _read_source(self, path):
     if path.is_file() and path.suffix.lower() == ".npz":

@@ -3,6 +3,7 @@ kagglehub download (a fake one: no network in tests), explicit paths, dispatch b
 
 import sys
 
+import numpy as np
 import pytest
 
 from helpers import write_kaggle_folder, write_kaggle_zip, write_npz
@@ -157,7 +158,7 @@ def test_download_never_does_not_call_kagglehub(tmp_path, monkeypatch):
     ("missing", "does not exist"),
     ("txt", "neither an .npz, a .zip nor a folder"),
     ("empty_dir", "holds no Intel data"),
-    ("two_npz", "several candidates"),
+    ("two_npz", r"none is complete: a.npz \(the test split has no image of class forest"),
 ])
 def test_bad_data_paths(tmp_path, setup, message):
   target = tmp_path / "x"
@@ -168,10 +169,46 @@ def test_bad_data_paths(tmp_path, setup, message):
     target.mkdir()
   elif setup == "two_npz":
     target.mkdir()
-    write_npz(target / "a.npz")
-    write_npz(target / "b.npz")
+    write_npz(target / "a.npz", test_labels=np.zeros(24, np.int64))
+    write_npz(target / "b.npz", n_test=0)
   with pytest.raises(UserError, match=message):
     sources.discover_intel(target, environ={})
+
+
+def test_data_prefers_a_complete_dataset_and_names_the_others(tmp_path):
+  """./data/ with the course sample (its test split holds one class: Q2 refuses it) and Kaggle's
+  zip: the zip is used, the line says so and names the sample; with two complete sources the
+  preferred one (the course npz) is used. A missing class is named when none is complete."""
+  data = tmp_path / "data"
+  data.mkdir()
+  write_npz(data / "intel_landscapes_sample.npz", test_labels=np.zeros(24, np.int64))
+  zipped = write_kaggle_zip(data / "intel48_kaggle_layout.zip")
+  lines = []
+  assert sources.discover_intel(None, environ={}, cwd=tmp_path, log=lines.append) == zipped
+  assert lines == ["intel data: ./data/ holds 2 candidates; using intel48_kaggle_layout.zip, the "
+                   "first complete one (also there: intel_landscapes_sample.npz; pick one with "
+                   "--data_path=<path>)"]
+  complete = write_npz(data / "intel_landscapes.v2.npz")
+  assert sources.discover_intel(None, environ={}, cwd=tmp_path, log=quiet) == complete
+  (data / "intel_landscapes.v2.npz").unlink()
+  zipped.unlink()
+  write_npz(data / "other.npz", n_val=0)
+  with pytest.raises(UserError) as e:
+    sources.discover_intel(None, environ={}, cwd=tmp_path, log=quiet)
+  assert str(e.value) == (
+      "./data/ holds 2 Intel candidates and none is complete: intel_landscapes_sample.npz (the "
+      "test split has no image of class forest, glacier, mountain, sea, street, which the "
+      "training split has; its accuracy would not measure that class); other.npz (the val split "
+      "is empty (no images in val_images / val_labels); every split needs images); give a "
+      "complete one with --data_path=<path>")
+
+
+def test_training_images_alone_serve_a_caller_that_uses_only_them(tmp_path):
+  """Q1's retrieval reads training images only: an npz whose test split Q2 would refuse loads."""
+  path = write_npz(tmp_path / "sample.npz", test_labels=np.zeros(24, np.int64))
+  with pytest.raises(UserError, match="the test split has no image of class forest"):
+    sources.load_intel(path, log=quiet)
+  assert sources.load_intel(path, log=quiet, splits=("train",)).sizes()["train"] == 96
 
 
 def test_env_path_that_does_not_exist(tmp_path):

@@ -29,6 +29,8 @@ ENERGY_FIGURE = "energy.png"
 FIGURES = (*(FIGURE.format(kind=k) for k in QUERY_KINDS), ENERGY_FIGURE)
 # Random patterns have the shape of an Intel image, so the same betas suit both.
 IMAGE_SHAPE = (48, 48, 3)
+# Retrieval stores training images only: a file whose other splits Q2 would refuse still serves.
+TRAIN_ONLY = ("train",)
 # float32 holds a number below 2^24 to within about 1 (its 24-bit significand).
 FLOAT32_EXACT = 2.0 ** 24
 
@@ -142,7 +144,7 @@ def load_patterns(config: Config, data_path: str | None = None,
     path = data.source
   elif config.patterns != "random":
     try:
-      path = sources.discover_intel(data_path, download=download, log=log)
+      path = sources.discover_intel(data_path, download=download, log=log, splits=TRAIN_ONLY)
     except UserError as e:
       if config.patterns == "intel" or data_path:
         raise
@@ -153,7 +155,7 @@ def load_patterns(config: Config, data_path: str | None = None,
     n = config.num_patterns
     return Patterns(X, IMAGE_SHAPE, np.full(n, 0.5, np.float32),
                     np.full(n, 0.5, np.float32), f"random +-1 patterns (seed {config.seed})")
-  data = data if data is not None else sources.load_intel(path, log=log)
+  data = data if data is not None else sources.load_intel(path, log=log, splits=TRAIN_ONLY)
   images = data.train_images
   if len(images) < config.num_patterns:
     raise UserError(f"--num_patterns={config.num_patterns} but {path} has only {len(images)} "

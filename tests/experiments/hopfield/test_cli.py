@@ -3,9 +3,10 @@
 import importlib.util
 import json
 
+import numpy as np
 import pytest
 
-from helpers import assert_clean_failure, run_cli
+from helpers import assert_clean_failure, run_cli, write_npz
 
 pytestmark = pytest.mark.slow
 
@@ -45,6 +46,17 @@ def test_retrieval_and_capacity_figures_without_data(tmp_path):
   capacity = summary["capacity"]
   assert capacity["num_patterns"] == [2, 4, 8] and capacity["dims"] == [4, 8]
   assert set(capacity["per_beta"]) == {"0.5", "2"}
+
+
+def test_retrieval_stores_training_images_of_a_file_q2_would_refuse(tmp_path):
+  """The course sample's test split holds one class, so Q2 refuses it; retrieval reads only its
+  training images and runs."""
+  write_npz(tmp_path / "sample.npz", test_labels=np.zeros(24, np.int64))
+  proc = run_cli("experiments.hopfield", "--parts=retrieval", "--data_path=sample.npz",
+                 "--workdir=out", *TINY, cwd=tmp_path)
+  assert proc.returncode == 0, proc.stderr
+  assert json.loads((tmp_path / "out/summary.json").read_text())["retrieval"]["source"] == \
+      "6 Intel train images from npz sample.npz"
 
 
 @pytest.mark.parametrize("args, fragments", [
