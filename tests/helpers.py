@@ -189,14 +189,16 @@ def read_tensorboard(folder: Path) -> dict[str, list[tuple[int, float]]]:
 
 
 def cnn_summary(model="vanilla", lr=0.01, seed=42, val=0.7, test=0.68, status="completed",
-                best_test=0.69, epochs=2, seconds=3.0):
-  """A `CnnRunSummary` as a finished run would return it."""
+                best_test=0.69, epochs=2, seconds=3.0, trained=None):
+  """A `CnnRunSummary` as a finished run would return it (`trained` epochs: `epochs`, unless
+  its workdir held more than this command asked for)."""
   from hw2jax.experiments import cnn
   from hw2jax.models import registry
   config = cnn.Config(model=model, learning_rate=lr, seed=seed, epochs=epochs)
   return cnn.CnnRunSummary(
       config=config, trainable_params=registry.get(model).expected_params,
-      data=cnn.DataSizes("npz tiny.npz", 24, 6, 6), epochs_done=epochs, diverged_at=None,
+      data=cnn.DataSizes("npz tiny.npz", 24, 6, 6), epochs_done=trained or epochs,
+      diverged_at=None,
       status=status, final=cnn.FinalMetrics(0.5, 0.6, val, 0.61, test),
       best_val=cnn.CnnBestEpoch(1, val, best_test), train_seconds_total=seconds,
       train_seconds_this_call=seconds, device="cpu: x1", jax_version="0.0",

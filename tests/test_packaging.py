@@ -90,7 +90,8 @@ def brought_by(*extras: str) -> set[str]:
 # suite its extras; two library modules read optional formats (TFDS; PyTorch's .pt files).
 IMPORTERS = {"hw2jax": (), "experiments": (), "benchmarks": ("bench",),
              "tests": ("test", "bench")}
-OPTIONAL_MODULES = {"hw2jax/data/tfds.py": ("tfds",), "hw2jax/experiments/torch_files.py": ("bench",)}
+OPTIONAL_MODULES = {"hw2jax/data/tfds.py": ("tfds",),
+                    "hw2jax/experiments/torch_files.py": ("bench",)}
 OURS = {"hw2jax", "experiments", "benchmarks", "tests", "helpers", "conftest", "__future__"}
 
 
@@ -317,10 +318,11 @@ CPU_TORCH = "torch --index-url https://download.pytorch.org/whl/cpu"
 ])
 def test_launch_sh_installs_only_what_the_command_needs(tmp_path, command, has_torch, cpu, gpu):
   """An experiment installs the runtime (and the machine's jax extra) only; `bench` adds the
-  PyTorch one, `test` the test extra and PyTorch (the parity tests); PyTorch comes where a command reads or writes PyTorch
-  checkpoints, as the CPU build from PyTorch's CPU index unless there is an NVIDIA GPU (PyPI's
-  Linux torch is the ~3 GB CUDA build), and before the bench extra so pip keeps it. pip is
-  replaced by a recorder; `import torch` succeeds or not as `has_torch` says."""
+  PyTorch one, `test` the test extra and PyTorch (the parity tests); PyTorch comes where a
+  command reads or writes PyTorch checkpoints, as the CPU build from PyTorch's CPU index
+  unless there is an NVIDIA GPU (PyPI's Linux torch is the ~3 GB CUDA build), and before the
+  bench extra so pip keeps it. pip is replaced by a recorder; `import torch` succeeds or not as
+  `has_torch` says."""
   copy = _launch_copy(tmp_path)
   (copy / "benchmarks").mkdir()
   (copy / "benchmarks" / "cnn_speed.py").write_text('if __name__ == "__main__":\n  pass\n')

@@ -148,9 +148,14 @@ class Config:
     return "-".join(parts)
 
 
+def pooling_label(maxpool: bool) -> str:
+  """The words every log, title and table uses for the pooling setting."""
+  return "max-pool" if maxpool else "no max-pool"
+
+
 # How a setting that differs from the default shows in a run's label (and the curves' title).
 _LABEL_PARTS = (("kernel_size", lambda v: f"{v}x{v} kernels"),
-                ("maxpool", lambda v: "max-pool" if v else "no max-pool"),
+                ("maxpool", pooling_label),
                 ("channels", lambda v: "channels " + "-".join(map(str, v))),
                 ("dropout", lambda v: f"dropout {v:g}"), ("l2_decay", lambda v: f"L2 {v:g}"),
                 ("seed", lambda v: f"seed {v}"),
@@ -418,12 +423,21 @@ def statuses(runs: Sequence[tuple[int, str]]) -> str:
   return "; ".join(f"seed {seed}: {s}" for seed, s in runs)
 
 
+def trained_epochs(run: CnnRunSummary) -> int:
+  """The epochs a run's last-epoch numbers come from: those trained (a workdir may hold more
+  than a later command asked for), or those asked for when it diverged (its status says when)."""
+  return run.config.epochs if run.diverged_at else run.epochs_done
+
+
 def table_2_1(rows: Sequence[TableRow]) -> str:
   """The seed report's Table 2.1: our last-epoch accuracies (mean ± std over seeds) beside the
   seed report's, the test accuracy at the best-validation epoch, status and training time. The
   headers say our epochs beside the seed's 40 when they differ (--quick), so the two are not
-  read as like for like; the footnote on '—' is there only when a seed cell has one."""
+  read as like for like; rows of different epochs (a rate trained longer before) get a column
+  of their own. The footnote on '—' is there only when a seed cell has one."""
   lines, seedless = [], False
+  epochs = sorted({trained_epochs(r) for row in rows for r in row.runs})
+  per_row = len(epochs) > 1
   for row in rows:
     seed = SEED_REPORT.get((row.model, row.learning_rate))
     seedless = seedless or seed is None
@@ -431,6 +445,7 @@ def table_2_1(rows: Sequence[TableRow]) -> str:
     course = any(r.config.pixels == "course" for r in row.runs)
     lines.append([
         model_label(row.model) + (", course pixels" if course else ""), f"{row.learning_rate:g}",
+        *([", ".join(str(trained_epochs(r)) for r in row.runs)] if per_row else []),
         markdown.mean_std([f.val_accuracy for f in finals]),
         markdown.mean_std([f.test_accuracy for f in finals]),
         markdown.fmt(seed and seed.val_accuracy), markdown.fmt(seed and seed.test_accuracy),
@@ -438,11 +453,11 @@ def table_2_1(rows: Sequence[TableRow]) -> str:
         statuses([(r.config.seed, r.status) for r in row.runs]),
         markdown.mean_std([r.train_seconds_total for r in row.runs], 1) + " s",
         f"[curves]({row.curves})" if row.curves else markdown.DASH])
-  epochs = sorted({r.config.epochs for row in rows for r in row.runs})
   differ = epochs not in ([], [Config.epochs])             # the seed's: the course's 40
-  ours = f" ({', '.join(map(str, epochs))} epoch{'s' * (epochs != [1])})" if differ else ""
+  ours = f" ({epochs[0]} epoch{'s' * (epochs != [1])})" if differ and not per_row else ""
   theirs = f" ({Config.epochs} epochs)" if differ else ""
-  table = markdown.table(["model", "lr", f"val acc{ours}", f"test acc{ours}",
+  table = markdown.table(["model", "lr", *(["epochs"] if per_row else []),
+                          f"val acc{ours}", f"test acc{ours}",
                           f"seed val acc{theirs}", f"seed test acc{theirs}",
                           "test acc at best val", "status", "train time", "curves"], lines)
   return table + ("\n— in a seed column: the seed report has no run with these settings.\n"

@@ -310,7 +310,7 @@ def _render_times(results: R.Results) -> str:
       if part == "q2":
         name = f"{cnn.model_label(x.model)} lr {x.lr:g}"
       elif part == "q2_ablations":
-        name = f"BN+GAP k{x.kernel_size} {'max-pool' if x.maxpool else 'no pool'}" + (
+        name = f"BN+GAP k{x.kernel_size} {cnn.pooling_label(x.maxpool)}" + (
             " (= the Q2 BN+GAP run)" if x.shared_with_q2 else "")
       else:
         name = "attention" if x.attention else "no attention"

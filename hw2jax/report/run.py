@@ -380,7 +380,7 @@ class _Runner:
                      f"k{k}-{'maxpool' if c.maxpool else 'nopool'}{suffix}" / f"seed{seed}")
           arrays = arrays or cnn.device_data(data, trainer, self.config.pixels)
           summary, wall = self._train(c, data, run_dir, arrays, trainer,
-                                      prefix=f"[k{k} {pooling} pool seed {seed}] ")
+                                      prefix=f"[k{k} {cnn.pooling_label(c.maxpool)} seed {seed}] ")
           runs.append(R.AblationRun(kernel_size=k, maxpool=c.maxpool, seed=seed,
                                     dir=self._rel(run_dir), summary=summary,
                                     wall_seconds=wall, shared_with_q2=shared))

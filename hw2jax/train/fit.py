@@ -103,7 +103,6 @@ def _fit(trainer, state, train_data, checkpoints, board, *, epochs, evaluate, wo
     history = list(meta["history"])
     best_record = meta.get("best")
     diverged_at = meta.get("diverged_at")
-    log(f"{prefix}resuming from the checkpoint of epoch {meta['epoch']} in {checkpoints.root}")
   _check_nothing_lost(workdir, len(history), checkpoints.root)
   rlog = runlog.RunLog(workdir, total_epochs=epochs, prefix=prefix, printer=log)
   rlog.reset(history)
@@ -112,8 +111,13 @@ def _fit(trainer, state, train_data, checkpoints, board, *, epochs, evaluate, wo
   if diverged_at is not None:
     log(f"{prefix}this run diverged at epoch {diverged_at}; nothing more to train "
         "(use --fresh to start over)")
-  elif start >= epochs:
+  elif start > epochs:
+    log(f"{prefix}{start} epochs already trained in {workdir}, more than the {epochs} asked "
+        f"for; its results are those of epoch {start} (--fresh trains {epochs} from scratch)")
+  elif start == epochs:
     log(f"{prefix}{start} of {epochs} epochs already trained in {workdir}; nothing more to train")
+  elif restored is not None:
+    log(f"{prefix}resuming from the checkpoint of epoch {start} in {checkpoints.root}")
   for epoch in range(start, epochs if diverged_at is None else start):
     t0 = time.perf_counter()
     state, train_metrics = trainer.train_epoch(state, train_data, epoch)

@@ -93,6 +93,8 @@ def test_a_report_with_every_part_is_complete(tmp_path):
   assert "| 3.3 | attention | nucleus p=0.8, 3 samples |" in text
   assert "[curves](q2_ablations/k3-True/seed42/curves.png)" in text
   assert len(render.IMAGE_RE.findall(text)) == 3 + 5 + 3
+  # The run-times table names the pooling as every log and title does.
+  assert "| BN+GAP k3 no max-pool |" in text and "| BN+GAP k3 max-pool |" in text
 
 
 def test_several_seeds_give_mean_and_std_and_the_first_seeds_figures(tmp_path):

@@ -13,13 +13,27 @@ from hw2jax.errors import UserError
 from hw2jax.train import checkpoints, fit as fit_lib, runlog
 
 
-def run_fit(model, trainer, data, workdir, epochs, lr=0.05):
+def run_fit(model, trainer, data, workdir, epochs, lr=0.05, log=lambda line: None):
   def evaluate(s):
     m = trainer.evaluate(s, data["val"])
     return {"val_loss": m["loss"], "val_accuracy": m["accuracy"]}
   return fit_lib.fit(trainer, new_state(model, lr=lr), data["train"], epochs=epochs,
-                     evaluate=evaluate, workdir=workdir, best_metric="val_accuracy",
-                     log=lambda line: None)
+                     evaluate=evaluate, workdir=workdir, best_metric="val_accuracy", log=log)
+
+
+def test_a_rerun_says_in_one_line_whether_it_resumes_or_has_nothing_to_train(
+    model, trainer, data, tmp_path):
+  """'resuming from the checkpoint of epoch k' only when there is an epoch to train; a workdir
+  that holds as many epochs as asked, or more, says that instead (and which epoch it reports)."""
+  def said(epochs):
+    lines = []
+    run_fit(model, trainer, data, tmp_path, epochs=epochs, log=lines.append)
+    return [line for line in lines if "epoch " not in line[:8]]   # not the per-epoch lines
+  assert said(1) == []
+  assert said(2) == [f"resuming from the checkpoint of epoch 1 in {tmp_path / 'checkpoints'}"]
+  assert said(2) == [f"2 of 2 epochs already trained in {tmp_path}; nothing more to train"]
+  assert said(1) == [f"2 epochs already trained in {tmp_path}, more than the 1 asked for; its "
+                     "results are those of epoch 2 (--fresh trains 1 from scratch)"]
 
 
 def test_resume_is_bit_identical(model, trainer, data, tmp_path):
