@@ -76,16 +76,49 @@ def test_installed_means_this_interpreter_imports_jax_and_hw2jax_of_this_checkou
 def test_a_failed_report_stops_run_all(notebook, tmp_path, capsys):
   """The report cell raises (a notebook's "Run all" stops) with the exit code and last lines
   when the report exits non-zero: the REPORT.md cell after it never reads a missing file."""
-  (report_cell,) = [s for s in code_cells(notebook) if '"experiments.report"' in s]
-  tree = ast.parse(report_cell)
-  (assign,) = [n for n in tree.body if isinstance(n, ast.Assign) and n.targets[0].id == "CMD"]
-  assign.value = ast.parse(
-      "[sys.executable, '-c', 'import sys; print(\"boom\"); sys.exit(3)']", mode="eval").body
-  namespace = definitions(notebook, repo=tmp_path)
+  cell = report_cell(notebook, "[sys.executable, '-c', 'import sys; print(\"boom\"); sys.exit(3)']")
+  namespace = definitions(notebook, repo=tmp_path, PLATFORM="gpu", QUICK=False, CPU_OK=False)
   with pytest.raises(SystemExit) as stop:
-    exec(compile(ast.fix_missing_locations(tree), "report cell", "exec"), namespace)
+    exec(cell, namespace)
   assert "exit code 3" in str(stop.value) and "boom" in str(stop.value)
   assert "boom" in capsys.readouterr().out                # shown as it came
+
+
+def report_cell(notebook, command: str):
+  """The report cell, compiled, with `command` (a Python expression) as the report to run."""
+  (source,) = [s for s in code_cells(notebook) if '"experiments.report"' in s]
+  tree = ast.parse(source)
+  (assign,) = [n for n in tree.body if isinstance(n, ast.Assign) and n.targets[0].id == "CMD"]
+  assign.value = ast.parse(command, mode="eval").body
+  return compile(ast.fix_missing_locations(tree), "report cell", "exec")
+
+
+def test_on_a_cpu_the_full_report_stops_and_says_how_long_it_would_take(notebook, tmp_path,
+                                                                         capsys):
+  """"Run all" on a CPU runtime with QUICK = False does not start hours of training unasked:
+  the cell stops naming the hours and the two settings; QUICK or CPU_OK runs the report."""
+  cell = report_cell(notebook, "[sys.executable, '-c', 'print(\"report ran\")']")
+  for platform, quick, cpu_ok, runs in [("cpu", False, False, False), ("cpu", True, False, True),
+                                        ("cpu", False, True, True), ("tpu", False, False, True)]:
+    namespace = definitions(notebook, repo=tmp_path, PLATFORM=platform, QUICK=quick,
+                            CPU_OK=cpu_ok)
+    if runs:
+      exec(cell, namespace)
+      assert "report ran" in capsys.readouterr().out
+    else:
+      with pytest.raises(SystemExit) as stop:
+        exec(cell, namespace)
+      assert "many hours" in str(stop.value) and "QUICK = True" in str(stop.value) \
+          and "CPU_OK = True" in str(stop.value)
+
+
+def test_the_intro_tells_kaggle_users_to_set_the_repository(notebook):
+  """A Kaggle notebook is not inside a checkout: its intro says to set REPO_URL, and the
+  settings cell has it and the CPU switch."""
+  intro = "".join(notebook["cells"][0]["source"])
+  kaggle = intro.split("**Kaggle**")[1].split("**Colab**")[0]
+  assert "set `REPO_URL`" in kaggle and "CPU_OK = True" in intro
+  assert "CPU_OK = False" in code_cells(notebook)[0]
 
 
 def settings(source: str, **values) -> str:
