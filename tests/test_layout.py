@@ -3,6 +3,7 @@ module reaches for another's private names; only the CLI edge reads absl flags; 
 past what a reader takes in."""
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -136,3 +137,21 @@ def test_no_library_module_is_longer_than_a_reader_takes_in():
   long = {module_name(p): n for p in LIBRARY.rglob("*.py")
           if (n := len(p.read_text().splitlines())) >= MAX_LINES}
   assert not long, long
+
+
+def fenced_block_after(doc: str, heading: str) -> str:
+  """The first fenced block after `heading` in the doc: its map of the layout."""
+  text = (REPO / doc).read_text().split(heading, 1)[1]
+  return text.split("```", 2)[1]
+
+
+@pytest.mark.parametrize("doc, heading", [("README.md", "## Layout"),
+                                          ("ARCHITECTURE.md", "# Architecture")])
+def test_the_docs_layout_names_every_library_module(doc, heading):
+  """A module added to the library is added to the map a reader finds it by (sweep.py was
+  missing from both)."""
+  block = fenced_block_after(doc, heading)
+  words = set(re.findall(r"\w+", block))
+  missing = [module_name(p) for p in sorted(LIBRARY.rglob("*.py"))
+             if p.stem != "__init__" and p.stem not in words]
+  assert not missing, f"{doc} does not name {missing}"

@@ -1,11 +1,6 @@
-"""The CNN experiment (the homework's Q2): train the course CNN on Intel images, evaluate, write
-the run's workdir; the seed report's Table 2.1.
-
-`train_and_evaluate` is one run (resumable) and returns a `CnnRunSummary`, the typed form of
-its summary.json; Table 2.1 is rendered by `table_2_1` (for sweeps, hw2jax.experiments.sweep,
-and the report). The absl main in experiments/cnn.py
-only parses flags into a `Config` and calls these.
-"""
+"""The CNN experiment (Q2): `train_and_evaluate` is one resumable run into its workdir, returning
+a `CnnRunSummary` (its summary.json, typed); `table_2_1` renders the seed report's Table 2.1 (for
+sweeps and the report). experiments/cnn.py only parses flags into a `Config` and calls these."""
 
 from __future__ import annotations
 
@@ -180,10 +175,6 @@ def _model(family, channels, kernel_size, maxpool, dropout, init, num_classes):
                                     init_scheme=init)
 
 
-# ----------------------------------------------------------------------------------------------
-# Results
-
-
 @dataclasses.dataclass(frozen=True)
 class Accuracies:
   """Validation and test accuracy of one model (the seed report gives these two)."""
@@ -291,10 +282,6 @@ def new_state(config: Config, image_shape: tuple[int, ...] = INTEL_SHAPE,
       config.seed, train=False)
 
 
-# ----------------------------------------------------------------------------------------------
-# Runs
-
-
 def train_and_evaluate(config: Config, data: ImageData, workdir: str | Path, *,
                        fresh: bool = False, arrays: dict | None = None,
                        trainer: trainer_lib.Trainer | None = None,
@@ -371,10 +358,6 @@ def _train_and_evaluate(config, data, workdir, *, fresh, arrays, trainer, log, p
   return summary
 
 
-# ----------------------------------------------------------------------------------------------
-# Tables
-
-
 @dataclasses.dataclass(frozen=True)
 class TableRow:
   """One row of Table 2.1 / 2.4: the runs of one setting (one per seed) and their curves."""
@@ -424,8 +407,8 @@ def statuses(runs: Sequence[tuple[int, str]]) -> str:
 
 
 def trained_epochs(run: CnnRunSummary) -> int:
-  """The epochs a run's last-epoch numbers come from: those trained (a workdir may hold more
-  than a later command asked for), or those asked for when it diverged (its status says when)."""
+  """The epochs its numbers come from: those trained (a workdir may hold more than a later
+  command asked for), or those asked for when it diverged (its status says when)."""
   return run.config.epochs if run.diverged_at else run.epochs_done
 
 
