@@ -5,7 +5,7 @@ import errno
 
 import pytest
 
-from helpers import run_cli
+from helpers import assert_clean_failure, run_cli, write_npz
 from hw2jax import cli
 from hw2jax.errors import UserError
 
@@ -33,6 +33,18 @@ def test_os_errors_are_one_line_saying_what_to_do():
   assert full.startswith("disk full while writing /runs/x") and "resume" in full
   denied = cli.describe_os_error(PermissionError(errno.EACCES, "Permission denied", "/x"))
   assert "no permission to write /x" in denied and "\n" not in denied
+
+
+@pytest.mark.slow
+def test_an_os_error_a_run_meets_is_one_line_and_exit_2(tmp_path):
+  """A file the run must write is blocked (a folder where curves.png goes): the CLI edge turns
+  the OSError into one line naming the path, and the epoch's checkpoint is kept."""
+  write_npz(tmp_path / "tiny.npz", n_train=24, n_val=6, n_test=6)
+  (tmp_path / "run" / "curves.png").mkdir(parents=True)
+  proc = run_cli("experiments.cnn", "--data_path=tiny.npz", "--workdir=run", "--epochs=1",
+                 "--channels=4,8,16", "--notensorboard", cwd=tmp_path)
+  assert_clean_failure(proc, "Is a directory: run/curves.png")
+  assert (tmp_path / "run" / "checkpoints" / "1").is_dir()
 
 
 def test_out_of_memory_names_the_size_and_the_flags():

@@ -104,6 +104,18 @@ def test_imports_go_one_way_between_layers(graph):
 
 
 @pytest.mark.parametrize("root", ["hw2jax", "tests", "experiments", "benchmarks"])
+def test_every_import_names_its_module_absolutely(root):
+  """The layer, cycle and private-name checks read absolute names: a relative import
+  (`from .checkpoints import _disk_full`, `from ..experiments import cnn`) would slip past
+  them, so there is none."""
+  relative = [f"{path.relative_to(REPO)}:{node.lineno}"
+              for path in (REPO / root).rglob("*.py")
+              for node in ast.walk(ast.parse(path.read_text()))
+              if isinstance(node, ast.ImportFrom) and node.level > 0]
+  assert not relative, relative
+
+
+@pytest.mark.parametrize("root", ["hw2jax", "tests", "experiments", "benchmarks"])
 def test_no_module_takes_another_modules_private_names(root):
   """Neither `from hw2jax.x import _name` nor `x._name` on an imported library module."""
   wrong = []

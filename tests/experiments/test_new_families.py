@@ -96,3 +96,19 @@ def test_settings_are_checked_against_the_datasets_images_and_the_registry(tiny_
     cnn.Config(model="resnet").validate()
   with pytest.raises(ValueError, match="registered already"):
     registry.register(TINY_MLP)
+
+
+def test_the_pytorch_converters_refuse_a_family_the_courses_torchcnn_cannot_hold(tiny_mlp,
+                                                                                tmp_path):
+  """--from_torch and --to_torch read and write the course's TorchCNN: a family it does not
+  hold is one line naming the ones it does, before any file is read or written."""
+  pytest.importorskip("torch")
+  from hw2jax.experiments import torch_checkpoints
+  config = cnn.Config(model="tiny_mlp", learning_rate=0.1, epochs=1, tensorboard=False)
+  with pytest.raises(UserError, match="--model=tiny_mlp has no PyTorch counterpart: the "
+                                      "course's TorchCNN holds vanilla, bn_gap"):
+    torch_checkpoints.check_torch_cnn(config)
+  cnn.train_and_evaluate(config, stripes(), tmp_path / "mlp", log=QUIET)
+  with pytest.raises(UserError, match="--model=tiny_mlp has no PyTorch counterpart"):
+    torch_checkpoints.export_cnn(tmp_path / "mlp", tmp_path / "mlp.pt", log=QUIET)
+  assert not (tmp_path / "mlp.pt").exists()

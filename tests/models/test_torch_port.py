@@ -18,6 +18,7 @@ from helpers import (assert_trees_close, load_numpy_state, numpy_state, p2g_pair
                      torch_adam_steps)
 from hw2jax.data import phonemes
 from hw2jax.errors import UserError
+from hw2jax.experiments import p2g
 from hw2jax.models import cnn, decoding, torch_port
 from hw2jax.models import seq2seq as s2s
 from hw2jax.train import optimizer as optimizer_lib, trainer as trainer_lib
@@ -233,14 +234,17 @@ def test_one_adam_step_gives_the_same_weights_lstm_biases_included(vocabs, atten
   """Same loss, same gradients (to 1e-6) and the same Adam step (lr 0.003, to 1e-5) on every
   weight. PyTorch's bias_ih and bias_hh get the same gradient and each take a full step, so
   their sum (hw2jax's one bias) moves twice as far: P2G's optimizer doubles that update
-  (seq2seq.torch_update_scale), and without it the step would differ."""
+  (seq2seq.torch_update_scale), and without it the step would differ. The state is the one
+  the P2G experiment trains (`experiments.p2g.new_state`), holding PyTorch's weights."""
   src_v, tgt_v = vocabs["sorted"]
   net = torch_seq2seq((len(src_v), len(tgt_v)), attention).train()
   model = jax_seq2seq((len(src_v), len(tgt_v)), attention)
   before = torch_port.seq2seq_from_torch(model, numpy_state(net))
   arrays, tensors = p2g_batch(vocabs["pairs"][:16], src_v, tgt_v)
   batch = {k: jnp.asarray(v) for k, v in arrays.items()}
-  state = new_state(model, {"params": before}, "adam", 0.003, s2s.torch_update_scale)
+  config = p2g.Config(hidden_size=H, attention=attention, dropout=0.0)
+  assert config.learning_rate == 0.003
+  state = p2g.new_state(config, model).replace(params=before)
   (loss, _), grads, state = adam_step_and_gradients(state, batch)
   unscaled = adam_step_and_gradients(new_state(model, {"params": before}, "adam", 0.003),
                                      batch)[2]
