@@ -136,6 +136,29 @@ def run_cli(module: str, *args: str, cwd: Path, timeout: int = 600):
                         capture_output=True, text=True, timeout=timeout)
 
 
+def run_read_only(workdir: Path, command: list[str], cwd: Path):
+  """`command` with `workdir` mounted read-only (root writes through chmod, so as root a
+  private mount namespace makes the folder read-only; as another user chmod does)."""
+  import shutil
+  import subprocess
+  import pytest
+  env = cli_env(cwd)
+  if os.geteuid() != 0:
+    subprocess.run(["chmod", "-R", "a-w", str(workdir)], check=True)
+    try:
+      return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True,
+                            timeout=600)
+    finally:
+      subprocess.run(["chmod", "-R", "u+w", str(workdir)], check=True)
+  if shutil.which("unshare") is None or subprocess.run(
+      ["unshare", "-m", "true"], capture_output=True).returncode != 0:
+    pytest.skip("root without unshare -m: no way to make a folder read-only for root here")
+  script = (f'mount --bind -o ro "{workdir}" "{workdir}" && touch "{workdir}/probe" 2>/dev/null '
+            '&& exit 99; exec "$@"')
+  return subprocess.run(["unshare", "-m", "sh", "-c", script, "sh", *command], cwd=cwd,
+                        env=env, capture_output=True, text=True, timeout=600)
+
+
 # -- P2G: a tiny learnable phoneme-to-spelling language ----------------------------------------
 
 P2G_SPELLINGS = {"t͡ʃ": "ch", "iː": "ee", "æ": "a", "k": "c", "s": "s", "ɹ": "r", "ə": "e",

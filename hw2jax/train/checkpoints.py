@@ -268,7 +268,8 @@ class Checkpoints:
 
   def _set_aside_unparseable(self) -> None:
     """Orbax reads every step's metadata and metrics when the manager opens, so a damaged one
-    would fail the manager itself: such steps are set aside before it opens."""
+    would fail the manager itself: such steps are set aside before it opens. A command that
+    only reads may move nothing, so it cannot open the folder at all: one line says why."""
     for step in self._step_dirs():
       for name in ("_CHECKPOINT_METADATA", "metrics/metrics"):
         f = step / name
@@ -276,6 +277,12 @@ class Checkpoints:
           if f.is_file():
             json.loads(f.read_text())
         except (ValueError, UnicodeDecodeError) as e:
+          if self.read_only:
+            raise UserError(
+                f"the checkpoint of epoch {step.name} in {self.root} is damaged ({name}: "
+                f"{type(e).__name__}) and this command only reads, so it leaves it in place; "
+                "rerun the training command in this workdir (it moves the step to corrupt/) "
+                "or move the step away yourself") from None
           self._set_aside(step.name, f"{name}: {type(e).__name__}", reload=False)
           break
 

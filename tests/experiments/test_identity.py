@@ -1,18 +1,17 @@
 """Runs know what they were made from (issue 17): every checkpoint carries the run's settings,
 its data's fingerprint and (P2G) vocabularies; a rerun on other settings or data is refused with
 nothing moved or rewritten, the restored input resumes bit-identically, a lost config.json is
-rebuilt from the checkpoint, and commands that only read work on a read-only workdir."""
+rebuilt from the checkpoint, and commands that only read work on a read-only workdir and leave
+damaged checkpoints where they are."""
 
 import dataclasses
 import json
-import os
 import shutil
-import subprocess
 import sys
 
 import pytest
 
-from helpers import (assert_clean_failure, checksums, cli_env, run_cli, write_npz,
+from helpers import (assert_clean_failure, checksums, run_cli, run_read_only, write_npz,
                      write_p2g_folder)
 from hw2jax.data import sources
 from hw2jax.errors import UserError
@@ -126,26 +125,6 @@ def test_edited_p2g_data_is_refused_with_checkpoints_and_vocab_untouched_and_sti
   assert (run / p2g.VOCAB).read_text() == (tmp_path / "straight" / p2g.VOCAB).read_text()
 
 
-def _read_only(workdir, command, cwd):
-  """`command` with `workdir` mounted read-only (root writes through chmod, so as root a
-  private mount namespace makes the folder read-only; as another user chmod does)."""
-  env = cli_env(cwd)
-  if os.geteuid() != 0:
-    subprocess.run(["chmod", "-R", "a-w", str(workdir)], check=True)
-    try:
-      return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True,
-                            timeout=600)
-    finally:
-      subprocess.run(["chmod", "-R", "u+w", str(workdir)], check=True)
-  if shutil.which("unshare") is None or subprocess.run(
-      ["unshare", "-m", "true"], capture_output=True).returncode != 0:
-    pytest.skip("root without unshare -m: no way to make a folder read-only for root here")
-  script = (f'mount --bind -o ro "{workdir}" "{workdir}" && touch "{workdir}/probe" 2>/dev/null '
-            '&& exit 99; exec "$@"')
-  return subprocess.run(["unshare", "-m", "sh", "-c", script, "sh", *command], cwd=cwd,
-                        env=env, capture_output=True, text=True, timeout=600)
-
-
 def test_a_read_only_workdir_predicts_and_exports_and_changed_data_is_one_line(tmp_path):
   """Through the CLI: --predict and --to_torch on a workdir mounted read-only change nothing
   and work; then one new line in train.tsv: exit 2, one line naming it, no file changed."""
@@ -158,10 +137,10 @@ def test_a_read_only_workdir_predicts_and_exports_and_changed_data_is_one_line(t
   before = checksums(run)
   word = json.loads((run / p2g.VOCAB).read_text())["source"][4]
   py = [sys.executable, "-m", "experiments.p2g", *args]
-  predicted = _read_only(run, [*py, f"--predict={word}"], tmp_path)
+  predicted = run_read_only(run, [*py, f"--predict={word}"], tmp_path)
   assert predicted.returncode == 0, predicted.stdout + predicted.stderr
   assert "greedy" in predicted.stdout
-  exported = _read_only(run, [*py, "--to_torch=out.pt"], tmp_path)
+  exported = run_read_only(run, [*py, "--to_torch=out.pt"], tmp_path)
   assert exported.returncode == 0, exported.stdout + exported.stderr
   assert (tmp_path / "out.pt").is_file() and checksums(run) == before
 
@@ -172,3 +151,179 @@ def test_a_read_only_workdir_predicts_and_exports_and_changed_data_is_one_line(t
                        "holds a run made from other settings or data (the checkpoint of epoch "
                        "1): train split of 24 items (now 25)", "--fresh")
   assert checksums(tmp_path) == before
+
+
+# -- every setting outside workdir.RESUMABLE is part of a run's identity -----------------------
+
+
+# The settings a resumed run may change: they change how long a run trains, how its epochs are
+# computed or logged, not what it computes. Every other field of a Config is the run's identity.
+RESUMABLE = ("epochs", "epoch_mode", "eval_batch_size", "tensorboard", "devices")
+
+
+def fixed_settings(config_class):
+  """The fields of `config_class` a resumed run may not change."""
+  return [f.name for f in dataclasses.fields(config_class) if f.name not in RESUMABLE]
+
+
+def test_the_library_lets_a_resumed_run_change_exactly_the_resumable_settings():
+  assert sorted(workdir_lib.RESUMABLE) == sorted(RESUMABLE)
+  for config_class in (cnn.Config, p2g.Config):
+    assert set(RESUMABLE) <= {f.name for f in dataclasses.fields(config_class)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Trained:
+  """A tiny run trained once for this module: copy `workdir` (shutil.copytree) before use."""
+  module: object               # hw2jax.experiments.cnn or .p2g
+  config: object
+  data: object
+  data_path: object
+  workdir: object
+
+
+# The course's channels (32, 64, 128): the CNN run is a TorchCNN too, so --to_torch reads it.
+CNN_RUN = cnn.Config(epochs=1, tensorboard=False, epoch_mode="loop")
+P2G_RUN = p2g.Config(epochs=1, hidden_size=8, batch_size=8, widths=1, tensorboard=False)
+# Another valid value (for the runs above, their tiny data and one CPU) of every setting outside
+# RESUMABLE. A field added to a Config fails its test below until it has one here.
+OTHER_VALUE = {
+    cnn.Config: dict(model="bn_gap", learning_rate=0.5, batch_size=4, optimizer="adam",
+                     l2_decay=1e-3, dropout=0.2, seed=7, kernel_size=5, maxpool=False,
+                     channels=(32, 64), init="flax", pixels="course"),
+    p2g.Config: dict(attention=True, learning_rate=0.01, batch_size=4, hidden_size=16,
+                     dropout=0.1, seed=7, max_train_words=12, widths=2, unroll=2),
+}
+
+
+@pytest.fixture(scope="module")
+def cnn_run(tmp_path_factory):
+  root = tmp_path_factory.mktemp("cnn_run")
+  path = write_npz(root / "a.npz", n_train=24, n_val=12, n_test=12)
+  data = sources.load_intel(path, log=quiet)
+  cnn.train_and_evaluate(CNN_RUN, data, root / "run", log=quiet)
+  return Trained(cnn, CNN_RUN, data, path, root / "run")
+
+
+@pytest.fixture(scope="module")
+def p2g_run(tmp_path_factory):
+  root = tmp_path_factory.mktemp("p2g_run")
+  folder = write_p2g_folder(root / "data", n_train=24, n_valid=6, n_test=6)
+  data = sources.load_p2g(folder)
+  p2g.train_and_evaluate(P2G_RUN, data, root / "run", log=quiet)
+  return Trained(p2g, P2G_RUN, data, folder, root / "run")
+
+
+@pytest.mark.parametrize("experiment,field", [
+    pytest.param(name, field, id=f"{name}-{field}")
+    for name, config_class in (("cnn", cnn.Config), ("p2g", p2g.Config))
+    for field in fixed_settings(config_class)])
+def test_a_rerun_changing_any_setting_outside_resumable_is_refused_naming_it_nothing_changed(
+    experiment, field, request, tmp_path):
+  trained = request.getfixturevalue(f"{experiment}_run")
+  config_class = type(trained.config)
+  assert field in OTHER_VALUE[config_class], (
+      f"give {config_class.__module__}.Config.{field} another valid value in OTHER_VALUE")
+  run = shutil.copytree(trained.workdir, tmp_path / "run")
+  before = checksums(run)
+  changed = dataclasses.replace(trained.config, **{field: OTHER_VALUE[config_class][field]})
+  old, new = trained.config.to_json()[field], changed.to_json()[field]
+  assert old != new
+  with pytest.raises(UserError) as refused:
+    trained.module.train_and_evaluate(changed, trained.data, run, log=quiet)
+  assert (f"holds a run made from other settings or data (the checkpoint of epoch 1): "
+          f"{field}={old!r} (now {new!r}). For a separate run use --workdir"
+          in str(refused.value)), str(refused.value)
+  assert checksums(run) == before
+
+
+def test_a_p2g_training_file_with_one_spelling_edited_is_refused_as_other_content(p2g_run,
+                                                                                 tmp_path):
+  """The same number of pairs and the same letters, one spelling written backwards: the pairs'
+  content hash, not their count or vocabularies, tells."""
+  run = shutil.copytree(p2g_run.workdir, tmp_path / "run")
+  folder = shutil.copytree(p2g_run.data_path, tmp_path / "data")
+  pairs = [line.split("\t") for line in
+           (folder / "train.tsv").read_text(encoding="utf-8").splitlines()]
+  i = next(i for i, (_, spelling) in enumerate(pairs) if spelling != spelling[::-1])
+  pairs[i][1] = pairs[i][1][::-1]
+  (folder / "train.tsv").write_text("".join(f"{p}\t{s}\n" for p, s in pairs), encoding="utf-8")
+  edited = sources.load_p2g(folder)
+  assert len(edited.train) == len(p2g_run.data.train) and edited.train != p2g_run.data.train
+  assert sorted(edited.tgt_vocab.symbols) == sorted(p2g_run.data.tgt_vocab.symbols)
+  before = checksums(run)
+  with pytest.raises(UserError) as refused:
+    p2g.train_and_evaluate(P2G_RUN, edited, run, log=quiet)
+  assert ("(the checkpoint of epoch 1): train split: the same 24 items in number, other "
+          "content. For a separate run" in str(refused.value)), str(refused.value)
+  assert checksums(run) == before
+
+
+# -- commands that only read leave damaged checkpoints and leftovers where they are ------------
+
+LEFT_IN_PLACE = "skipped (left in place: this command only reads)"
+
+
+def killed_save_leftover(checkpoints):
+  """What a run killed while saving epoch 2 leaves: Orbax's temporary folder of that step."""
+  shutil.copytree(checkpoints / "1", checkpoints / "2.orbax-checkpoint-tmp-1700000000")
+
+
+def cut_short(step):
+  """Every data file of the step's arrays cut to half (Orbax cannot read them)."""
+  for f in step.glob("state/**/d/*"):
+    if f.is_file():
+      f.write_bytes(f.read_bytes()[:f.stat().st_size // 2])
+
+
+def test_predict_beside_a_killed_saves_leftover_folder_predicts_and_leaves_it(p2g_run, tmp_path):
+  run = shutil.copytree(p2g_run.workdir, tmp_path / "run")
+  killed_save_leftover(run / "checkpoints")
+  before = checksums(run)
+  words = [p for p, _ in p2g_run.data.test[:2]]
+  assert len(p2g.predict(run, words, log=quiet)) == 2
+  assert checksums(run) == before
+
+
+def test_predict_on_a_damaged_best_checkpoint_says_it_left_it_in_place_and_moves_nothing(
+    p2g_run, tmp_path):
+  run = shutil.copytree(p2g_run.workdir, tmp_path / "run")
+  cut_short(run / "checkpoints" / "1")
+  before = checksums(run)
+  logs = []
+  with pytest.raises(UserError, match="has no readable checkpoint"):
+    p2g.predict(run, [p for p, _ in p2g_run.data.test[:2]], log=logs.append)
+  said = [line for line in logs if "checkpoint of epoch 1 is unreadable" in line]
+  assert len(said) == 1 and said[0].endswith(LEFT_IN_PLACE), logs
+  assert checksums(run) == before
+  assert not (run / "checkpoints" / ckpt_lib.CORRUPT).exists()
+
+
+def test_to_torch_on_a_damaged_best_cnn_checkpoint_says_it_left_it_in_place_and_moves_nothing(
+    cnn_run, tmp_path):
+  pytest.importorskip("torch")
+  from hw2jax.experiments import torch_checkpoints
+  run = shutil.copytree(cnn_run.workdir, tmp_path / "run")
+  killed_save_leftover(run / "checkpoints")
+  cut_short(run / "checkpoints" / "1")
+  before = checksums(run)
+  logs = []
+  with pytest.raises(UserError, match="has no readable best checkpoint"):
+    torch_checkpoints.export_cnn(run, tmp_path / "out.pt", log=logs.append)
+  said = [line for line in logs if "checkpoint of epoch 1 is unreadable" in line]
+  assert len(said) == 1 and said[0].endswith(LEFT_IN_PLACE), logs
+  assert checksums(run) == before and not (tmp_path / "out.pt").exists()
+
+
+@pytest.mark.parametrize("damaged", ["metrics/metrics", "_CHECKPOINT_METADATA"])
+def test_predict_beside_a_step_orbax_cannot_list_is_one_line_and_moves_nothing(
+    damaged, p2g_run, tmp_path):
+  """Orbax reads every step's metrics and metadata when it opens the folder: a reader cannot
+  set a damaged one aside, so it stops with one line saying what to do (training moves it)."""
+  run = shutil.copytree(p2g_run.workdir, tmp_path / "run")
+  (run / "checkpoints" / "1" / damaged).write_text("{not json")
+  before = checksums(run)
+  with pytest.raises(UserError, match=rf"epoch 1 in .* is damaged \({damaged}: JSONDecodeError\) "
+                                      "and this command only reads"):
+    p2g.predict(run, [p for p, _ in p2g_run.data.test[:2]], log=quiet)
+  assert checksums(run) == before

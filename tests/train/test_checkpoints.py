@@ -247,3 +247,35 @@ def test_a_healthy_checkpoint_of_another_shape_is_refused_not_set_aside(train, t
   finally:
     ckpts.close()
   assert checksums(tmp_path / "checkpoints") == before
+
+
+def arrays_of_the_previous_epoch(step):
+  """The step's arrays replaced by the previous epoch's: valid, of the same shapes, read by
+  Orbax without complaint; only the fingerprint in the step's meta tells."""
+  shutil.rmtree(step / "state")
+  shutil.copytree(step.parent / str(int(step.name) - 1) / "state", step / "state")
+
+
+def another_fingerprint_in_the_meta(step):
+  path = step / "meta" / "metadata"
+  meta = json.loads(path.read_text())
+  meta["fingerprint"] = "0" * len(meta["fingerprint"])
+  path.write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("damage", [arrays_of_the_previous_epoch,
+                                    another_fingerprint_in_the_meta], ids=lambda f: f.__name__)
+def test_arrays_that_orbax_reads_but_that_fail_their_fingerprint_are_set_aside(
+    damage, train, undamaged, tmp_path):
+  train(3, tmp_path)
+  damage(tmp_path / "checkpoints" / "3")
+  logs = []
+  resumed = train(4, tmp_path, logs.append)
+  said = [line for line in logs if "checkpoint of epoch 3 is unreadable" in line]
+  assert len(said) == 1, logs
+  assert "its arrays do not match the fingerprint saved with them" in said[0], said
+  assert "moved it to" in said[0] and "corrupt/3-" in said[0], said
+  kept = list((tmp_path / "checkpoints" / checkpoints.CORRUPT).glob("3-*"))
+  assert len(kept) == 1 and (kept[0] / "meta" / "metadata").is_file()
+  assert any("resuming from the checkpoint of epoch 2" in line for line in logs), logs
+  assert strip(resumed) == strip(undamaged)                 # as if never damaged

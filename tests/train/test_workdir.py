@@ -1,6 +1,7 @@
 """Workdirs: one run at a time (a lock a kill -9 never leaves stale), and every workdir problem
 of every CLI is one line and exit 2 with nothing changed."""
 
+import json
 import os
 import signal
 import subprocess
@@ -8,8 +9,8 @@ import sys
 
 import pytest
 
-from helpers import (assert_clean_failure, checksums, cli_env, run_cli, write_npz,
-                      write_p2g_folder)
+from helpers import (assert_clean_failure, checksums, cli_env, run_cli, run_read_only,
+                     write_npz, write_p2g_folder)
 from hw2jax.train import workdir
 from hw2jax.errors import UserError
 
@@ -54,11 +55,87 @@ def cli_args(cli, root):
           "report": ["--parts=q1", "--quick"]}[cli]
 
 
-def test_a_second_run_in_a_busy_workdir_is_refused_with_the_first_ones_pid(inputs, tmp_path):
-  with workdir.locked(tmp_path / "run"):
-    proc = run_cli("experiments.cnn", *cli_args("cnn", inputs), "--workdir=run", cwd=tmp_path)
+# Every command that writes a workdir: (its module, its extra flags).
+WRITERS = {"cnn": ("cnn", []), "cnn --lr sweep": ("cnn", ["--lr=0.01,0.1"]), "p2g": ("p2g", []),
+           "hopfield": ("hopfield", []), "report": ("report", [])}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("writer", WRITERS)
+def test_a_second_run_in_a_busy_workdir_is_refused_with_the_first_ones_pid(writer, inputs,
+                                                                            tmp_path):
+  cli, extra = WRITERS[writer]
+  run = tmp_path / "run"
+  with workdir.locked(run):
+    proc = run_cli(f"experiments.{cli}", *cli_args(cli, inputs), *extra, "--workdir=run",
+                   cwd=tmp_path)
   assert_clean_failure(proc, f"in use by another run (pid {os.getpid()})")
-  assert checksums(tmp_path / "run") == {}
+  assert [p.name for p in run.iterdir()] == [workdir.LOCK]          # nothing written in it
+  assert sorted(p.name for p in tmp_path.iterdir() if p.name != "cache") == ["run"]
+
+
+@pytest.fixture(scope="module")
+def trained(inputs, tmp_path_factory):
+  """A tiny trained CNN workdir and P2G workdir (<root>/cnn, <root>/p2g), one CLI call each.
+  The CNN has the course's channels (--to_torch exports only those), BatchNorm and global
+  average pooling (the smallest of them)."""
+  root = tmp_path_factory.mktemp("trained")
+  args = {"cnn": [f"--data_path={inputs}/tiny.npz", "--epochs=1", "--model=bn_gap",
+                  "--batch_size=8"], "p2g": cli_args("p2g", inputs)}
+  for cli in ("cnn", "p2g"):
+    proc = run_cli(f"experiments.{cli}", *args[cli], f"--workdir={cli}", cwd=root)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+  return root
+
+
+def reader(command, trained, inputs):
+  """(module, flags, what its success prints or writes) of a command that only reads."""
+  word = json.loads((trained / "p2g" / "vocab.json").read_text())["source"][4]
+  return {"p2g --predict": ("p2g", [f"--workdir={trained / 'p2g'}", f"--predict={word}"]),
+          "p2g --to_torch": ("p2g", [f"--workdir={trained / 'p2g'}",
+                                     f"--data_path={inputs}/p2g", "--to_torch=out.pt"]),
+          "cnn --to_torch": ("cnn", [f"--workdir={trained / 'cnn'}", "--to_torch=out.pt"])
+          }[command]
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("trained_workdirs")     # one worker runs the `trained` fixture once
+@pytest.mark.parametrize("command", ["p2g --predict", "p2g --to_torch", "cnn --to_torch"])
+def test_a_read_only_command_is_refused_while_a_run_holds_the_workdir_and_makes_no_lock_file(
+    command, trained, inputs, tmp_path):
+  """A reader takes a shared lock: refused (one line, the holder's pid, exit 2, nothing
+  changed) while a run holds the workdir; without one it works and creates no lock file."""
+  if "--to_torch" in command:
+    pytest.importorskip("torch")
+  cli, args = reader(command, trained, inputs)
+  run = trained / cli
+  before = checksums(run)
+  with workdir.locked(run):
+    proc = run_cli(f"experiments.{cli}", *args, cwd=tmp_path)
+  assert_clean_failure(proc, f"in use by another run (pid {os.getpid()})")
+  assert checksums(run) == before and not (tmp_path / "out.pt").exists()
+
+  (run / workdir.LOCK).unlink()
+  proc = run_cli(f"experiments.{cli}", *args, cwd=tmp_path)
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  if command == "p2g --predict":
+    assert "greedy" in proc.stdout, proc.stdout
+  else:
+    assert (tmp_path / "out.pt").is_file()
+  assert checksums(run) == before and not (run / workdir.LOCK).exists()
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("trained_workdirs")     # one worker runs the `trained` fixture once
+def test_cnn_to_torch_works_on_a_read_only_workdir_and_writes_only_outside_it(trained,
+                                                                               tmp_path):
+  pytest.importorskip("torch")
+  run = trained / "cnn"
+  before = checksums(run)
+  proc = run_read_only(run, [sys.executable, "-m", "experiments.cnn", f"--workdir={run}",
+                             "--to_torch=out.pt"], tmp_path)
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  assert (tmp_path / "out.pt").is_file() and checksums(run) == before
 
 
 CLIS = ("cnn", "p2g", "hopfield", "report")
