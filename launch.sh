@@ -114,7 +114,8 @@ ensure_torch() {
   local log
   log="$(mktemp)"
   # Two retries, not pip's five: where the index cannot be reached but a local wheel can
-  # (--find-links), pip's backoff on every package costs 90 s instead of 15.
+  # (--find-links), pip's backoff on every package took 92 s, with two 12 s (a dry run of this
+  # install on the project's CPU machine, 2026-12-07).
   if ! "$PY" -m pip install -q --timeout 60 --retries 2 "${args[@]}" >"$log" 2>&1; then
     local why
     why="$(grep -v '^ *$' "$log" | grep -iE 'error|could not|no matching' | tail -1 | cut -c1-160)"
