@@ -614,3 +614,11 @@ def test_the_cheap_commands_are_run_and_a_failing_one_is_reported():
   assert run_whole("experiments.hopfield", ("--check",)) is None
   failing = run_whole("experiments.hopfield", ("--check", "--betas=abc"))
   assert failing and failing.startswith("exits ")
+
+
+@pytest.mark.parametrize("doc", DOCS)
+def test_the_docs_point_to_no_file_a_clone_lacks(doc):
+  """The project's development machines keep data in ../shared beside the checkout; a user's
+  clone has no such folder, so the docs name the files a user has (Kaggle's zip, data/p2g)."""
+  text = (REPO / doc).read_text()
+  assert "../shared" not in text and "shared/data" not in text, doc
