@@ -22,8 +22,10 @@ from hw2jax.experiments import cnn, sweep, torch_checkpoints
 from hw2jax.models import registry
 
 _D = cnn.Config()
-flags.DEFINE_enum("model", _D.model, list(registry.FAMILIES),
-                  "vanilla CNN, or bn_gap (BatchNorm + global average pooling).")
+flags.DEFINE_string("model", _D.model,
+                    f"Model family: {', '.join(registry.families())} (vanilla: the course's CNN; "
+                    "bn_gap: BatchNorm + global average pooling; each family is a module of "
+                    "hw2jax/models/).")
 flags.DEFINE_list("lr", [f"{_D.learning_rate:g}"],
                   "Learning rate, or a comma-separated list for a sweep.")
 flags.DEFINE_integer("epochs", _D.epochs, "Training epochs (in total, counting resumed ones).")
@@ -95,14 +97,15 @@ def main(argv):
                                  FLAGS.to_torch)
     return
   if FLAGS.from_torch is not None:
+    torch_checkpoints.check_torch_cnn(config)          # before the file is read
     checkpoint, state_dict = torch_checkpoints.read_checkpoint(FLAGS.from_torch)
     workdir = FLAGS.workdir or torch_checkpoints.default_workdir("cnn", FLAGS.from_torch)
     torch_checkpoints.evaluate_cnn(checkpoint, state_dict, config, load_data(), workdir,
                                    fresh=FLAGS.fresh)
     print(f"outputs in {workdir}", flush=True)
     return
-  print(cnn.describe_params(config), flush=True)
   data = load_data()
+  print(cnn.describe_params(config, data.image_shape, data.num_classes), flush=True)
   workdir = FLAGS.workdir or f"runs/cnn/{config.run_name(sweep=len(lrs) > 1)}"
   if len(lrs) == 1:
     cnn.train_and_evaluate(config, data, workdir, fresh=FLAGS.fresh)

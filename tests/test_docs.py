@@ -562,7 +562,7 @@ SYNTHETIC = """\
 
 ```bash
 ./launch.sh hopfield --chek            # renamed flag
-./launch.sh cnn --model=resnet         # no such choice
+./launch.sh cnn --optimizer=rmsprop    # no such choice
 ./launch.sh cnn --nolr                 # not a boolean
 ./launch.sh cnn --nomaxpool --lr=0.1 \\
     --workdir=runs/x                   # fine, over two lines
@@ -590,7 +590,7 @@ def test_the_checker_catches_renamed_flags_missing_files_and_empty_selections():
   text = "\n".join(problems)
   expected = [
       "SYNTHETIC.md:4: experiments.hopfield has no flag --chek (did you mean --check?)",
-      "SYNTHETIC.md:5: experiments.cnn: --model=resnet is not one of vanilla|bn_gap",
+      "SYNTHETIC.md:5: experiments.cnn: --optimizer=rmsprop is not one of sgd|adam",
       "SYNTHETIC.md:6: experiments.cnn: --lr is not a boolean, so --nolr does not exist",
       "SYNTHETIC.md:9: pytest target tests/test_cnn.py does not exist (found: "
       "tests/experiments/test_cnn.py, tests/models/test_cnn.py)",

@@ -1,13 +1,13 @@
 """The CNN experiment (Q2): `train_and_evaluate` is one resumable run into its workdir, returning
-a `CnnRunSummary` (its summary.json, typed); `table_2_1` renders the seed report's Table 2.1 (for
-sweeps and the report). experiments/cnn.py only parses flags into a `Config` and calls these."""
+a `CnnRunSummary` (its summary.json, typed); its tables are `cnn_tables`'. experiments/cnn.py only
+parses flags into a `Config` and calls these."""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -57,9 +57,8 @@ class Config:
   def validate(self) -> "Config":
     """Checks every setting; the ones that depend on the image size against Intel's 48x48
     (`check_data` checks them again against the data's own)."""
+    registry.get(self.model)                      # a family some module registers
     records.require([
-        (self.model in registry.FAMILIES,
-         f"--model={self.model!r} is not one of {', '.join(registry.FAMILIES)}"),
         (self.optimizer in ("sgd", "adam"), f"--optimizer={self.optimizer!r}: use sgd or adam"),
         (records.positive(self.learning_rate),
          f"--lr={self.learning_rate} must be a positive number"),
@@ -249,13 +248,18 @@ def param_count(config: Config, image_shape: tuple[int, ...] = INTEL_SHAPE,
   return trainer_lib.count_params(shapes["params"])
 
 
-def describe_params(config: Config) -> str:
-  """The parameter-count line the CLI prints; it names Table 2.3 only for the course's two
-  architectures (kernel size, pooling and widths of the ablations change the count)."""
+def describe_params(config: Config, image_shape: tuple[int, ...] = INTEL_SHAPE,
+                    num_classes: int = INTEL_CLASSES) -> str:
+  """The parameter-count line the CLI prints, of the model sized for the data; it names Table
+  2.3 only for the course's two architectures on Intel-shaped data (a new family, the
+  ablations' kernel size, pooling and widths, and other data change the count)."""
   default = Config()
-  course = (config.kernel_size, config.maxpool, tuple(config.channels)) == (
-      default.kernel_size, default.maxpool, default.channels)
-  return (f"{config.model}: {param_count(config):,} trainable parameters"
+  course = (registry.get(config.model).expected_params is not None
+            and (config.kernel_size, config.maxpool, tuple(config.channels)) == (
+                default.kernel_size, default.maxpool, default.channels)
+            and (tuple(image_shape), num_classes) == (INTEL_SHAPE, INTEL_CLASSES))
+  count = param_count(config, image_shape, num_classes)
+  return (f"{config.model}: {count:,} trainable parameters"
           + (" (Table 2.3)" if course else ""))
 
 
@@ -356,92 +360,3 @@ def _train_and_evaluate(config, data, workdir, *, fresh, arrays, trainer, log, p
       f"{markdown.fmt(summary.final.val_accuracy)}, test acc "
       f"{markdown.fmt(summary.final.test_accuracy)}")
   return summary
-
-
-@dataclasses.dataclass(frozen=True)
-class TableRow:
-  """One row of Table 2.1 / 2.4: the runs of one setting (one per seed) and their curves."""
-  model: str
-  learning_rate: float
-  runs: Sequence[CnnRunSummary]
-  curves: str | None = None
-
-
-def model_label(model: str) -> str:
-  return registry.get(model).label
-
-
-def course_models() -> list[str]:
-  """The families whose size the course fixes (Table 2.3): 'vanilla', 'bn_gap'."""
-  return [name for name, f in registry.FAMILIES.items() if f.expected_params is not None]
-
-
-def table_2_3(counts: dict[str, int]) -> str:
-  """The seed report's Table 2.3: each model's trainable parameters ({model: count}) beside
-  the count the course fixes ('—' for a family it has none for)."""
-  rows = []
-  for model, ours in counts.items():
-    family = registry.get(model)
-    expected = family.expected_params
-    rows.append([family.label, f"{ours:,}"] + (
-        [markdown.DASH, markdown.DASH] if expected is None else
-        [f"{expected:,}", "yes" if ours == expected else "**NO**"]))
-  return markdown.table(["model", "trainable parameters (ours)", "seed report", "equal"], rows)
-
-
-def pixels_note(pixels: str) -> str:
-  """The sentence a table of runs carries about how their images reached the model."""
-  if pixels == "course":
-    return ("Pixels: the course skeleton's pipeline (--pixels=course): each image flattened, "
-            "divided by 256 and reshaped to (3, 48, 48), which scrambles the channels of these "
-            "height-width-channel images, as in the homework's own runs.")
-  return ("Pixels: as stored, each channel one colour, divided by 256 (the course skeleton's "
-          "reshape scrambles them; --pixels=course reproduces it).")
-
-
-def statuses(runs: Sequence[tuple[int, str]]) -> str:
-  """'completed', or each (seed, status) that is not."""
-  if all(s == "completed" for _, s in runs):
-    return "completed"
-  return "; ".join(f"seed {seed}: {s}" for seed, s in runs)
-
-
-def trained_epochs(run: CnnRunSummary) -> int:
-  """The epochs its numbers come from: those trained (a workdir may hold more than a later
-  command asked for), or those asked for when it diverged (its status says when)."""
-  return run.config.epochs if run.diverged_at else run.epochs_done
-
-
-def table_2_1(rows: Sequence[TableRow]) -> str:
-  """The seed report's Table 2.1: our last-epoch accuracies (mean ± std over seeds) beside the
-  seed report's, the test accuracy at the best-validation epoch, status and training time. The
-  headers say our epochs beside the seed's 40 when they differ (--quick), so the two are not
-  read as like for like; rows of different epochs (a rate trained longer before) get a column
-  of their own. The footnote on '—' is there only when a seed cell has one."""
-  lines, seedless = [], False
-  epochs = sorted({trained_epochs(r) for row in rows for r in row.runs})
-  per_row = len(epochs) > 1
-  for row in rows:
-    seed = SEED_REPORT.get((row.model, row.learning_rate))
-    seedless = seedless or seed is None
-    finals = [r.final for r in row.runs]
-    course = any(r.config.pixels == "course" for r in row.runs)
-    lines.append([
-        model_label(row.model) + (", course pixels" if course else ""), f"{row.learning_rate:g}",
-        *([", ".join(str(trained_epochs(r)) for r in row.runs)] if per_row else []),
-        markdown.mean_std([f.val_accuracy for f in finals]),
-        markdown.mean_std([f.test_accuracy for f in finals]),
-        markdown.fmt(seed and seed.val_accuracy), markdown.fmt(seed and seed.test_accuracy),
-        markdown.mean_std([r.best_val and r.best_val.test_accuracy for r in row.runs]),
-        statuses([(r.config.seed, r.status) for r in row.runs]),
-        markdown.mean_std([r.train_seconds_total for r in row.runs], 1) + " s",
-        f"[curves]({row.curves})" if row.curves else markdown.DASH])
-  differ = epochs not in ([], [Config.epochs])             # the seed's: the course's 40
-  ours = f" ({epochs[0]} epoch{'s' * (epochs != [1])})" if differ and not per_row else ""
-  theirs = f" ({Config.epochs} epochs)" if differ else ""
-  table = markdown.table(["model", "lr", *(["epochs"] if per_row else []),
-                          f"val acc{ours}", f"test acc{ours}",
-                          f"seed val acc{theirs}", f"seed test acc{theirs}",
-                          "test acc at best val", "status", "train time", "curves"], lines)
-  return table + ("\n— in a seed column: the seed report has no run with these settings.\n"
-                  if seedless else "")

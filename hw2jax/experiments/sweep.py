@@ -10,7 +10,7 @@ from typing import Callable, Sequence
 
 from hw2jax.data.images import ImageData
 from hw2jax.errors import UserError
-from hw2jax.experiments import cnn
+from hw2jax.experiments import cnn, cnn_tables
 from hw2jax.train import runlog
 from hw2jax.train import workdir as workdir_lib
 
@@ -74,7 +74,7 @@ def _sweep(config, learning_rates, data, workdir, dirs, *, fresh, log
                                             prefix=f"[lr {lr:g}] "))
   curves = {lr: Path(os.path.relpath(d / cnn.CURVES, workdir)).as_posix()
             for lr, d in dirs.items()}
-  table = cnn.table_2_1([cnn.TableRow(s.config.model, s.config.learning_rate, [s],
+  table = cnn_tables.table_2_1([cnn_tables.TableRow(s.config.model, s.config.learning_rate, [s],
                                       curves[s.config.learning_rate]) for s in summaries])
   (workdir / cnn.TABLE).write_text(table)
   runlog.write_json(workdir / cnn.SWEEP, [s.to_json() for s in summaries])

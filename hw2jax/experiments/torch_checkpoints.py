@@ -32,7 +32,7 @@ from hw2jax import markdown, records
 from hw2jax.data import intel, phonemes
 from hw2jax.data.images import ImageData
 from hw2jax.errors import UserError
-from hw2jax.experiments import cnn, p2g, spellings, torch_files
+from hw2jax.experiments import cnn, cnn_tables, p2g, spellings, torch_files
 from hw2jax.experiments.spellings import Decoding, Scores
 from hw2jax.models import registry, seq2seq, torch_port
 from hw2jax.models.cnn import as_dataset
@@ -253,7 +253,7 @@ def check_torch_cnn(config: cnn.Config) -> cnn.Config:
   config.validate()
   if not registry.get(config.model).torch_cnn:
     raise UserError(f"--model={config.model} has no PyTorch counterpart: the course's TorchCNN "
-                    f"holds {', '.join(n for n, f in registry.FAMILIES.items() if f.torch_cnn)}")
+                    f"holds {', '.join(n for n, f in registry.families().items() if f.torch_cnn)}")
   if tuple(config.channels) != TORCH_CNN_CHANNELS or not config.maxpool:
     raise UserError("the course's TorchCNN has channels 32,64,128 and max-pooling; "
                     f"--channels={','.join(map(str, config.channels))}"
@@ -307,7 +307,7 @@ def evaluate_cnn(checkpoint: Checkpoint, state_dict: Mapping[str, np.ndarray],
 
 def cnn_table(summary: CnnTorchSummary) -> str:
   """The evaluation as a one-row markdown table (tables.md)."""
-  row = [cnn.model_label(summary.model), f"{summary.kernel_size}x{summary.kernel_size}",
+  row = [cnn_tables.model_label(summary.model), f"{summary.kernel_size}x{summary.kernel_size}",
          markdown.fmt(summary.val.loss), markdown.fmt(summary.val.accuracy),
          markdown.fmt(summary.test.loss), markdown.fmt(summary.test.accuracy)]
   return (markdown.table(["model", "kernel", "val loss", "val acc", "test loss", "test acc"],
@@ -322,7 +322,6 @@ def export_cnn(workdir: str | Path, path: str | Path,
   """The best-validation checkpoint of a CNN run's workdir -> a TorchCNN state_dict at `path`
   (every BatchNorm's num_batches_tracked = the optimizer steps taken, as PyTorch counts)."""
   torch_files.check_new_file(path)
-  torch_files.import_torch("--to_torch")
   workdir = Path(workdir)
   stored = workdir_lib.stored_identity(workdir) if workdir.is_dir() else None
   saved = stored[0]["config"] if stored else {}
@@ -330,6 +329,7 @@ def export_cnn(workdir: str | Path, path: str | Path,
     raise UserError(f"{workdir} holds no trained CNN run (for a --lr sweep give one of its "
                     "lr_<lr> folders); train one first with the same --workdir")
   config = check_torch_cnn(records.from_json(cnn.Config, saved))
+  torch_files.import_torch("--to_torch")
   with workdir_lib.locked(workdir, read_only=True):
     state = fit_lib.restore_best(workdir, cnn.new_state(config), best_metric="val_accuracy",
                                  log=log, read_only=True)

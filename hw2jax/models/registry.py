@@ -1,7 +1,8 @@
-"""The image-classifier families `--model` names. A family registers itself once, beside its
-model (`hw2jax.models.cnn` registers 'vanilla' and 'bn_gap'); the experiment, its tables, the
-report and the PyTorch converters read everything about it from here. A new family is a module
-with a Flax model and one `register(...)` line; nothing else changes.
+"""The image-classifier families `--model` names. A family is one module of hw2jax/models/: its
+Flax model and a `register(ModelFamily(...))` call beside it (`hw2jax.models.cnn` registers
+'vanilla' and 'bn_gap'). `families()` imports every module of the package once, so adding the
+module is the whole change: the CLI's --model and --help, the experiment, its tables, the
+report's Table 2.3 and the PyTorch converters read everything about a family from here.
 
 A family's model takes (B, H, W, C) uint8 images and `train`, `mask` keywords, returns
 (B, num_classes) logits, and draws dropout from the 'dropout' RNG (`hw2jax.models.cnn.loss_fn`
@@ -11,6 +12,9 @@ applies it so).
 from __future__ import annotations
 
 import dataclasses
+import functools
+import importlib
+import pkgutil
 from typing import Callable
 
 from flax import linen as nn
@@ -29,17 +33,41 @@ class ModelFamily:
   torch_cnn: bool = False                # the course's TorchCNN holds it (--from/--to_torch)
 
 
-FAMILIES: dict[str, ModelFamily] = {}
+_FAMILIES: dict[str, ModelFamily] = {}
 
 
 def register(family: ModelFamily) -> ModelFamily:
-  if family.name in FAMILIES:
+  """Called once by the module that defines the family, when it is imported."""
+  if family.name in _FAMILIES:
     raise ValueError(f"a model family {family.name!r} is registered already")
-  FAMILIES[family.name] = family
+  _FAMILIES[family.name] = family
   return family
 
 
+def families() -> dict[str, ModelFamily]:
+  """Every family, by name, in the order their modules register them."""
+  _import_every_module()
+  return dict(_FAMILIES)
+
+
 def get(name: str) -> ModelFamily:
-  if name not in FAMILIES:
-    raise UserError(f"--model={name!r} is not one of {', '.join(FAMILIES)}")
-  return FAMILIES[name]
+  found = families()
+  if name not in found:
+    broken = "".join(f"; hw2jax/models/{m}.py did not import ({why})"
+                     for m, why in _import_every_module().items())
+    raise UserError(f"--model={name!r} is not one of {', '.join(found)}{broken}")
+  return found[name]
+
+
+@functools.cache
+def _import_every_module() -> dict[str, str]:
+  """Imports each module of hw2jax.models (each registers its families); returns those that
+  failed, with why, so that a broken new module is named instead of silently missing."""
+  package = importlib.import_module(__name__.rpartition(".")[0])
+  broken = {}
+  for module in pkgutil.iter_modules(package.__path__):
+    try:
+      importlib.import_module(f"{package.__name__}.{module.name}")
+    except Exception as e:  # a user's module: its error is reported where its family is asked for
+      broken[module.name] = f"{type(e).__name__}: {e}"
+  return broken

@@ -3,7 +3,7 @@ report can be rendered and checked for completeness without any training.
 
 Every table of the seed report beside our numbers (mean ± std over seeds), every figure as a
 relative PNG link, parameter counts, the Q2.4 ablations, run times and the device. The tables
-of Q2 and Q3 are the experiments' own (`cnn.table_2_1`, `p2g.tables_3`), as their CLIs write
+of Q2 and Q3 are the experiments' own (`cnn_tables.table_2_1`, `p2g.tables_3`), as their CLIs write
 them. `missing_items` is the completeness check: figures linked but absent, and the required
 headings of every part that ran.
 """
@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Callable, Sequence, TypeVar
 
 from hw2jax import markdown
-from hw2jax.experiments import cnn, p2g
+from hw2jax.experiments import cnn, cnn_tables, p2g
+from hw2jax.models import registry
 from hw2jax.report import results as R
 from hw2jax.report.config import ABLATION_LR, PART_TITLES, PARTS, SEED_PARTS
 
@@ -207,17 +208,17 @@ def _render_q2(r: R.Q2, results: R.Results) -> str:
          f"{data.test:,} test images). {_epochs(r.epochs)}, batch 8, plain SGD, dropout 0.1, "
          "PyTorch-style initialisation; accuracies of the last epoch (as the seed report), and "
          "the test accuracy of the best-validation epoch beside them. "
-         f"{cnn.pixels_note(r.runs[0].summary.config.pixels if r.runs else 'correct')}\n",
+         f"{cnn_tables.pixels_note(r.runs[0].summary.config.pixels if r.runs else 'correct')}\n",
          "### Table 2.1\n"]
   groups = _group(r.runs, lambda x: (x.model, x.lr))
-  out.append(cnn.table_2_1([
-      cnn.TableRow(model, lr, [x.summary for x in runs],
+  out.append(cnn_tables.table_2_1([
+      cnn_tables.TableRow(model, lr, [x.summary for x in runs],
                    next((f"{x.dir}/{cnn.CURVES}" for x in runs if x.seed == first), None))
       for (model, lr), runs in groups.items()]))
   out.append(_quick_note(results, f"{_epochs(r.epochs)} on {data.train:,} training images"))
   out.append("### Table 2.3\n")
   p = r.params
-  out.append(cnn.table_2_3({m: p[m].ours for m in cnn.course_models() if m in p}))
+  out.append(cnn_tables.table_2_3({m: p[m].ours for m in registry.families() if m in p}))
   out.append(f"Without max-pooling the vanilla model's flatten head would see 48x48x128 "
              f"features: {p['vanilla_nopool'].ours:,} parameters, so the pooling ablations "
              "use the BN+GAP model (Table 2.4).\n")
@@ -242,7 +243,7 @@ def _render_ablations(r: R.Ablations, results: R.Results) -> str:
          f"{data.source} ({data.train:,} / {data.val:,} / {data.test:,} images). "
          f"Without max-pooling the vanilla flatten head would hold "
          f"{r.vanilla_nopool_params:,} parameters. "
-         f"{cnn.pixels_note(r.runs[0].summary.config.pixels if r.runs else 'correct')}\n"]
+         f"{cnn_tables.pixels_note(r.runs[0].summary.config.pixels if r.runs else 'correct')}\n"]
   rows = []
   for (k, pool), runs in _group(r.runs, lambda x: (x.kernel_size, x.maxpool)).items():
     summaries = [x.summary for x in runs]
@@ -251,7 +252,7 @@ def _render_ablations(r: R.Ablations, results: R.Results) -> str:
         f"{k}x{k}", "yes" if pool else "no", " / ".join(f"{v:,}" for v in params),
         markdown.mean_std([s.final.val_accuracy for s in summaries]),
         markdown.mean_std([s.final.test_accuracy for s in summaries]),
-        cnn.statuses([(x.seed, x.summary.status) for x in runs]),
+        cnn_tables.statuses([(x.seed, x.summary.status) for x in runs]),
         markdown.mean_std([s.train_seconds_total / max(1, s.epochs_done) for s in summaries], 1)
         + " s",
         ("(the Q2 BN+GAP run) " if runs[0].shared_with_q2 else "")
@@ -308,7 +309,7 @@ def _render_times(results: R.Results) -> str:
       continue
     for x in r.runs:
       if part == "q2":
-        name = f"{cnn.model_label(x.model)} lr {x.lr:g}"
+        name = f"{cnn_tables.model_label(x.model)} lr {x.lr:g}"
       elif part == "q2_ablations":
         name = f"BN+GAP k{x.kernel_size} {cnn.pooling_label(x.maxpool)}" + (
             " (= the Q2 BN+GAP run)" if x.shared_with_q2 else "")

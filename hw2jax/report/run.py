@@ -21,7 +21,7 @@ from hw2jax import cache, plots, records
 from hw2jax.data import phonemes, sources
 from hw2jax.data.images import ImageData
 from hw2jax.errors import UserError
-from hw2jax.experiments import cnn, p2g
+from hw2jax.experiments import cnn, cnn_tables, p2g
 from hw2jax.experiments.hopfield import run as hopfield
 from hw2jax.experiments.spellings import Decoding
 from hw2jax.models import registry
@@ -344,8 +344,8 @@ class _Runner:
                                     prefix=f"[{model} lr {lr:g} seed {seed}] ")
         runs.append(R.CnnRun(model=model, lr=lr, seed=seed, dir=self._rel(run_dir),
                              summary=summary, wall_seconds=wall))
-    params = {m: R.ParamCount(cnn.param_count(cnn.Config(model=m)),
-                              registry.get(m).expected_params) for m in cnn.course_models()}
+    params = {m: R.ParamCount(cnn.param_count(cnn.Config(model=m)), family.expected_params)
+              for m, family in registry.families().items()}
     params["vanilla_nopool"] = R.ParamCount(
         cnn.param_count(cnn.Config(model="vanilla", maxpool=False)), None)
     plot_q2_comparison(runs, self.config.seeds[0], self.workdir)
@@ -431,7 +431,7 @@ def plot_q2_comparison(runs: list[R.CnnRun], seed: int, workdir: Path) -> None:
     for r in (r for r in runs if r.seed == seed):
       history = runlog.read_metrics(workdir / r.dir)
       epochs = [h["epoch"] for h in history]
-      label = f"{cnn.model_label(r.model)} lr {r.lr:g}"
+      label = f"{cnn_tables.model_label(r.model)} lr {r.lr:g}"
       acc.plot(epochs, [h.get("val_accuracy", math.nan) for h in history], marker="o",
                markersize=3, label=label)
       loss.plot(epochs, [math.nan if h.get("train_loss") is None else h["train_loss"]

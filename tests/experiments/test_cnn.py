@@ -9,7 +9,7 @@ import pytest
 from helpers import (assert_clean_failure, checksums, cnn_summary, learnable_images, run_cli,
                       trained_files, write_kaggle_folder, write_npz)
 from hw2jax.errors import UserError
-from hw2jax.experiments import cnn, sweep
+from hw2jax.experiments import cnn, cnn_tables, sweep
 
 pytestmark = pytest.mark.slow
 
@@ -166,10 +166,12 @@ def test_sweep_run_dirs_are_the_single_runs_folders_and_distinct():
       sweep.run_dirs(config, [0.0001, 0.00010000001], workdir)
 
 
-def test_bn_gap_parameter_count_is_printed(tmp_path):
-  proc = run_cli("experiments.cnn", "--model=bn_gap", "--data_path=missing.npz", cwd=tmp_path)
-  assert "755,718 trainable parameters" in proc.stdout
-  assert_clean_failure(proc, "missing.npz does not exist")
+def test_the_printed_parameter_count_is_table_2_3s_for_the_course_model_on_intel_data(tmp_path):
+  write_npz(tmp_path / "tiny.npz", n_train=24, n_val=12, n_test=12)
+  proc = run_cli("experiments.cnn", "--model=bn_gap", "--data_path=tiny.npz", "--epochs=1",
+                 "--notensorboard", cwd=tmp_path)
+  assert proc.returncode == 0, proc.stderr
+  assert "\nbn_gap: 755,718 trainable parameters (Table 2.3)\n" in proc.stdout
 
 
 def _bad_data(root):
@@ -195,7 +197,7 @@ def _bad_data(root):
     (["--lr=0.01,0.01"], ["repeats a learning rate"]),
     (["--lr=0.0001,0.00010000001"], ["0.0001 and 0.00010000001 both name the folder"]),
     (["--lr=0.0001,0.00010000001", "--workdir=w"], ["both name the folder w/lr_0.0001"]),
-    (["--model=resnet"], ["--model=resnet"]),
+    (["--model=no_such_family"], ["--model='no_such_family' is not one of vanilla, bn_gap"]),
     (["--kernel_size=4"], ["--kernel_size=4 must be a positive odd number"]),
     (["--kernel_size=99"], ["larger than the smallest feature map", "use at most 11"]),
     (["--kernel_size=99", "--nomaxpool"], ["(48x48); use at most 47"]),
@@ -256,11 +258,11 @@ def test_data_is_discovered_in_dot_data(tmp_path):
 
 
 def test_table_2_1_puts_mean_and_std_over_seeds_beside_the_seed_report():
-  rows = [cnn.TableRow("vanilla", 0.01, [cnn_summary(seed=42, val=0.7, test=0.6),
+  rows = [cnn_tables.TableRow("vanilla", 0.01, [cnn_summary(seed=42, val=0.7, test=0.6),
                                           cnn_summary(seed=43, val=0.8, test=0.7)],
                        "q2/vanilla-lr0.01/seed42/curves.png"),
-          cnn.TableRow("bn_gap", 0.05, [cnn_summary("bn_gap", 0.05, status="diverged at epoch 1")])]
-  lines = cnn.table_2_1(rows).splitlines()
+          cnn_tables.TableRow("bn_gap", 0.05, [cnn_summary("bn_gap", 0.05, status="diverged at epoch 1")])]
+  lines = cnn_tables.table_2_1(rows).splitlines()
   assert lines[2] == ("| vanilla | 0.01 | 0.7500 ± 0.0707 | 0.6500 ± 0.0707 | 0.7123 | 0.6907 | "
                       "0.6900 ± 0.0000 | completed | 3.0 ± 0.0 s | "
                       "[curves](q2/vanilla-lr0.01/seed42/curves.png) |")

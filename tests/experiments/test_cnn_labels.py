@@ -2,7 +2,7 @@
 training (the end-to-end tests are in test_cnn.py)."""
 
 from helpers import cnn_summary
-from hw2jax.experiments import cnn
+from hw2jax.experiments import cnn, cnn_tables
 
 
 def test_the_label_names_every_network_setting_that_differs_from_the_course():
@@ -14,7 +14,7 @@ def test_the_label_names_every_network_setting_that_differs_from_the_course():
 
 
 def _table(*runs, model="vanilla", lr=0.01):
-  return cnn.table_2_1([cnn.TableRow(model, lr, list(runs), "curves.png")])
+  return cnn_tables.table_2_1([cnn_tables.TableRow(model, lr, list(runs), "curves.png")])
 
 
 def test_table_2_1_says_our_epochs_beside_the_seeds_40_when_they_differ():
@@ -28,8 +28,8 @@ def test_table_2_1_says_our_epochs_beside_the_seeds_40_when_they_differ():
 def test_table_2_1_gives_each_row_its_epochs_when_they_differ():
   """`--lr=0.1,0.01 --epochs=1` after lr 0.01 trained 2 epochs: that row's numbers are of epoch
   2, so the table says so per row instead of heading every row '(1 epoch)'."""
-  table = cnn.table_2_1([cnn.TableRow("vanilla", 0.1, [cnn_summary(lr=0.1, epochs=1)]),
-                         cnn.TableRow("vanilla", 0.01, [cnn_summary(epochs=1, trained=2)])])
+  table = cnn_tables.table_2_1([cnn_tables.TableRow("vanilla", 0.1, [cnn_summary(lr=0.1, epochs=1)]),
+                         cnn_tables.TableRow("vanilla", 0.01, [cnn_summary(epochs=1, trained=2)])])
   head, _, fast, slow = table.splitlines()[:4]
   assert head.startswith("| model | lr | epochs | val acc | test acc | seed val acc (40 epochs) |")
   assert fast.startswith("| vanilla | 0.1 | 1 |") and slow.startswith("| vanilla | 0.01 | 2 |")

@@ -1,23 +1,29 @@
-"""A new model family and a new image dataset are defined here, in a few lines, with no library
-file changed: both train and evaluate through the library path the CLI uses
-(`experiments.cnn.train_and_evaluate`), and the tables show the family by its label and size."""
+"""The house grows through its front door. A new model family is one module dropped into a copy
+of the package, nothing else changed: the CLI lists it, trains, sweeps, resumes and reports it,
+the report's Table 2.3 counts it, and the PyTorch converters refuse it in one line. A new dataset
+is a loader returning an `ImageData`: the course families train on it, sized from its images."""
 
-import chex
-import jax.numpy as jnp
+import json
+import shutil
+
 import numpy as np
 import pytest
-from flax import linen as nn
 
+from helpers import REPO, assert_clean_failure, cli_env, write_npz
 from hw2jax.data.images import ImageData
 from hw2jax.errors import UserError
 from hw2jax.experiments import cnn
-from hw2jax.models import registry
 
 QUIET = lambda line: None
 
+TINY_MLP = '''"""A family of the test's: flatten -> Dense 16 -> ReLU -> dropout -> logits."""
+import jax.numpy as jnp
+from flax import linen as nn
+
+from hw2jax.models import registry
+
 
 class TinyMLP(nn.Module):
-  """A new family: flatten -> Dense 16 -> ReLU -> dropout -> logits."""
   num_classes: int
   dropout: float
 
@@ -28,15 +34,113 @@ class TinyMLP(nn.Module):
     return nn.Dense(self.num_classes)(x)
 
 
-TINY_MLP = registry.ModelFamily(
-    "tiny_mlp", "tiny MLP", lambda num_classes, dropout, **unused: TinyMLP(num_classes, dropout))
+registry.register(registry.ModelFamily(
+    "tiny_mlp", "tiny MLP", lambda num_classes, dropout, **unused: TinyMLP(num_classes, dropout)))
+'''
+# Its size on Intel's 48x48x3 images and 6 classes: 6912 * 16 + 16 + 16 * 6 + 6.
+TINY_MLP_PARAMS = 110_710
 
 
-@pytest.fixture
-def tiny_mlp(monkeypatch):
-  """The family registered for one test (the registry is the process's)."""
-  monkeypatch.setitem(registry.FAMILIES, TINY_MLP.name, TINY_MLP)
-  return TINY_MLP
+def copy_of_the_package(target):
+  """The library and the CLIs as a user's checkout has them (no tests, no caches)."""
+  for folder in ("hw2jax", "experiments"):
+    shutil.copytree(REPO / folder, target / folder,
+                    ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+  return target
+
+
+@pytest.fixture(scope="module")
+def life(tmp_path_factory):
+  """A copy of the package with one module added (hw2jax/models/tiny_mlp.py), then the life of
+  its family through the CLIs, one call a step: --help, a two-rate sweep, a resume, the report's
+  Table 2.3, --to_torch and --from_torch, and a module that does not import. Returns the folder
+  the commands ran in and, per step, its process."""
+  root = tmp_path_factory.mktemp("front_door")
+  package = copy_of_the_package(root / "package")
+  (package / "hw2jax" / "models" / "tiny_mlp.py").write_text(TINY_MLP)
+  write_npz(root / "tiny.npz", n_train=24, n_val=12, n_test=12)
+  env = {**cli_env(root), "PYTHONPATH": str(package)}
+
+  def cli(name, *args):
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-m", f"experiments.{name}", *args], cwd=root,
+                          env=env, capture_output=True, text=True, timeout=600)
+
+  data, mlp = "--data_path=tiny.npz", "--model=tiny_mlp"
+  steps = {"help": cli("cnn", "--help"),
+           "sweep": cli("cnn", mlp, data, "--lr=0.1,0.05", "--epochs=2", "--workdir=mlp"),
+           "resume": cli("cnn", mlp, data, "--lr=0.1", "--epochs=3", "--workdir=mlp/lr_0.1"),
+           "report": cli("report", "--parts=q2", "--quick", "--intel_data_path=tiny.npz",
+                         "--workdir=report"),
+           "to_torch": cli("cnn", "--workdir=mlp/lr_0.1", "--to_torch=mlp.pt"),
+           "from_torch": cli("cnn", mlp, data, "--from_torch=mlp.pt")}
+  (package / "hw2jax" / "models" / "half_written.py").write_text(
+      'raise RuntimeError("not finished")\n')
+  steps["broken"] = cli("cnn", "--model=half_written", data)
+  steps["others"] = cli("cnn", data, "--epochs=1", "--channels=4,8,16", "--workdir=vanilla")
+  return root, steps
+
+
+def ok(proc):
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  return proc
+
+
+GROUP = pytest.mark.xdist_group("front_door")     # one worker runs the `life` fixture once
+pytestmark = [pytest.mark.slow, GROUP]
+
+
+def test_the_new_module_is_a_choice_of_the_cli(life):
+  _, steps = life
+  assert "Model family: vanilla, bn_gap, tiny_mlp" in ok(steps["help"]).stdout
+
+
+def test_the_new_family_trains_a_sweep_with_its_own_count_and_label(life):
+  root, steps = life
+  out = ok(steps["sweep"]).stdout
+  assert f"tiny_mlp: {TINY_MLP_PARAMS:,} trainable parameters\n" in out    # not Table 2.3's
+  table = (root / "mlp" / "table_2_1.md").read_text()
+  assert "| tiny MLP | 0.1 |" in table and "| tiny MLP | 0.05 |" in table
+
+
+def test_the_new_family_resumes_and_its_summary_says_what_it_is(life):
+  root, steps = life
+  assert "resuming from the checkpoint of epoch 2" in ok(steps["resume"]).stdout
+  run = root / "mlp" / "lr_0.1"
+  assert len((run / "metrics.jsonl").read_text().splitlines()) == 3
+  summary = json.loads((run / "summary.json").read_text())
+  assert summary["config"]["model"] == "tiny_mlp" and summary["status"] == "completed"
+  assert summary["trainable_params"] == TINY_MLP_PARAMS
+
+
+def test_the_reports_table_2_3_counts_every_family_and_labels_only_the_courses(life):
+  root, steps = life
+  ok(steps["report"])
+  report = (root / "report" / "REPORT.md").read_text()
+  assert "| vanilla | 5,340,742 | 5,340,742 | yes |" in report
+  assert "| BN+GAP | 755,718 | 755,718 | yes |" in report
+  assert f"| tiny MLP | {TINY_MLP_PARAMS:,} | — | — |" in report
+
+
+def test_the_pytorch_converters_refuse_the_new_family_in_one_line(life):
+  root, steps = life
+  for step in ("to_torch", "from_torch"):
+    assert_clean_failure(steps[step], "--model=tiny_mlp has no PyTorch counterpart: the "
+                                      "course's TorchCNN holds vanilla, bn_gap")
+  assert not (root / "mlp.pt").exists()
+
+
+def test_a_module_that_does_not_import_is_named_when_its_family_is_asked_for(life):
+  """A half-written module breaks nothing else; asked for, it is named with its error."""
+  _, steps = life
+  assert_clean_failure(steps["broken"], "--model='half_written' is not one of vanilla, bn_gap, "
+                       "tiny_mlp; hw2jax/models/half_written.py did not import (RuntimeError: "
+                       "not finished)")
+  assert "vanilla lr=0.01, channels 4-8-16: completed" in ok(steps["others"]).stdout
+
+
+# -- a new dataset: a loader returning an ImageData ----------------------------------------------
 
 
 def stripes(n_train=48, n_eval=12, seed=0) -> ImageData:
@@ -56,59 +160,23 @@ def stripes(n_train=48, n_eval=12, seed=0) -> ImageData:
                    classes=("horizontal", "vertical", "noise"))
 
 
-def test_a_family_and_a_dataset_defined_in_a_test_train_and_show_in_the_tables(tiny_mlp,
-                                                                              tmp_path):
-  data = stripes()
-  assert data.image_shape == (12, 12, 1) and data.num_classes == 3
-  config = cnn.Config(model="tiny_mlp", learning_rate=0.1, epochs=3, tensorboard=False)
-  summary = cnn.train_and_evaluate(config, data, tmp_path / "mlp", log=QUIET)
-  assert summary.status == "completed" and summary.data.train == 48
-  assert summary.trainable_params == 12 * 12 * 16 + 16 + 16 * 3 + 3
-  assert summary.trainable_params == cnn.param_count(config, data.image_shape, data.num_classes)
-  assert summary.final.test_accuracy > 0.6                      # it learned the stripes
-  state = cnn.new_state(config, data.image_shape, data.num_classes)
-  logits = config.build_model(3).apply(state.variables(), data.test_images, train=False)
-  chex.assert_shape(logits, (12, 3))
-
-  table_2_1 = cnn.table_2_1([cnn.TableRow("tiny_mlp", 0.1, [summary])])
-  assert "| tiny MLP | 0.1 |" in table_2_1
-  table_2_3 = cnn.table_2_3({"vanilla": 5_340_742, "tiny_mlp": summary.trainable_params})
-  assert "| vanilla | 5,340,742 | 5,340,742 | yes |" in table_2_3
-  assert "| tiny MLP | 2,371 | — | — |" in table_2_3
-  assert "tiny_mlp" not in cnn.course_models()           # the course fixes no size for it
-
-
 def test_a_course_family_trains_on_the_new_dataset_with_its_shape_and_classes(tmp_path):
   data = stripes()
-  config = cnn.Config(model="bn_gap", channels=(4, 8), epochs=1, tensorboard=False)
+  assert data.image_shape == (12, 12, 1) and data.num_classes == 3
+  config = cnn.Config(model="bn_gap", channels=(4, 8), epochs=3, learning_rate=0.1,
+                      tensorboard=False)
   summary = cnn.train_and_evaluate(config, data, tmp_path / "bn_gap", log=QUIET)
   assert summary.status == "completed"
   # One input channel and three classes: the first kernel and the logits shrink accordingly.
   assert summary.trainable_params == cnn.param_count(config, (12, 12, 1), 3)
   assert summary.trainable_params != cnn.param_count(config)             # Intel's 48x48x3, 6
+  assert cnn.describe_params(config, (12, 12, 1), 3) == (
+      f"bn_gap: {summary.trainable_params:,} trainable parameters")       # not Table 2.3's
 
 
-def test_settings_are_checked_against_the_datasets_images_and_the_registry(tiny_mlp):
+def test_settings_are_checked_against_the_datasets_images_and_the_families():
   five_blocks = cnn.Config(channels=(4, 4, 4, 4, 4)).validate()      # fits 48x48 ...
   with pytest.raises(UserError, match="shrink a 12x12 image to nothing; use at most 4 blocks"):
     five_blocks.check_data(stripes())                                # ... not 12x12
-  with pytest.raises(UserError, match="--model='resnet' is not one of vanilla, bn_gap, tiny_mlp"):
-    cnn.Config(model="resnet").validate()
-  with pytest.raises(ValueError, match="registered already"):
-    registry.register(TINY_MLP)
-
-
-def test_the_pytorch_converters_refuse_a_family_the_courses_torchcnn_cannot_hold(tiny_mlp,
-                                                                                tmp_path):
-  """--from_torch and --to_torch read and write the course's TorchCNN: a family it does not
-  hold is one line naming the ones it does, before any file is read or written."""
-  pytest.importorskip("torch")
-  from hw2jax.experiments import torch_checkpoints
-  config = cnn.Config(model="tiny_mlp", learning_rate=0.1, epochs=1, tensorboard=False)
-  with pytest.raises(UserError, match="--model=tiny_mlp has no PyTorch counterpart: the "
-                                      "course's TorchCNN holds vanilla, bn_gap"):
-    torch_checkpoints.check_torch_cnn(config)
-  cnn.train_and_evaluate(config, stripes(), tmp_path / "mlp", log=QUIET)
-  with pytest.raises(UserError, match="--model=tiny_mlp has no PyTorch counterpart"):
-    torch_checkpoints.export_cnn(tmp_path / "mlp", tmp_path / "mlp.pt", log=QUIET)
-  assert not (tmp_path / "mlp.pt").exists()
+  with pytest.raises(UserError, match="--model='no_such_family' is not one of vanilla, bn_gap"):
+    cnn.Config(model="no_such_family").validate()

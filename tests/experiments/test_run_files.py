@@ -11,7 +11,7 @@ import pytest
 from helpers import checksums, write_npz
 from hw2jax.data import sources
 from hw2jax.errors import UserError
-from hw2jax.experiments import cnn, p2g
+from hw2jax.experiments import cnn, cnn_tables, p2g
 from hw2jax.train import workdir as workdir_lib
 
 pytestmark = pytest.mark.slow
@@ -90,5 +90,5 @@ def test_a_diverged_run_reports_no_test_accuracy_of_nan_weights(train, tmp_path)
   summary = train(cnn.Config(epochs=2, learning_rate=1e9, **TINY), tmp_path)
   assert summary.diverged_at is not None
   assert summary.final.test_accuracy is None and summary.final.test_loss is None
-  row = cnn.table_2_1([cnn.TableRow("vanilla", 1e9, [summary])]).splitlines()[2]
+  row = cnn_tables.table_2_1([cnn_tables.TableRow("vanilla", 1e9, [summary])]).splitlines()[2]
   assert row.split("|")[4].strip() == "—"             # the test accuracy cell
