@@ -1,4 +1,5 @@
-r"""The CNN experiment (Q2): train the course CNN on Intel images (48x48, 6 classes).
+r"""The CNN experiment (Q2): train the course CNN on Intel images (48x48, 6 classes), or on any
+labelled image data (another dataset's npz or class folders, --data_path).
 
   python -m experiments.cnn --lr=0.01                      # one run
   python -m experiments.cnn --lr=0.1,0.01,0.001            # Table 2.1 + one figure per rate
@@ -48,8 +49,10 @@ flags.DEFINE_enum("pixels", _D.pixels, list(intel.PIXELS),
                   "channels of height-width-channel pixels (to reproduce the homework's numbers).")
 flags.DEFINE_string("data_path", None,
                     "Intel npz, Kaggle zip or folder, or tfds:intel48 (a TFDS dataset in "
-                    "--tfds_data_dir). Default: $HW2JAX_DATA, ./data/, a Kaggle notebook's "
-                    "/kaggle/input, else a download (--download).")
+                    "--tfds_data_dir); or another dataset: an npz of the course's keys (any "
+                    "image size, 1 or 3 channels, labels 0..K-1, optional class_names) or a "
+                    "folder of <class>/<image> folders. Default: $HW2JAX_DATA, ./data/, a "
+                    "Kaggle notebook's /kaggle/input, else a download (--download).")
 flags.DEFINE_string("tfds_data_dir", None,
                     "TFDS data folder for --data_path=tfds:intel48. Default: $TFDS_DATA_DIR, "
                     "else ~/tensorflow_datasets.")

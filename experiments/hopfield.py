@@ -29,8 +29,10 @@ flags.DEFINE_integer("check_trials", _D.check_trials, "Random problems per claim
 flags.DEFINE_enum("patterns", _D.patterns, list(retrieval.PATTERN_SOURCES),
                   "Retrieval patterns: auto (Intel when found, else random), intel, random.")
 flags.DEFINE_string("data_path", None,
-                    "Intel npz, Kaggle zip or folder. Default: $HW2JAX_DATA, ./data/, a Kaggle "
-                    "notebook's /kaggle/input, else a download (--download).")
+                    "Intel npz, Kaggle zip or folder, or another dataset's npz or "
+                    "<class>/<image> folders (its training images are stored). Default: "
+                    "$HW2JAX_DATA, ./data/, a Kaggle notebook's /kaggle/input, else a download "
+                    "(--download).")
 flags.DEFINE_integer("num_patterns", _D.num_patterns, "Stored patterns N for retrieval.")
 flags.DEFINE_list("betas", [f"{b:g}" for b in _D.betas], "Retrieval inverse temperatures.")
 flags.DEFINE_list("queries", list(_D.queries), "Query kinds: mask (bottom half), noise.")

@@ -67,7 +67,8 @@ def resolve(path: Path, origin: str) -> list[Path]:
     found = candidates(path)
     if not found:
       raise UserError(f"{origin} {path} holds no Intel data: expected seg_train/seg_train/<class>/ "
-                      "folders, an Intel npz or the Kaggle zip")
+                      "folders, an Intel npz or the Kaggle zip (or, for another dataset, its "
+                      "npz or <class>/<image> folders)")
     return found
   if path.suffix.lower() not in (".npz", ".zip"):
     raise UserError(f"{origin} {path} is neither an .npz, a .zip nor a folder")
@@ -109,17 +110,18 @@ def check_splits(data: ImageData, log: Callable[[str], None] = print,
   present = set(np.unique(data.split("train")[1]).tolist())
   absent = [c for i, c in enumerate(data.classes) if i not in present]
   if absent:
-    log(f"intel data: WARNING: no training image of class {', '.join(absent)} (an empty "
+    log(f"{data.name} data: WARNING: no training image of class {', '.join(absent)} (an empty "
         f"folder?); training on {len(data.classes) - len(absent)} classes")
   return data
 
 
 def split_problem(data: ImageData, splits: tuple[str, ...] = SPLITS) -> str | None:
   """What makes `data` unusable for `splits` (see `check_splits`), None when nothing does."""
-  kaggle = not data.source.startswith("npz")
-  where = {"train": "seg_train/seg_train/<class>/", "val": "seg_train (10% of it)",
-           "test": "seg_test/seg_test/<class>/"} if kaggle else {
-               s: f"{s}_images / {s}_labels" for s in SPLITS}
+  where = ({"train": "seg_train/seg_train/<class>/", "val": "seg_train (10% of it)",
+            "test": "seg_test/seg_test/<class>/"} if data.source.startswith(("zip", "folder"))
+           else {s: f"{s}/<class>/ or <class>/" for s in SPLITS}
+           if data.source.startswith("class folders")
+           else {s: f"{s}_images / {s}_labels" for s in SPLITS})
   for split in splits:
     if data.sizes()[split] == 0:
       return f"the {split} split is empty (no images in {where[split]}); every split needs images"
@@ -138,10 +140,11 @@ def check_layout(layout: str) -> None:
 
 
 def load_npz(path: str | os.PathLike, *, layout: str = "hwc") -> ImageData:
-  """Reads the course's npz. Images may be (N,48,48,3), (N,3,48,48) or flat (N,6912).
-
-  Flat images are ambiguous, so `layout` ('hwc' or 'chw') says how to read them; 4-D images are
-  recognised from their shape and never reinterpreted.
+  """Reads an npz in the course's layout. The Intel data (48x48x3 images, no class_names): images
+  (N,48,48,3), (N,3,48,48) or flat (N,6912), labels 0..5. Flat images are ambiguous, so `layout`
+  ('hwc' or 'chw') says how to read them; 4-D images are recognised from their shape and never
+  reinterpreted. Any other dataset (other image sizes or channels, or a `class_names` array):
+  `images.from_arrays`, named after the file.
   """
   path = Path(path)
   check_layout(layout)
@@ -158,14 +161,23 @@ def load_npz(path: str | os.PathLike, *, layout: str = "hwc") -> ImageData:
       if missing:
         raise UserError(f"{path} lacks keys {', '.join(missing)} (has {', '.join(npz.files)}); "
                         f"an Intel npz needs {', '.join(NPZ_KEYS)}")
-      arrays = {k: npz[k] for k in NPZ_KEYS}
+      arrays = {k: npz[k] for k in NPZ_KEYS + ("class_names",) if k in npz.files}
   except UserError:
     raise
   except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
     raise UserError(f"{path} is not a readable npz file ({type(e).__name__}: {e}); "
                     "re-download it") from None
+  if "class_names" in arrays or not is_intel_shaped(arrays["train_images"]):
+    return images.from_arrays(arrays, f"npz {path}", name=path.stem)
   return ImageData(**checked_splits(arrays, layout, path.name), source=f"npz {path}",
-                   classes=CLASSES)
+                   classes=CLASSES, name="intel")
+
+
+def is_intel_shaped(images: np.ndarray) -> bool:
+  """Images Intel's npz may hold: (N,48,48,3), (N,3,48,48) or flat (N,6912)."""
+  s, c = IMAGE_SIZE, CHANNELS
+  return images.shape[1:] in ((s, s, c), (c, s, s)) or (images.ndim == 2
+                                                       and images.shape[1] == s * s * c)
 
 
 def checked_splits(arrays: Mapping[str, np.ndarray], layout: str, name: str
@@ -213,5 +225,6 @@ def _check_labels(labels: np.ndarray, what: str) -> np.ndarray:
                     "integer array of class ids")
   if labels.size and (labels.min() < 0 or labels.max() >= len(CLASSES)):
     raise UserError(f"{what} holds labels in {labels.min()}..{labels.max()}; expected 0..5 "
-                    f"({', '.join(CLASSES)})")
+                    f"({', '.join(CLASSES)}) for the Intel data; another dataset of 48x48x3 "
+                    "images names its classes in a class_names array")
   return labels.astype(np.int32)

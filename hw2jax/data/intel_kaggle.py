@@ -92,18 +92,19 @@ def load_kaggle(path: str | os.PathLike, *, cache_dir: str | os.PathLike | None 
   test_idx = np.flatnonzero(~is_train & ok)
   if not len(train_idx):
     raise UserError(f"{path} holds no readable seg_train images")
-  val_idx, train_idx = _split_validation(train_idx, labels, val_fraction, split_seed)
+  val_idx, train_idx = split_validation(train_idx, labels, val_fraction, split_seed)
   data = ImageData(
       train_images=images[train_idx], train_labels=labels[train_idx],
       val_images=images[val_idx], val_labels=labels[val_idx],
       test_images=images[test_idx], test_labels=labels[test_idx],
-      source=f"{'zip' if is_zip else 'folder'} {path}", classes=CLASSES, skipped=skipped)
+      source=f"{'zip' if is_zip else 'folder'} {path}", classes=CLASSES, skipped=skipped,
+      name="intel")
   if use_cache:
     _write_cache(cache_file, data, log)
   return data
 
 
-def _split_validation(idx: np.ndarray, labels: np.ndarray, fraction: float, seed: int
+def split_validation(idx: np.ndarray, labels: np.ndarray, fraction: float, seed: int
                       ) -> tuple[np.ndarray, np.ndarray]:
   """A seeded random `fraction` of `idx` for validation, the rest for training (both sorted).
 
@@ -213,7 +214,7 @@ def _read_cache(path: Path, n_entries: int, log: Callable[[str], None]) -> Image
     with np.load(path, allow_pickle=False) as npz:
       arrays = {k: npz[k] for k in (*NPZ_KEYS, "skipped")}
     data = ImageData(**checked_splits(arrays, "hwc", ""), source="", classes=CLASSES,
-                     skipped=int(arrays["skipped"]))
+                     skipped=int(arrays["skipped"]), name="intel")
     held = sum(data.sizes().values()) + data.skipped
     if held != n_entries:
       raise UserError(f"it accounts for {held} images, the source has {n_entries}")

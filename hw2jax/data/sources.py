@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Callable, Mapping
 
-from hw2jax.data import intel, intel_kaggle, phonemes, tfds_name
+from hw2jax.data import class_folders, intel, intel_kaggle, phonemes, tfds_name
 from hw2jax.data.images import ImageData
 from hw2jax.errors import UserError
 
@@ -53,7 +53,9 @@ def discover_intel(data_path: str | os.PathLike | None = None, *,
     path = Path(data_path).expanduser()
     if not path.exists():
       raise UserError(f"{origin} {path} does not exist; give an Intel npz, the Kaggle zip or "
-                      "its extracted folder")
+                      "its extracted folder, or another dataset's npz or class folders")
+    if path.is_dir() and not intel.candidates(path) and class_folders.is_class_folders(path):
+      return path                                  # another dataset's class folders
     return choose(intel.resolve(path, origin=origin), str(path), origin, splits, environ, log)
   tried = []                    # the places searched, each with what was wrong only if useful
   if environ.get("HW2JAX_DATA"):
@@ -110,9 +112,12 @@ def _quiet(line: str) -> None:
 def _read(path: Path, *, layout: str = "hwc", cache_dir: str | os.PathLike | None = None,
           log: Callable[[str], None] = print, environ: Mapping[str, str] | None = None
           ) -> ImageData:
-  """The Intel data at `path`, an npz or Kaggle's layout (zip or folder)."""
+  """The data at `path`: an npz (the Intel data's or another dataset's), Kaggle's Intel layout
+  (zip or folder), or another dataset's class folders."""
   if path.is_file() and path.suffix.lower() == ".npz":
     return intel.load_npz(path, layout=layout)
+  if path.is_dir() and not (path / "seg_train").is_dir():
+    return class_folders.load_class_folders(path, log=log)
   return intel_kaggle.load_kaggle(path, cache_dir=cache_dir, log=log, environ=environ)
 
 
@@ -213,8 +218,9 @@ def load_intel(data_path: str | os.PathLike | None = None, *, layout: str = "hwc
                           splits=splits)
     data = _read(path, layout=layout, cache_dir=cache_dir, log=log, environ=environ)
   intel.check_splits(data, log, splits)
-  log(f"intel data: {data.source} -> train {data.sizes()['train']}, val {data.sizes()['val']}, "
-      f"test {data.sizes()['test']}")
+  log(f"{data.name} data: {data.source} -> train {data.sizes()['train']}, val "
+      f"{data.sizes()['val']}, test {data.sizes()['test']}; {data.num_classes} classes: "
+      f"{', '.join(data.classes)}")
   return data
 
 

@@ -279,7 +279,7 @@ def load_intel_tfds(name: str = "intel48", data_dir: str | os.PathLike | None = 
                                  else np.zeros(shape, np.uint8))
     arrays[f"{split}_labels"] = np.array([r["label"] for r in rows], np.int32)
   return ImageData(**arrays, source=_description(b), classes=intel.CLASSES,
-                         skipped=int(b.info.metadata.get("skipped", 0)))
+                   skipped=int(b.info.metadata.get("skipped", 0)), name="intel")
 
 
 def load_p2g_tfds(name: str = "p2g", data_dir: str | os.PathLike | None = None, *,

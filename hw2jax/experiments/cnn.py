@@ -103,12 +103,15 @@ class Config:
          f"most {smallest if smallest % 2 else smallest - 1}")]
 
   def check_data(self, data: ImageData) -> "Config":
-    """Settings that depend on the data: a batch no larger than the training set, blocks and
-    kernels that fit its images."""
+    """Settings that depend on the data: a batch no larger than the training set, the course's
+    pixel reading only on its image shape, blocks and kernels that fit its images."""
     n = data.sizes()["train"]
     if self.batch_size > n:
       raise UserError(f"--batch_size={self.batch_size} is larger than the training set ({n:,} "
                       f"images); use at most {n:,}")
+    if self.pixels == "course" and data.image_shape != INTEL_SHAPE:
+      raise UserError(f"--pixels=course reshapes 48x48x3 images as the course skeleton did; "
+                      f"{data.name}'s are {'x'.join(map(str, data.image_shape))}: leave it out")
     records.require(self._size_checks(min(data.image_shape[:2])))
     return self
 
@@ -190,10 +193,16 @@ SEED_REPORT = {("vanilla", 0.1): Accuracies(val_accuracy=0.5734, test_accuracy=0
 
 @dataclasses.dataclass(frozen=True)
 class DataSizes:
+  """What a run trained on: the source, each split's size and the class names."""
   source: str
   train: int
   val: int
   test: int
+  classes: tuple[str, ...] = ()      # empty in summaries written before datasets had names
+
+  @classmethod
+  def of(cls, data: ImageData) -> "DataSizes":
+    return cls(data.source, **data.sizes(), classes=data.classes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -333,7 +342,7 @@ def _train_and_evaluate(config, data, workdir, *, fresh, arrays, trainer, log, p
                         test_accuracy=best_test and best_test["accuracy"])
   summary = CnnRunSummary(
       config=config, trainable_params=trainer_lib.count_params(state.params),
-      data=DataSizes(data.source, **data.sizes()), epochs_done=len(result.history),
+      data=DataSizes.of(data), epochs_done=len(result.history),
       diverged_at=result.diverged_at, status=result.status(config.epochs),
       final=FinalMetrics(last.get("train_loss"), last.get("val_loss"), last.get("val_accuracy"),
                          test["loss"], test["accuracy"]),
@@ -348,9 +357,9 @@ def _train_and_evaluate(config, data, workdir, *, fresh, arrays, trainer, log, p
   if result.history:
     plots.plot_history(
         result.history, workdir / CURVES,
-        title=f"{config.label()}: {config.init} init, batch {config.batch_size}, "
-              f"{config.optimizer}" + (f" (diverged at epoch {result.diverged_at})"
-                                       if result.diverged_at else ""),
+        title=f"{config.label()}{'' if data.name == 'intel' else f' on {data.name} data'}: "
+              f"{config.init} init, batch {config.batch_size}, {config.optimizer}"
+              + (f" (diverged at epoch {result.diverged_at})" if result.diverged_at else ""),
         panels=(("validation accuracy", ("val_accuracy",)),
                 ("loss", ("train_loss", "val_loss"))),
         running_mean_of="train_loss",

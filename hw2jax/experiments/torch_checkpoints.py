@@ -298,7 +298,7 @@ def evaluate_cnn(checkpoint: Checkpoint, state_dict: Mapping[str, np.ndarray],
       scores[split] = Evaluation(m["loss"], m["accuracy"])
     summary = CnnTorchSummary(
         checkpoint=checkpoint, model=config.model, kernel_size=config.kernel_size,
-        data=cnn.DataSizes(data.source, **data.sizes()),
+        data=cnn.DataSizes.of(data),
         trainable_params=trainer_lib.count_params(state.params), val=scores["val"],
         test=scores["test"], device=sharding.device_name(trainer.mesh),
         jax_version=jax.__version__, pixels=config.pixels)

@@ -349,7 +349,7 @@ class _Runner:
     params["vanilla_nopool"] = R.ParamCount(
         cnn.param_count(cnn.Config(model="vanilla", maxpool=False)), None)
     plot_q2_comparison(runs, self.config.seeds[0], self.workdir)
-    return R.Q2(status=R.DONE, data=cnn.DataSizes(data.source, **data.sizes()),
+    return R.Q2(status=R.DONE, data=cnn.DataSizes.of(data),
                 epochs=s.q2_epochs, runs=runs, params=params, figure=Q2_COMPARISON,
                 seeds=list(self.config.seeds))
 
@@ -385,7 +385,7 @@ class _Runner:
                                     dir=self._rel(run_dir), summary=summary,
                                     wall_seconds=wall, shared_with_q2=shared))
     return R.Ablations(
-        status=R.DONE, data=cnn.DataSizes(data.source, **data.sizes()), epochs=s.ablation_epochs,
+        status=R.DONE, data=cnn.DataSizes.of(data), epochs=s.ablation_epochs,
         runs=runs, seeds=list(self.config.seeds),
         vanilla_nopool_params=cnn.param_count(cnn.Config(model="vanilla", maxpool=False)))
 

@@ -52,7 +52,10 @@ def test_npz_flat_follows_layout_flag(tmp_path, layout):
 @pytest.mark.parametrize("overrides, message", [
     (dict(val_labels=None), "lacks keys val_labels"),
     (dict(train_images=np.zeros((5, 32, 32, 3), np.uint8), train_labels=np.zeros(5, np.int64)),
-     "has shape (5, 32, 32, 3)"),
+     "val_images are (48, 48, 3), the other splits' (32, 32, 3)"),
+    (dict(train_images=np.zeros((5, 32, 32, 2), np.uint8), train_labels=np.zeros(5, np.int64)),
+     "has shape (5, 32, 32, 2); expected (N, H, W, C) with C = 1 or 3"),
+    (dict(train_labels=np.full(96, 7)), "another dataset of 48x48x3 images names its classes"),
     (dict(train_images=np.zeros((4, 48, 48, 3), np.float32), train_labels=np.zeros(4, np.int64)),
      "dtype float32"),
     (dict(train_labels=np.full(96, 6)), "labels in 6..6; expected 0..5"),

@@ -8,8 +8,9 @@ import shutil
 
 import numpy as np
 import pytest
+from PIL import Image
 
-from helpers import REPO, assert_clean_failure, cli_env, write_npz
+from helpers import REPO, assert_clean_failure, cli_env, run_cli, write_npz
 from hw2jax.data.images import ImageData
 from hw2jax.errors import UserError
 from hw2jax.experiments import cnn
@@ -87,15 +88,17 @@ def ok(proc):
   return proc
 
 
-GROUP = pytest.mark.xdist_group("front_door")     # one worker runs the `life` fixture once
-pytestmark = [pytest.mark.slow, GROUP]
+pytestmark = pytest.mark.slow
+FRONT_DOOR = pytest.mark.xdist_group("front_door")     # one worker runs the `life` fixture once
 
 
+@FRONT_DOOR
 def test_the_new_module_is_a_choice_of_the_cli(life):
   _, steps = life
   assert "Model family: vanilla, bn_gap, tiny_mlp" in ok(steps["help"]).stdout
 
 
+@FRONT_DOOR
 def test_the_new_family_trains_a_sweep_with_its_own_count_and_label(life):
   root, steps = life
   out = ok(steps["sweep"]).stdout
@@ -104,6 +107,7 @@ def test_the_new_family_trains_a_sweep_with_its_own_count_and_label(life):
   assert "| tiny MLP | 0.1 |" in table and "| tiny MLP | 0.05 |" in table
 
 
+@FRONT_DOOR
 def test_the_new_family_resumes_and_its_summary_says_what_it_is(life):
   root, steps = life
   assert "resuming from the checkpoint of epoch 2" in ok(steps["resume"]).stdout
@@ -114,6 +118,7 @@ def test_the_new_family_resumes_and_its_summary_says_what_it_is(life):
   assert summary["trainable_params"] == TINY_MLP_PARAMS
 
 
+@FRONT_DOOR
 def test_the_reports_table_2_3_counts_every_family_and_labels_only_the_courses(life):
   root, steps = life
   ok(steps["report"])
@@ -123,6 +128,7 @@ def test_the_reports_table_2_3_counts_every_family_and_labels_only_the_courses(l
   assert f"| tiny MLP | {TINY_MLP_PARAMS:,} | — | — |" in report
 
 
+@FRONT_DOOR
 def test_the_pytorch_converters_refuse_the_new_family_in_one_line(life):
   root, steps = life
   for step in ("to_torch", "from_torch"):
@@ -131,6 +137,7 @@ def test_the_pytorch_converters_refuse_the_new_family_in_one_line(life):
   assert not (root / "mlp.pt").exists()
 
 
+@FRONT_DOOR
 def test_a_module_that_does_not_import_is_named_when_its_family_is_asked_for(life):
   """A half-written module breaks nothing else; asked for, it is named with its error."""
   _, steps = life
@@ -180,3 +187,90 @@ def test_settings_are_checked_against_the_datasets_images_and_the_families():
     five_blocks.check_data(stripes())                                # ... not 12x12
   with pytest.raises(UserError, match="--model='no_such_family' is not one of vanilla, bn_gap"):
     cnn.Config(model="no_such_family").validate()
+
+
+# -- other datasets through the CLIs: the course CNNs sized from the data, named by it ----------
+
+
+def write_dataset(path, shape, k, names=None):
+  """A learnable npz: class k brightens the k-th band of rows."""
+  rng = np.random.default_rng(0)
+  arrays = {}
+  for split, n in (("train", 40), ("val", 12), ("test", 12)):
+    labels = np.arange(n) % k
+    images = rng.integers(0, 60, (n, *shape))
+    for i, label in enumerate(labels):
+      images[i, label * shape[0] // k:(label + 1) * shape[0] // k] += 150
+    arrays[f"{split}_images"], arrays[f"{split}_labels"] = images.astype(np.uint8), labels
+  if names is not None:
+    arrays["class_names"] = np.array(names)
+  np.savez(path, **arrays)
+  return path
+
+
+def write_class_folders(root, classes=("ash", "birch", "cedar")):
+  rng = np.random.default_rng(1)
+  for k, name in enumerate(classes):
+    (root / name).mkdir(parents=True)
+    for i in range(12):
+      image = rng.integers(0, 60, (40, 40, 3))
+      image[k * 13:(k + 1) * 13] += 150
+      Image.fromarray(image.astype(np.uint8)).save(root / name / f"{i}.png")
+  return root
+
+
+CIFAR_NAMES = [f"kind{k}" for k in range(10)]
+DATASETS = {"cifar": ((32, 32, 3), 10, CIFAR_NAMES), "digits": ((28, 28, 1), 4, None),
+            "trees": ((48, 48, 3), 3, ["ash", "birch", "cedar"])}
+
+
+@pytest.fixture(scope="module")
+def other_datasets(tmp_path_factory):
+  """Both course CNNs trained one epoch through the CLI on a 32x32x3 10-class npz (class names
+  in it), a 28x28x1 4-class npz (none), and a folder of three class folders; and Q1's retrieval
+  on the first and the last. Returns the folder and {(dataset, model or 'hopfield'): process}."""
+  root = tmp_path_factory.mktemp("other_datasets")
+  write_dataset(root / "cifar.npz", (32, 32, 3), 10, CIFAR_NAMES)
+  write_dataset(root / "digits.npz", (28, 28, 1), 4)
+  write_class_folders(root / "trees")
+  paths = {"cifar": "cifar.npz", "digits": "digits.npz", "trees": "trees"}
+  procs = {}
+  for name, path in paths.items():
+    for model in ("vanilla", "bn_gap"):
+      procs[name, model] = run_cli("experiments.cnn", f"--model={model}", f"--data_path={path}",
+                                   "--epochs=1", f"--workdir={name}-{model}", "--notensorboard",
+                                   cwd=root)
+  for name in ("cifar", "trees"):
+    procs[name, "hopfield"] = run_cli("experiments.hopfield", "--parts=retrieval",
+                                      f"--data_path={paths[name]}", "--num_patterns=6",
+                                      "--num_show=2", "--betas=0.0003,0.03",
+                                      f"--workdir={name}-hopfield", cwd=root)
+  return root, procs
+
+
+@pytest.mark.xdist_group("other_datasets")
+@pytest.mark.parametrize("dataset", DATASETS)
+@pytest.mark.parametrize("model", ["vanilla", "bn_gap"])
+def test_the_course_cnns_train_on_other_datasets_sized_and_named_by_them(other_datasets,
+                                                                        dataset, model):
+  root, procs = other_datasets
+  out = ok(procs[dataset, model]).stdout
+  shape, k, names = DATASETS[dataset]
+  names = names or [f"class {i}" for i in range(k)]
+  count = cnn.param_count(cnn.Config(model=model), shape, k)
+  assert f"\n{model}: {count:,} trainable parameters\n" in out          # the trained model's
+  assert f"{dataset} data: " in out and f"{k} classes: {', '.join(names)}" in out
+  summary = json.loads((root / f"{dataset}-{model}" / "summary.json").read_text())
+  assert summary["data"]["classes"] == names and summary["trainable_params"] == count
+  assert summary["status"] == "completed"
+
+
+@pytest.mark.xdist_group("other_datasets")
+@pytest.mark.parametrize("dataset", ["cifar", "trees"])
+def test_q1_retrieval_stores_another_datasets_images(other_datasets, dataset):
+  root, procs = other_datasets
+  ok(procs[dataset, "hopfield"])
+  retrieval = json.loads((root / f"{dataset}-hopfield" / "summary.json").read_text())["retrieval"]
+  shape = DATASETS[dataset][0]
+  assert retrieval["source"].startswith(f"6 {dataset} train images from ")
+  assert retrieval["dim"] == shape[0] * shape[1] * shape[2]

@@ -133,8 +133,9 @@ class Patterns(NamedTuple):
 def load_patterns(config: Config, data_path: str | None = None,
                   log: Callable[[str], None] = print, download: str = "never",
                   data: ImageData | None = None) -> Patterns:
-  """N Intel train images when found (or asked for; `data` when already loaded), else N random
-  +-1 patterns of 48x48x3.
+  """N train images of the Intel data or any image dataset (`data_path`, or `data` when already
+  loaded) when found or asked for, else N random +-1 patterns of 48x48x3 (the betas are
+  checked again against the images' own dimension).
 
   Intel images are standardised per image (zero mean, unit variance over pixels), so that every
   stored pattern has the same norm sqrt(D): otherwise high-contrast images win every query.
@@ -164,8 +165,10 @@ def load_patterns(config: Config, data_path: str | None = None,
   pixels = images[chosen].reshape(config.num_patterns, -1).astype(np.float32) / 255.0
   offset, scale = pixels.mean(axis=1), pixels.std(axis=1) + 1e-6
   X = (pixels - offset[:, None]) / scale[:, None]
+  records.require([beta_check(config.betas, "betas", config.num_patterns, X.shape[1],
+                              config.noise if "noise" in config.queries else 0.0, "--noise")])
   return Patterns(X, images.shape[1:], offset, scale,
-                  f"{config.num_patterns} Intel train images from {data.source}")
+                  f"{config.num_patterns} {data.name} train images from {data.source}")
 
 
 def make_queries(patterns: Patterns, kind: str, noise: float, seed: int) -> np.ndarray:

@@ -56,7 +56,7 @@ def test_retrieval_stores_training_images_of_a_file_q2_would_refuse(tmp_path):
                  "--workdir=out", *TINY, cwd=tmp_path)
   assert proc.returncode == 0, proc.stderr
   assert json.loads((tmp_path / "out/summary.json").read_text())["retrieval"]["source"] == \
-      "6 Intel train images from npz sample.npz"
+      "6 intel train images from npz sample.npz"
 
 
 @pytest.mark.parametrize("args, fragments", [

@@ -21,7 +21,7 @@ def test_patterns_fall_back_to_random_and_use_intel_when_found(tmp_path, monkeyp
     retrieval.load_patterns(retrieval.Config(patterns="intel"), log=logged.append)
   npz = write_npz(tmp_path / "tiny.npz", n_train=12, n_val=6, n_test=6)
   images = retrieval.load_patterns(config, str(npz), log=logged.append)
-  assert "Intel" in images.source and images.shape == (48, 48, 3)
+  assert "intel train images" in images.source and images.shape == (48, 48, 3)
   np.testing.assert_allclose(np.linalg.norm(images.X, axis=1), math.sqrt(48 * 48 * 3), rtol=1e-4)
   with pytest.raises(UserError, match="only 12"):
     retrieval.load_patterns(retrieval.Config(num_patterns=13), str(npz), log=logged.append)
