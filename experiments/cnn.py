@@ -102,8 +102,9 @@ def main(argv):
   if FLAGS.from_torch is not None:
     torch_checkpoints.check_torch_cnn(config)          # before the file is read
     checkpoint, state_dict = torch_checkpoints.read_checkpoint(FLAGS.from_torch)
+    data = torch_checkpoints.check_torch_data(load_data())
     workdir = FLAGS.workdir or torch_checkpoints.default_workdir("cnn", FLAGS.from_torch)
-    torch_checkpoints.evaluate_cnn(checkpoint, state_dict, config, load_data(), workdir,
+    torch_checkpoints.evaluate_cnn(checkpoint, state_dict, config, data, workdir,
                                    fresh=FLAGS.fresh)
     print(f"outputs in {workdir}", flush=True)
     return

@@ -70,7 +70,8 @@ def table_2_1(rows: Sequence[TableRow]) -> str:
   epochs = sorted({trained_epochs(r) for row in rows for r in row.runs})
   per_row = len(epochs) > 1
   for row in rows:
-    seed = SEED_REPORT.get((row.model, row.learning_rate))
+    seed = (SEED_REPORT.get((row.model, row.learning_rate))       # runs on the Intel data only
+            if all(r.seed_report is not None for r in row.runs) else None)
     seedless = seedless or seed is None
     finals = [r.final for r in row.runs]
     course = any(r.config.pixels == "course" for r in row.runs)

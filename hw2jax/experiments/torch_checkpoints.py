@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -261,6 +262,30 @@ def check_torch_cnn(config: cnn.Config) -> cnn.Config:
   return config
 
 
+def _trained_classes(workdir: Path) -> tuple[str, ...]:
+  """The class names the run's summary.json records; none if it has no readable one."""
+  try:
+    data = json.loads((workdir / runlog.SUMMARY).read_text()).get("data")
+    return tuple(data.get("classes") or ()) if isinstance(data, dict) else ()
+  except (OSError, ValueError, AttributeError):
+    return ()
+
+
+def check_torch_data(data: ImageData) -> ImageData:
+  """`data` if the course's TorchCNN reads it (--from_torch): the Intel data's shape and classes."""
+  _intel_only(data.name, data.image_shape, data.num_classes, "--from_torch")
+  return data
+
+
+def _intel_only(name: str, shape, num_classes: int, flag: str, classes=None) -> None:
+  """The course's TorchCNN reads the Intel data: 48x48x3 images, its six classes."""
+  if (shape not in (None, cnn.INTEL_SHAPE) or num_classes != len(intel.CLASSES)
+      or (classes is not None and tuple(classes) != intel.CLASSES)):
+    raise UserError(f"{flag} reads and writes the course's TorchCNN, which takes the Intel "
+                    f"data (48x48x3 images, 6 classes); {name} is other data "
+                    f"({num_classes} classes)")
+
+
 def cnn_variables(config: cnn.Config, state_dict: Mapping[str, np.ndarray]) -> dict:
   """A TorchCNN state_dict -> variables of `config`'s model."""
   conv = np.shape(state_dict.get("blocks.0.block.0.weight", ()))
@@ -275,6 +300,7 @@ def evaluate_cnn(checkpoint: Checkpoint, state_dict: Mapping[str, np.ndarray],
                  fresh: bool = False, log: Callable[[str], None] = print) -> CnnTorchSummary:
   """Loss and accuracy of a PyTorch TorchCNN (`config.model`, `config.kernel_size`) on the
   validation and test images, with the trainer's evaluation, into `workdir`."""
+  check_torch_data(data)
   variables = cnn_variables(check_torch_cnn(config), state_dict)
   trainer = cnn.make_trainer(config)
   key = _workdir_key(checkpoint, "cnn", model=config.model, kernel_size=config.kernel_size,
@@ -329,6 +355,9 @@ def export_cnn(workdir: str | Path, path: str | Path,
     raise UserError(f"{workdir} holds no trained CNN run (for a --lr sweep give one of its "
                     "lr_<lr> folders); train one first with the same --workdir")
   config = check_torch_cnn(records.from_json(cnn.Config, saved))
+  classes = _trained_classes(workdir)
+  if classes:                 # (none recorded: a summary from before datasets had names, Intel's)
+    _intel_only(str(workdir), None, len(classes), "--to_torch", classes)
   torch_files.import_torch("--to_torch")
   with workdir_lib.locked(workdir, read_only=True):
     state = fit_lib.restore_best(workdir, cnn.new_state(config), best_metric="val_accuracy",

@@ -41,3 +41,13 @@ def test_table_2_1_explains_a_dash_only_when_a_seed_column_has_one():
   footnote = "— in a seed column"
   assert footnote not in _table(cnn_summary())
   assert footnote in _table(cnn_summary("bn_gap", 0.05), model="bn_gap", lr=0.05)
+
+
+def test_table_2_1_sets_no_seed_numbers_beside_runs_on_another_dataset():
+  """The seed report's numbers are the Intel data's: a run on other data (its summary holds no
+  seed_report) gets dashes in the seed columns, not the Intel run's accuracies."""
+  import dataclasses
+  other = dataclasses.replace(cnn_summary(), seed_report=None)
+  row = _table(other).splitlines()[2]
+  assert row.startswith("| vanilla | 0.01 | 0.7000 | 0.6800 | — | — |"), row
+  assert "| 0.7123 | 0.6907 |" in _table(cnn_summary()).splitlines()[2]

@@ -240,6 +240,8 @@ def other_datasets(tmp_path_factory):
       procs[name, model] = run_cli("experiments.cnn", f"--model={model}", f"--data_path={path}",
                                    "--epochs=1", f"--workdir={name}-{model}", "--notensorboard",
                                    cwd=root)
+  procs["cifar", "to_torch"] = run_cli("experiments.cnn", "--workdir=cifar-vanilla",
+                                      "--to_torch=cifar.pt", cwd=root)
   for name in ("cifar", "trees"):
     procs[name, "hopfield"] = run_cli("experiments.hopfield", "--parts=retrieval",
                                       f"--data_path={paths[name]}", "--num_patterns=6",
@@ -274,3 +276,21 @@ def test_q1_retrieval_stores_another_datasets_images(other_datasets, dataset):
   shape = DATASETS[dataset][0]
   assert retrieval["source"].startswith(f"6 {dataset} train images from ")
   assert retrieval["dim"] == shape[0] * shape[1] * shape[2]
+
+
+@pytest.mark.xdist_group("other_datasets")
+def test_the_pytorch_converters_refuse_other_datasets_in_one_line(other_datasets, tmp_path):
+  """The course's TorchCNN reads 48x48x3 images of Intel's six classes: a run on other data is
+  not exported (refused before PyTorch is needed), and other data is not evaluated."""
+  root, procs = other_datasets
+  refused = ("reads and writes the course's TorchCNN, which takes the Intel data (48x48x3 "
+             "images, 6 classes)", "(10 classes)")
+  assert_clean_failure(procs["cifar", "to_torch"], *refused)
+  assert not (root / "cifar.pt").exists()
+  torch = pytest.importorskip("torch")
+  from benchmarks.torch_baselines import TorchCNN
+  torch.save(TorchCNN(batch_norm=False).state_dict(), root / "vanilla.pt")
+  before = sorted(p.name for p in root.iterdir())
+  assert_clean_failure(run_cli("experiments.cnn", "--data_path=cifar.npz",
+                               "--from_torch=vanilla.pt", cwd=root), *refused)
+  assert sorted(p.name for p in root.iterdir()) == before                # no workdir made
