@@ -11,16 +11,21 @@ import sys
 import traceback
 from typing import Callable, Sequence
 
-import jax
-import jax.extend.backend
 from absl import app, flags, logging
 
-from hw2jax.cache import enable_compilation_cache
-from hw2jax.errors import UserError
-from hw2jax.train import sharding
-from hw2jax.train.trainer import EPOCH_MODES
-
 EXIT_USAGE = 2
+
+try:                      # JAX reads its JAX_* settings from the environment as it is imported
+  import jax
+  import jax.extend.backend
+except ValueError as e:   # JAX_ENABLE_X64=maybe, JAX_DEFAULT_MATMUL_PRECISION=garbage, ...
+  print(f"error: {e}; fix or unset it", file=sys.stderr, flush=True)
+  sys.exit(EXIT_USAGE)
+
+from hw2jax.cache import enable_compilation_cache  # noqa: E402  (after jax's settings are read)
+from hw2jax.errors import UserError  # noqa: E402
+from hw2jax.train import sharding  # noqa: E402
+from hw2jax.train.trainer import EPOCH_MODES  # noqa: E402
 
 
 def fail(message: str) -> None:
@@ -112,6 +117,9 @@ def run(main: Callable[[Sequence[str]], None], *, memory_flags: str = "--batch_s
     if len(argv) > 1:
       fail(f"unexpected arguments {' '.join(argv[1:])}; flags look like --name=value")
     try:
+      problem = xla_flags_problem(os.environ.get("XLA_FLAGS", ""))
+      if problem:
+        raise UserError(problem)
       if "distributed" in flags.FLAGS and flags.FLAGS.distributed:
         sharding.initialize_distributed()
         if not sharding.primary():    # process 0 prints the run's progress; errors stay
@@ -133,6 +141,9 @@ def run(main: Callable[[Sequence[str]], None], *, memory_flags: str = "--batch_s
         os._exit(EXIT_USAGE)
       if platform_failure(e):
         fail(describe_platform_error(jax.config.jax_platforms, _platforms_here()))
+      if "Unable to initialize backend" in str(e):
+        fail(f"JAX could not start its backend ({str(e).splitlines()[0][:200]}); check "
+             "XLA_FLAGS and JAX_PLATFORMS")
       if "RESOURCE_EXHAUSTED" not in str(e):
         raise
       fail(describe_out_of_memory(e, memory_flags))
@@ -141,7 +152,55 @@ def run(main: Callable[[Sequence[str]], None], *, memory_flags: str = "--batch_s
             file=sys.stderr, flush=True)
       sys.exit(130)
 
+  for stream in (sys.stdout, sys.stderr):          # a name in any script, on any terminal
+    if hasattr(stream, "reconfigure"):
+      stream.reconfigure(errors="backslashreplace")
+  sys.stdout = _Progress(sys.stdout)
   app.run(guarded, flags_parser=_parse_flags)
+
+
+def xla_flags_problem(text: str) -> str | None:
+  """XLA reads XLA_FLAGS when the backend starts and aborts the whole process (a C++ check and
+  a page of flags) on a value it cannot parse: the values we know it aborts on, checked first."""
+  for token in text.split():
+    name, _, value = token.lstrip("-").partition("=")
+    if name == "xla_force_host_platform_device_count" and not (
+        value.isdigit() and int(value) >= 1):
+      return (f"XLA_FLAGS: --{name}={value} must be a whole number of devices >= 1; fix or "
+              "unset it")
+  return None
+
+
+class _Progress:
+  """stdout for progress lines, which are a courtesy: a closed or full stdout (`| head`,
+  /dev/full) must not stop a run, whose metrics and results go to its workdir. The first
+  failed write says so once on stderr; later lines go nowhere."""
+
+  def __init__(self, stream):
+    self._stream = stream
+
+  def write(self, text: str) -> int:
+    try:
+      return self._stream.write(text)
+    except OSError as e:
+      self._lost(e)
+      return len(text)
+
+  def flush(self) -> None:
+    try:
+      self._stream.flush()
+    except OSError as e:
+      self._lost(e)
+
+  def __getattr__(self, name):
+    return getattr(self._stream, name)
+
+  def _lost(self, e: OSError) -> None:
+    # fd 1 onto /dev/null: what is still buffered, and the flush at exit, go nowhere quietly.
+    os.dup2(os.open(os.devnull, os.O_WRONLY), self._stream.fileno())
+    self._stream = open(os.devnull, "w")
+    print(f"warning: stdout failed ({e.strerror or e}); the run goes on, its metrics and "
+          "results are in its workdir", file=sys.stderr, flush=True)
 
 
 def platform_failure(e: BaseException) -> bool:

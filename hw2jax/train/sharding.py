@@ -125,6 +125,11 @@ def initialize_distributed() -> None:
   """
   kwargs = {"heartbeat_timeout_seconds": _seconds("HW2JAX_HEARTBEAT_TIMEOUT", HEARTBEAT_TIMEOUT),
             "initialization_timeout": _seconds("HW2JAX_INIT_TIMEOUT", INIT_TIMEOUT)}
+  address = os.environ.get("JAX_COORDINATOR_ADDRESS", "")
+  host, _, port = address.rpartition(":")
+  if address and not (host and " " not in host and port.isdigit() and 0 < int(port) < 65536):
+    raise UserError(f"JAX_COORDINATOR_ADDRESS={address!r} must be host:port (a port 1..65535), "
+                    "e.g. 10.0.0.1:1234")
   for name, key in (("JAX_NUM_PROCESSES", "num_processes"), ("JAX_PROCESS_ID", "process_id")):
     if os.environ.get(name):
       try:
