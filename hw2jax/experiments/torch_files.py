@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import os
 import pickle
+import pickletools
 import re
 import stat
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Mapping
 
@@ -99,7 +101,8 @@ def _unreadable(path: Path, e: Exception, warned: list[str]) -> UserError:
   text = str(e)
   found = (re.search(r"GLOBAL (\S+) whose module \S+ is blocked", text)
            or re.search(r"Unsupported global: GLOBAL (\S+)", text))
-  name = found[1] if found else ""
+  name = found[1] if found else next(
+      (g for g in _raw_pickle_globals(path) if g.split(".")[0] in CODE_MODULES), "")
   if name and ("." not in name or name.split(".")[0] in CODE_MODULES):
     return UserError(f"--from_torch={path} holds code (it calls {name}), which "
                      "torch.load(weights_only=True) refused to run; only tensors are read: "
@@ -118,6 +121,27 @@ def _unreadable(path: Path, e: Exception, warned: list[str]) -> UserError:
                    f"({type(e).__name__}{detail})")
 
 
+def _raw_pickle_globals(path: Path) -> list[str]:
+  """The globals ('module.name') a plain pickle file (not torch.save's zip) names, read from
+  its opcodes without running any: torch's loader fails on some raw pickles (protocol 4 and up)
+  before it says which globals they call."""
+  if zipfile.is_zipfile(path):
+    return []
+  names, strings = [], []
+  try:
+    with open(path, "rb") as f:
+      for op, arg, _ in pickletools.genops(f):
+        if op.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8"):
+          strings.append(arg)
+        elif op.name in ("GLOBAL", "INST"):
+          names.append(arg.replace(" ", "."))
+        elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+          names.append(f"{strings[-2]}.{strings[-1]}")
+  except Exception:  # not a pickle after all: what was read so far is all there is
+    pass
+  return names
+
+
 FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 INT_DTYPES = ("int64", "int32", "int16", "int8", "uint8")
 BN_COUNTER = torch_port.BN_COUNTER     # PyTorch's int64 BatchNorm step count (ignored on import)
@@ -128,7 +152,10 @@ def _weights(path: Path, key, value, torch) -> np.ndarray:
   tensor of finite float16/bfloat16/float32/float64 values (an integer BatchNorm
   num_batches_tracked too): an int or complex tensor would be cast silently to other weights,
   a NaN would be evaluated into NaN scores."""
-  if not isinstance(key, str) or not torch.is_tensor(value):
+  if not isinstance(key, str):
+    raise UserError(f"--from_torch={path}: entry key {key!r} ({type(key).__name__}) is not a "
+                    "parameter name, so this is no state_dict; save model.state_dict()")
+  if not torch.is_tensor(value):
     raise UserError(f"--from_torch={path}: entry {key!r} is of type {type(value).__name__}, "
                     "not a tensor, so this is no state_dict; save model.state_dict()")
   dtype = str(value.dtype).removeprefix("torch.")

@@ -262,6 +262,8 @@ def test_bad_flags_files_and_checkpoints_are_one_line_exit_2_and_create_no_workd
                       "torch.load(weights_only=True) refused to run"),
     ("protocol 4", "was pickled with protocol 4, which torch.load(weights_only=True) cannot "
                    "read; save it with torch.save's default pickle_protocol"),
+    ("os.system raw pickle, protocol 4", f"holds code (it calls {os.system.__module__}.system)"),
+    ("int key", "entry key 1 (int) is not a parameter name, so this is no state_dict"),
     ("named pipe", "x.pt: is a named pipe (FIFO), not a regular file"),
 ])
 def test_what_is_not_a_state_dict_is_one_line_and_warns_nothing(tmp_path, recwarn, content,
@@ -292,6 +294,10 @@ def test_what_is_not_a_state_dict_is_one_line_and_warns_nothing(tmp_path, recwar
     torch.save(CallsSystem(), path)
   elif content == "protocol 4":
     torch.save({"w": linear.weight.detach()}, path, pickle_protocol=4)
+  elif content == "os.system raw pickle, protocol 4":
+    path.write_bytes(pickle.dumps(CallsSystem(), protocol=4))
+  elif content == "int key":
+    torch.save({1: linear.weight.detach()}, path)
   elif content == "named pipe":
     os.mkfifo(path)                 # opening it would wait for a writer: the test would hang
   else:
