@@ -2,13 +2,13 @@
 are the folders'): <root>/<class>/<image>, split here (seeded, per class: 10% test, then 10% of
 the rest validation), or <root>/train/<class>/<image> beside test/ and optionally val/ (else
 10% of train validates). Images are decoded and resized to 48x48 as Kaggle's Intel images are
-(`intel_kaggle.decode_image`), and kept grey (one channel) when every image is; files that are
-not images are skipped and counted. Read on every run (the Intel data's conversion cache is its
-own)."""
+(`intel_kaggle.decode_paths`: files too large to be images are skipped unread), and kept grey
+(one channel) when every image is; files that are not images are skipped and counted. A class
+folder whose name holds a line break (or another control character) is refused. Read on every run
+(the Intel data's conversion cache is its own)."""
 
 from __future__ import annotations
 
-import concurrent.futures
 import os
 from pathlib import Path
 from typing import Callable
@@ -17,7 +17,7 @@ import numpy as np
 
 from hw2jax.data import intel_kaggle
 from hw2jax.data.images import SPLITS, ImageData
-from hw2jax.data.intel import IMAGE_SIZE
+from hw2jax.data.intel import printable
 from hw2jax.errors import UserError
 
 TEST_FRACTION = intel_kaggle.VAL_FRACTION
@@ -39,13 +39,16 @@ def load_class_folders(path: str | os.PathLike, *, log: Callable[[str], None] = 
                     "train/<class>/<image> inside it")
   files = _listed(path)                        # (split or None, class, file)
   classes = tuple(sorted({c for _, c, _ in files}))
-  log(f"{path.name} data: decoding {len(files)} images of {len(classes)} classes from {path} "
-      "at 48x48")
-  images, ok = _decode([f for _, _, f in files])
-  skipped = int((~ok).sum())
-  if skipped:
-    log(f"{path.name} data: skipped {skipped} unreadable or non-image files "
-        f"(e.g. {next(f for (_, _, f), good in zip(files, ok) if not good)})")
+  odd = next((c for c in classes if printable(c) != c), None)
+  if odd is not None:
+    raise UserError(f"{printable(path)}: the class folder '{printable(odd)}' has a line break or "
+                    "another control character in its name; rename it")
+  log(f"{printable(path.name)} data: decoding {len(files)} images of {len(classes)} classes from "
+      f"{printable(path)} at 48x48")
+  decoded = intel_kaggle.decode_paths([f for _, _, f in files])
+  images, ok, skipped = decoded.images, decoded.ok, decoded.skipped
+  for line in decoded.skip_lines([str(f) for _, _, f in files], f"{printable(path.name)} data"):
+    log(line)
   if ok.any() and (images[ok][..., :1] == images[ok]).all():
     images = images[..., :1]                   # every image grey: one channel
   labels = np.array([classes.index(c) for _, c, _ in files], np.int32)
@@ -73,17 +76,6 @@ def _listed(path: Path) -> list[tuple[str | None, str, Path]]:
     if folder is not None:
       listed += [(split, c.name, f) for c in _subfolders(folder) for f in _files(c)]
   return listed
-
-
-def _decode(files: list[Path]) -> tuple[np.ndarray, np.ndarray]:
-  """Every file decoded (threads: PIL releases the GIL) -> (N, 48, 48, 3) images, ok mask."""
-  images = np.zeros((len(files), IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
-  ok = np.zeros(len(files), bool)
-  with concurrent.futures.ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
-    for i, img in enumerate(pool.map(lambda f: intel_kaggle.decode_image(f.read_bytes()), files)):
-      if img is not None:
-        images[i], ok[i] = img, True
-  return images, ok
 
 
 def _split_indices(splits: np.ndarray, labels: np.ndarray, ok: np.ndarray, seed: int

@@ -33,8 +33,16 @@ SPLITS = images.SPLITS
 PIXELS = ("correct", "course")
 # How flat (N, 6912) images are ordered: height-width-channel (decoded JPEGs) or channels-first.
 LAYOUTS = ("hwc", "chw")
-# A Kaggle image's path: seg_<split>/[seg_<split>/]<class>/<file>.
-ENTRY_RE = re.compile(r"(?:^|/)seg_(train|test)/(?:seg_(?:train|test)/)?([^/]+)/([^/]+)$")
+# A Kaggle image's path: seg_<split>/[seg_<split>/]<class>/<file>. A file beside the class
+# folders (seg_test/seg_test/readme.txt) is none: its folder is a split's, not a class.
+ENTRY_RE = re.compile(r"(?:^|/)seg_(train|test)/(?:seg_(?:train|test)/)?(?!seg_(?:train|test)/)"
+                      r"([^/]+)/([^/]+)$")
+
+
+def printable(text) -> str:
+  """`text` with line breaks and other control characters written as Python escapes them
+  ('\\n'), so a one-line message that quotes a file or folder name stays one line."""
+  return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
 
 
 def course_pixels(images: np.ndarray) -> np.ndarray:
@@ -108,11 +116,21 @@ def check_splits(data: ImageData, log: Callable[[str], None] = print,
   if problem:
     raise UserError(f"{data.source}: {problem}")
   present = set(np.unique(data.split("train")[1]).tolist())
-  absent = [c for i, c in enumerate(data.classes) if i not in present]
+  absent = [i for i in range(len(data.classes)) if i not in present]
   if absent:
-    log(f"{data.name} data: WARNING: no training image of class {', '.join(absent)} (an empty "
-        f"folder?); training on {len(data.classes) - len(absent)} classes")
+    log(f"{printable(data.name)} data: WARNING: no training image of class "
+        f"{', '.join(_absence(data, i) for i in absent)}; training on "
+        f"{len(data.classes) - len(absent)} classes")
   return data
+
+
+def _absence(data: ImageData, label: int) -> str:
+  """Class `label`, which training lacks, and why: the splits that hold its images (on little
+  data the validation draw may take a class's only image), else an empty folder."""
+  held = [s for s in SPLITS if s != "train" and (data.split(s)[1] == label).any()]
+  where = (f"its images are all in the {' and '.join(held)} split{'s' if len(held) > 1 else ''}"
+           if held else "an empty folder?")
+  return f"{printable(data.classes[label])} ({where})"
 
 
 def split_problem(data: ImageData, splits: tuple[str, ...] = SPLITS) -> str | None:

