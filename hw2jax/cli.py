@@ -23,7 +23,7 @@ except ValueError as e:   # JAX_ENABLE_X64=maybe, JAX_DEFAULT_MATMUL_PRECISION=g
   sys.exit(EXIT_USAGE)
 
 from hw2jax.cache import enable_compilation_cache  # noqa: E402  (after jax's settings are read)
-from hw2jax.errors import UserError  # noqa: E402
+from hw2jax.errors import AbandonedWorkError, UserError  # noqa: E402
 from hw2jax.train import sharding  # noqa: E402
 from hw2jax.train.trainer import EPOCH_MODES  # noqa: E402
 
@@ -127,6 +127,10 @@ def run(main: Callable[[Sequence[str]], None], *, memory_flags: str = "--batch_s
           os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
       enable_compilation_cache()
       main(argv)
+    except AbandonedWorkError as e:      # what the run keeps is on disk: do not wait
+      print(f"error: {e}", file=sys.stderr, flush=True)
+      sys.stdout.flush()
+      os._exit(EXIT_USAGE)
     except UserError as e:
       fail(str(e))
     except OSError as e:

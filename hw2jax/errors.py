@@ -6,3 +6,9 @@ class UserError(Exception):
 
   The message is one line that says what was wrong and what to do about it.
   """
+
+
+class AbandonedWorkError(UserError):
+  """A UserError after which background work cannot finish (an Orbax save that failed half-way
+  leaves threads waiting for signals that never come, for minutes): the CLI reports it and
+  exits without waiting for them."""

@@ -141,3 +141,24 @@ def test_an_ascii_terminal_gets_escapes_not_a_traceback(tmp_path):
                              capture_output=True, text=True, timeout=600)
   assert predicted.returncode == 0 and "greedy" in predicted.stdout, predicted.stderr[-2000:]
   assert "\\u" in predicted.stdout or word.isascii()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("length", [3900, 3990, 4060, 4200])
+def test_a_workdir_path_near_or_beyond_path_max_is_one_line(tmp_path, length):
+  """Near PATH_MAX (4096) a workdir can be made but a checkpoint file deep inside it cannot:
+  TensorStore's failure, in an asynchronous write, is one line too, with no asyncio spill."""
+  write_npz(tmp_path / "tiny.npz", n_train=24, n_val=6, n_test=6)
+  parts, size = [], len(str(tmp_path))
+  while size < length:
+    parts.append("d" * min(200, length - size - 1))
+    size += len(parts[-1]) + 1
+  proc = run_cli("experiments.cnn", "--data_path=tiny.npz", "--epochs=1", "--channels=4,8,16",
+                 "--notensorboard", f"--workdir={tmp_path.joinpath(*parts)}", cwd=tmp_path,
+                 timeout=120)          # Orbax's abandoned threads once held the exit for 300 s
+  if length == 4060:                   # the workdir is made, a checkpoint file's path too long
+    assert_clean_failure(proc, "has a longer path than the file system allows")
+  elif proc.returncode != 0:
+    assert_clean_failure(proc)
+  for spill in ("Traceback", "Future exception", "never awaited", "never retrieved"):
+    assert spill not in proc.stderr

@@ -62,6 +62,7 @@ class Config:
         (self.optimizer in ("sgd", "adam"), f"--optimizer={self.optimizer!r}: use sgd or adam"),
         (records.positive(self.learning_rate),
          f"--lr={self.learning_rate} must be a positive number"),
+        optimizer_lib.rate_check(self.learning_rate),
         (self.epochs >= 1, f"--epochs={self.epochs} must be at least 1"),
         (self.batch_size >= 1, f"--batch_size={self.batch_size} must be at least 1"),
         (self.eval_batch_size >= 1, f"eval batch size {self.eval_batch_size} must be >= 1"),

@@ -64,6 +64,7 @@ class Config:
     records.require([
         (records.positive(self.learning_rate),
          f"--lr={self.learning_rate} must be a positive number"),
+        optimizer_lib.rate_check(self.learning_rate),
         (self.epochs >= 1, f"--epochs={self.epochs} must be at least 1"),
         (self.batch_size >= 1, f"--batch_size={self.batch_size} must be at least 1"),
         (self.hidden_size >= 2 and self.hidden_size % 2 == 0,

@@ -2,13 +2,15 @@
 
 Layout: <workdir>/checkpoints/<epoch>/{state,meta}: the last `keep_latest` epochs and the best
 one by the run's validation metric (Orbax's `LatestN` + `BestN` preservation policies; the best
-epoch is written once, not twice). `meta` is JSON (epoch, history, best record, and a
-fingerprint of the state, so that damage Orbax itself would not notice is found on restore).
+epoch is written once, not twice). `meta` is JSON (epoch, history, best record, the
+JAX_ENABLE_X64 setting, a fingerprint of the state and one of the meta itself, so that damage
+Orbax itself would not notice, or an edited history, is found on restore; metas written before
+the meta's own fingerprint are read unchecked).
 
-A checkpoint that cannot be read, or whose state does not match its fingerprint, is moved to
-<workdir>/checkpoints/corrupt/<epoch>-<time>/ (never deleted) with one line saying so, and the
-previous one is used: a damaged step must not block the save of the same epoch when it is
-trained again. Workdirs of the older layout (checkpoints/latest/ and checkpoints/best/, two
+A checkpoint that cannot be read, or whose state or meta does not match its fingerprint, is
+moved to <workdir>/checkpoints/corrupt/<epoch>-<time>/ (never deleted) with one line saying so,
+and the previous one is used: a damaged step must not block the save of the same epoch when it
+is trained again. Workdirs of the older layout (checkpoints/latest/ and checkpoints/best/, two
 managers) are adopted into this one on first use. A full disk while writing becomes one line.
 """
 
@@ -23,6 +25,7 @@ import re
 import shutil
 import sys
 import threading
+import warnings
 import traceback
 from pathlib import Path
 from typing import Any, Callable
@@ -32,7 +35,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
-from hw2jax.errors import UserError
+from hw2jax.errors import AbandonedWorkError, UserError
 from hw2jax.train import sharding
 from hw2jax.train.trainer import TrainState
 
@@ -44,6 +47,8 @@ _ORBAX = threading.RLock()
 CORRUPT = "corrupt"
 LEGACY = ("latest", "best")      # the two managers of the layout before 2026-12-02
 _STEP_RE = re.compile(r"^\d+$")
+X64 = "jax_enable_x64"               # the meta's key for the dtype setting a state was trained in
+META_FINGERPRINT = "meta_fingerprint"
 # How Orbax/TensorStore say that a stored array does not fit the template it is restored into.
 _MISFIT = re.compile(r"not compatible with the stored shape|[Ss]hape mismatch|"
                      r"[Rr]equested shape")
@@ -63,6 +68,26 @@ def fingerprint(state: TrainState) -> str:
     h.update(f"{a.dtype}{a.shape}".encode())
     h.update(a.tobytes())
   return h.hexdigest()
+
+
+def x64_enabled() -> bool:
+  """Whether JAX computes in 64 bits (JAX_ENABLE_X64), the setting each checkpoint records."""
+  return bool(jax.config.read("jax_enable_x64"))
+
+
+def meta_fingerprint(meta: dict) -> str:
+  """A hash of a checkpoint's meta as JSON reads it back (every key but this hash itself)."""
+  body = {k: v for k, v in meta.items() if k != META_FINGERPRINT}
+  text = json.dumps(body, sort_keys=True)
+  return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+def meta_intact(meta: dict) -> bool:
+  """Whether `meta` matches its own fingerprint; a meta of this version must carry one (it
+  records X64 too), one written before it (no X64 either) is taken as it is."""
+  if META_FINGERPRINT not in meta:
+    return X64 not in meta
+  return meta[META_FINGERPRINT] == meta_fingerprint(meta)
 
 
 def refuse_old_layout(root: Path) -> None:
@@ -103,8 +128,9 @@ def _quiet_orbax_leftovers() -> None:
 
 def newest_meta(workdir: str | Path, key: str | None = None) -> tuple[int, dict] | None:
   """(epoch, meta) of the newest step under <workdir>/checkpoints whose meta reads as a JSON
-  object (holding `key`, if given), straight from disk: no Orbax manager, nothing written or
-  moved, so the check before a resume and read-only commands can use it. None if none."""
+  object matching its fingerprint (holding `key`, if given), straight from disk: no Orbax
+  manager, nothing written or moved, so the check before a resume and read-only commands can
+  use it. None if none."""
   root = Path(workdir) / "checkpoints"
   steps = sorted((int(p.name) for p in root.iterdir() if p.is_dir() and _STEP_RE.match(p.name)),
                  reverse=True) if root.is_dir() else []
@@ -113,7 +139,8 @@ def newest_meta(workdir: str | Path, key: str | None = None) -> tuple[int, dict]
       meta = json.loads((root / str(epoch) / "meta" / "metadata").read_text())
     except (OSError, ValueError, UnicodeDecodeError):
       continue
-    if isinstance(meta, dict) and (key is None or isinstance(meta.get(key), dict)):
+    if (isinstance(meta, dict) and meta_intact(meta)
+        and (key is None or isinstance(meta.get(key), dict))):
       return epoch, meta
   return None
 
@@ -125,10 +152,15 @@ def _ranking(metrics: dict) -> tuple[float, int]:
 
 
 def _disk_full(e: BaseException) -> bool:
+  return (_caused_by(e, errno.ENOSPC, "No space left on device")
+          or _caused_by(e, errno.ENOSPC, "RESOURCE_EXHAUSTED: Disk"))
+
+
+def _caused_by(e: BaseException, code: int, text: str) -> bool:
+  """Whether `e` or an exception behind it is the OSError `code`, or says `text` (TensorStore
+  reports file-system errors as a ValueError with the system's message in it)."""
   while e is not None:
-    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
-      return True
-    if "No space left on device" in str(e) or "RESOURCE_EXHAUSTED: Disk" in str(e):
+    if (isinstance(e, OSError) and e.errno == code) or text in str(e):
       return True
     e = e.__cause__ or e.__context__
   return False
@@ -175,7 +207,9 @@ class Checkpoints:
            record: dict[str, Any]) -> None:
     """Saves `state` as epoch `epoch` (asynchronously); `record` (the epoch's metrics) ranks
     it for the best checkpoint (without `best_metric`, e.g. diverged: never the best)."""
-    meta = {**meta, "fingerprint": fingerprint(state)}
+    meta = {**meta, X64: x64_enabled(), "fingerprint": fingerprint(state)}
+    meta = json.loads(json.dumps(meta))
+    meta[META_FINGERPRINT] = meta_fingerprint(meta)        # of the meta as it will read back
     score = record.get(self.best_metric)
     metrics = None if score is None else {"score": self._sign * score, "epoch": epoch}
     with self._disk_errors():
@@ -227,10 +261,12 @@ class Checkpoints:
         restored = self._manager.restore(epoch, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
       state, meta = template.replace(**restored["state"]), dict(restored["meta"])
-      if meta.get("epoch") != epoch:
-        raise ValueError(f"its metadata is of epoch {meta.get('epoch')}")
       if "fingerprint" in meta and fingerprint(state) != meta["fingerprint"]:
         raise ValueError("its arrays do not match the fingerprint saved with them")
+      if not meta_intact(meta):
+        raise ValueError("its metadata does not match the fingerprint saved with it")
+      if meta.get("epoch") != epoch:
+        raise ValueError(f"its metadata is of epoch {meta.get('epoch')}")
     except Exception as e:  # a damaged checkpoint must not end or wedge the run: set it aside
       first = str(e).split(". See full TensorStore")[0].splitlines()[0] if str(e) else ""
       if _MISFIT.search(str(e)):   # healthy, but of another model: not damage, nothing moved
@@ -313,6 +349,12 @@ class Checkpoints:
     try:
       yield
     except Exception as e:
+      # The failed save leaves Orbax coroutines unawaited; each would warn at exit.
+      warnings.filterwarnings("ignore", r"coroutine .* was never awaited", RuntimeWarning)
+      if _caused_by(e, errno.ENAMETOOLONG, "File name too long"):
+        raise AbandonedWorkError(
+            f"a checkpoint file under {self.root} has a longer path than the file system allows "
+            "(File name too long); use a shorter --workdir") from None
       if not _disk_full(e):
         raise
       self._finish_earlier_saves()

@@ -1,16 +1,20 @@
 """The epoch loop shared by every experiment: train, evaluate, log, checkpoint, resume, stop on NaN.
 
 `fit` resumes from the newest readable checkpoint in the workdir, so rerunning the same command
-continues where a run stopped; an epoch with a non-finite training loss ends the run cleanly
-("diverged at epoch k") and a resumed diverged run stays stopped. A workdir whose metrics show
-more finished epochs than its checkpoints can account for (checkpoints deleted or all damaged)
-is refused rather than silently trained again from scratch over the user's results.
+continues where a run stopped; an epoch with a non-finite training loss, non-finite weights
+(checked once an epoch, on the device) or a non-finite validation number ends the run cleanly
+("diverged at epoch k"; such an epoch is never the best) and a resumed diverged run stays
+stopped. A checkpoint is resumed only at the learning rate and under the JAX_ENABLE_X64 setting
+it was trained with. A workdir whose metrics show more finished epochs than its checkpoints
+can account for (checkpoints deleted or all damaged) is refused rather than silently trained
+again from scratch over the user's results.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -19,6 +23,7 @@ from typing import Any, Callable, Sequence
 from hw2jax.errors import UserError
 from hw2jax.train import checkpoints as ckpt_lib
 from hw2jax.train import runlog, sharding
+from hw2jax.train import trainer as trainer_lib
 from hw2jax.train import tensorboard as tb
 from hw2jax.train.optimizer import learning_rate
 from hw2jax.train.trainer import Trainer, TrainState
@@ -29,7 +34,7 @@ class FitResult:
   state: TrainState                  # the final state (the last epoch trained)
   history: list[dict]                # one record per epoch, as in metrics.jsonl
   best: dict | None                  # the record of the best epoch by `best_metric`
-  diverged_at: int | None            # 1-based epoch whose training loss was not finite
+  diverged_at: int | None            # 1-based epoch whose loss or weights were not finite
   resumed_from: int                  # epochs already done when this call started
 
   @property
@@ -99,6 +104,7 @@ def _fit(trainer, state, train_data, checkpoints, board, *, epochs, evaluate, wo
   restored = checkpoints.restore(state)
   if restored is not None:
     _same_learning_rate(learning_rate(restored[0]), rate, checkpoints.root)
+    _same_x64(restored[1].get(ckpt_lib.X64), checkpoints.root)
     state, meta = restored
     history = list(meta["history"])
     best_record = meta.get("best")
@@ -124,19 +130,22 @@ def _fit(trainer, state, train_data, checkpoints, board, *, epochs, evaluate, wo
     record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": train_metrics["loss"]}
     if "accuracy" in train_metrics:
       record["train_accuracy"] = train_metrics["accuracy"]
-    if not math.isfinite(train_metrics["loss"]):
+    why = _divergence(train_metrics["loss"], state)
+    evaluated = {} if why else evaluate(state)
+    why = why or _non_finite(evaluated)
+    if why:
       diverged_at = epoch + 1
       record["seconds"] = time.perf_counter() - t0
-      record["train_loss"] = None        # JSON has no NaN; "diverged" says why
-      record["diverged"] = True
+      if not math.isfinite(record["train_loss"]):
+        record["train_loss"] = None      # JSON has no NaN; "diverged" says why
+      record["diverged"] = True          # no validation numbers: none is the best, or reported
       history.append(record)
       checkpoints.save(epoch + 1, state, _meta(epoch + 1, history, best_record, diverged_at,
                                                extra_meta), record)
       rlog.append(record)
-      log(f"{prefix}diverged at epoch {diverged_at}: the training loss is "
-          f"{train_metrics['loss']}; stopping this run")
+      log(f"{prefix}diverged at epoch {diverged_at}: {why}; stopping this run")
       break
-    record.update(evaluate(state))
+    record.update(evaluated)
     record["seconds"] = time.perf_counter() - t0
     if _is_better(record[best_metric], best_record and best_record[best_metric], best_mode):
       best_record = dict(record)
@@ -160,6 +169,35 @@ def _same_learning_rate(stored: float | None, wanted: float | None, root: Path) 
     rate = lambda found: "none" if found is None else f"{found:.6g}"
     raise UserError(f"the checkpoints in {root} were trained at learning rate {rate(stored)}, "
                     f"this run asks for {rate(wanted)}; use another --workdir, or --fresh")
+
+
+def _same_x64(stored: bool | None, root: Path) -> None:
+  """A float32 run resumed under JAX_ENABLE_X64=1 (or the reverse) trains on in another dtype:
+  refused like another learning rate. `stored`: the checkpoint's setting (None: written before
+  it was recorded, accepted)."""
+  now = ckpt_lib.x64_enabled()
+  if stored is not None and bool(stored) != now:
+    setting = lambda on: "JAX_ENABLE_X64=1" if on else "JAX_ENABLE_X64 unset (float32)"
+    raise UserError(f"the checkpoints in {root} were trained with {setting(stored)}, this run "
+                    f"has {setting(now)}; resume with the setting it was trained with, use "
+                    "another --workdir, or --fresh")
+
+
+def _divergence(train_loss: float, state: TrainState) -> str | None:
+  """Why an epoch diverged, from its training loss and its weights (one device check)."""
+  if not math.isfinite(train_loss):
+    return f"the training loss is {train_loss}"
+  if not trainer_lib.finite(state):
+    return "its weights are not finite"
+  return None
+
+
+def _non_finite(evaluated: dict) -> str | None:
+  """Why validation numbers (e.g. a NaN val_loss of overflowing weights) end the run."""
+  for key, value in evaluated.items():
+    if isinstance(value, numbers.Real) and not math.isfinite(value):
+      return f"{key} is {value}"
+  return None
 
 
 def _check_nothing_lost(workdir: Path, restored_epochs: int, root: Path) -> None:

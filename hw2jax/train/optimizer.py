@@ -9,11 +9,18 @@ rate and is cached: runs that differ only in the rate share one compiled step.
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
+
+# The rates the optimizer state holds as themselves (it keeps the rate in float32, under
+# JAX_ENABLE_X64 too): smaller ones are 0 or subnormal there (which some devices flush to 0),
+# larger ones inf.
+RATE_RANGE = (float(np.finfo(np.float32).tiny), float(np.finfo(np.float32).max))
 
 
 class Optimizer(NamedTuple):
@@ -44,6 +51,17 @@ def make_optimizer(name: str, learning_rate: float, l2_decay: float = 0.0,
   if name not in ("sgd", "adam"):
     raise ValueError(f"optimizer must be 'sgd' or 'adam', got {name!r}")
   return Optimizer(_optimizer(name, float(l2_decay), update_scale), float(learning_rate))
+
+
+def rate_check(rate: float, flag: str = "--lr") -> tuple[bool, str]:
+  """`records.require`'s check that a positive, finite `rate` is a normal float32 number: 1e-300
+  would train at 0 (nothing learnt) and 1e39 at inf, both under the label of the rate asked for.
+  Other values pass (the positivity check that precedes it names them)."""
+  low, high = RATE_RANGE
+  real = isinstance(rate, (int, float)) and math.isfinite(rate) and rate > 0
+  ok = not real or low <= rate <= high
+  return ok, (f"{flag}={rate} is {'0 or subnormal' if real and rate < low else 'inf'} in "
+              f"float32, the dtype the rate trains in; use a rate in [{low:.4g}, {high:.4g}]")
 
 
 def learning_rate(state) -> float | None:

@@ -387,6 +387,19 @@ def count_params(params) -> int:
   return int(sum(math.prod(p.shape) for p in jax.tree_util.tree_leaves(params)))
 
 
+def finite(state: TrainState) -> bool:
+  """Whether every float of the state's weights (params, batch_stats, optimizer state) is
+  finite: one reduction on the device and one value to the host, for a check once an epoch."""
+  return bool(sharding.to_host(_all_finite((state.params, state.batch_stats, state.opt_state))))
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+  checks = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)
+            if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(checks)) if checks else jnp.asarray(True)
+
+
 def _num_examples(data) -> int:
   sizes = {a.shape[0] for a in jax.tree_util.tree_leaves(data)}
   if len(sizes) != 1:
