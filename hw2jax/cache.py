@@ -1,5 +1,6 @@
 """Where hw2jax keeps what it can rebuild: converted datasets and compiled XLA programs, and
-how a cache file is written so that no failure (full disk, Ctrl-C, kill -9) leaves debris."""
+how hw2jax writes a file: so that no failure (full disk, Ctrl-C, kill -9) leaves debris, and
+never through a symbolic link planted at its name or its temp file's (the link is replaced)."""
 
 from __future__ import annotations
 
@@ -60,18 +61,53 @@ def temp_path(path: Path) -> Path:
 def write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> None:
   """Writes `path` through `write(file)` into `temp_path(path)`, then renames it into place:
   readers see the old file or the whole new one. On any failure (a full disk, Ctrl-C) the temp
-  file is removed before the exception goes on; only kill -9 leaves it (`remove_stale_temps`)."""
+  file is removed before the exception goes on; only kill -9 leaves it (`remove_stale_temps`).
+  No link is followed: the temp file is created new (`create_new`), and the rename replaces a
+  link at `path` itself. An OSError names `path`, not the temp file (a folder in its place:
+  "Is a directory: <path>")."""
+  path = Path(path)
   tmp = temp_path(path)
   try:
-    with open(tmp, "wb") as f:
+    with create_new(tmp) as f:
       write(f)
       f.flush()
       os.fsync(f.fileno())
     os.replace(tmp, path)
-  except BaseException:
+  except BaseException as e:
     with contextlib.suppress(OSError):  # the write's own error is the one to report
       tmp.unlink(missing_ok=True)
+    if isinstance(e, OSError) and e.filename == str(tmp):
+      raise type(e)(e.errno, e.strerror, str(path)) from None
     raise
+
+
+def write_file(path: str | Path, content: str | bytes | Callable[[BinaryIO], None]) -> None:
+  """Writes `content` (text as UTF-8, bytes, or what a function writes into the open file) to
+  `path` with `write_atomically`, first removing the temp files killed writers of `path` left."""
+  path = Path(path)
+  if isinstance(content, (str, bytes)):
+    data = content.encode() if isinstance(content, str) else content
+    content = lambda f: f.write(data)
+  remove_stale_temps(path.parent, f"{path.stem}.tmp-")
+  write_atomically(path, content)
+
+
+def create_new(path: Path) -> BinaryIO:
+  """`path` opened for writing as a new file, never through a link: whatever is at that name
+  (the leftover of a process that had this pid, or a link planted there) is removed first, and
+  the file is created exclusively (O_EXCL never follows a link)."""
+  with contextlib.suppress(FileNotFoundError):
+    os.unlink(path)                     # a link itself, never its target
+  exclusive = os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+  return open(path, "wb", opener=lambda name, flags: os.open(name, flags | exclusive, 0o666))
+
+
+def path_component(name: str) -> str:
+  """`name` as one folder or file name inside its parent, whatever the user string it comes
+  from (a file stem, a label): a separator or NUL becomes '_', and a name that would be its
+  parent, its grandparent or nothing ('.', '..', '') gets a leading '_'."""
+  safe = re.sub(r"[/\\\x00]", "_", name)
+  return f"_{safe}" if safe in ("", ".", "..") else safe
 
 
 def remove_stale_temps(folder: Path, prefix: str) -> list[Path]:

@@ -12,7 +12,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from hw2jax import markdown, plots, records
+from hw2jax import cache, markdown, plots, records
 from hw2jax.data import intel
 from hw2jax.data.images import ImageData
 from hw2jax.errors import UserError
@@ -143,7 +143,7 @@ class Config:
       value = getattr(self, field)
       if value != getattr(default, field):
         parts.append(fmt(value))
-    return "-".join(parts)
+    return cache.path_component("-".join(parts))      # one folder, whatever a family is named
 
 
 def pooling_label(maxpool: bool) -> str:

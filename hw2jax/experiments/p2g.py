@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 import jax
 import jax.numpy as jnp
 
-from hw2jax import markdown, plots, records
+from hw2jax import cache, markdown, plots, records
 from hw2jax.data import phonemes
 from hw2jax.errors import UserError
 from hw2jax.experiments import spellings
@@ -300,7 +300,7 @@ def _train_and_evaluate(config, data, workdir, trainer, *, decoding_options, fre
   table = tables_3([TableRow(config.attention, [summary])]) + (
       f"\nCheckpoint: {summary.evaluated_checkpoint}. Seed numbers: the course data (this run: "
       f"{data.source}).\n")
-  (workdir / TABLES).write_text(table)
+  cache.write_file(workdir / TABLES, table)
   if result.history:
     plots.plot_history(
         result.history, workdir / CER_PLOT,

@@ -13,7 +13,7 @@ from typing import Sequence
 import jax
 import numpy as np
 
-from hw2jax import metrics, plots, records
+from hw2jax import cache, metrics, plots, records
 from hw2jax.data import phonemes
 from hw2jax.models import decoding, seq2seq
 from hw2jax.train import trainer as trainer_lib
@@ -139,7 +139,7 @@ def decode_test(options: Decoding, decoders: Decoders, params, test: Split, seed
   header = "\t".join(["phonemes", "gold", *columns])
   rows = ["\t".join([" ".join(p), g, *(c[i] for c in columns.values())])
           for i, (p, g) in enumerate(test.pairs)]
-  (workdir / PREDICTIONS).write_text("\n".join([header, *rows]) + "\n")
+  cache.write_file(workdir / PREDICTIONS, "\n".join([header, *rows]) + "\n")
   if out.attention is not None:
     plot_attention(test.pairs[:ATTENTION_WORDS], greedy[:ATTENTION_WORDS],
                    out.attention[:ATTENTION_WORDS], workdir / ATTENTION_PLOT)

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from typing import Callable, Sequence
 
+from hw2jax import cache
 from hw2jax.data.images import ImageData
 from hw2jax.errors import UserError
 from hw2jax.experiments import cnn, cnn_tables
@@ -32,7 +33,8 @@ def run_dirs(config: cnn.Config, learning_rates: Sequence[float], workdir: str |
   before anything trains."""
   dirs: dict[float, Path] = {}
   for lr, run in run_configs(config, learning_rates).items():
-    path = Path(root) / run.run_name() if workdir is None else Path(workdir) / f"lr_{lr:g}"
+    path = (Path(root) / run.run_name() if workdir is None else
+            Path(workdir) / cache.path_component(f"lr_{lr:g}"))
     same = [other for other, p in dirs.items() if p == path]
     if same:
       raise UserError(f"--lr rates {same[0]!r} and {lr!r} both name the folder {path} (a "
@@ -76,7 +78,7 @@ def _sweep(config, learning_rates, data, workdir, dirs, *, fresh, log
             for lr, d in dirs.items()}
   table = cnn_tables.table_2_1([cnn_tables.TableRow(s.config.model, s.config.learning_rate, [s],
                                       curves[s.config.learning_rate]) for s in summaries])
-  (workdir / cnn.TABLE).write_text(table)
+  cache.write_file(workdir / cnn.TABLE, table)
   runlog.write_json(workdir / cnn.SWEEP, [s.to_json() for s in summaries])
   log(table)
   return summaries

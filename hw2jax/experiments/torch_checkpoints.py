@@ -29,7 +29,7 @@ from typing import Callable, Mapping
 import jax
 import numpy as np
 
-from hw2jax import markdown, records
+from hw2jax import cache, markdown, records
 from hw2jax.data import intel, phonemes
 from hw2jax.data.images import ImageData
 from hw2jax.errors import UserError
@@ -48,8 +48,9 @@ TORCH_CNN_CHANNELS = (32, 64, 128)     # what benchmarks.torch_baselines.TorchCN
 
 
 def default_workdir(task: str, path: str | Path) -> str:
-  """runs/<task>/from_torch/<file stem>: where `--from_torch=<path>` writes without --workdir."""
-  return f"runs/{task}/from_torch/{Path(path).stem}"
+  """runs/<task>/from_torch/<file stem>: where `--from_torch=<path>` writes without --workdir
+  (a stem such as '..', of '...pt', is made one folder inside from_torch: `path_component`)."""
+  return f"runs/{task}/from_torch/{cache.path_component(Path(path).stem)}"
 
 
 def one_mode(**given: str | None) -> None:
@@ -177,7 +178,7 @@ def evaluate_p2g(checkpoint: Checkpoint, state_dict: Mapping[str, np.ndarray],
 def _finish(workdir: Path, summary, table: str, log: Callable[[str], None]):
   """Writes summary.json and tables.md, prints the table, returns the summary."""
   runlog.write_json(workdir / runlog.SUMMARY, records.to_json(summary))
-  (workdir / TABLES).write_text(table)
+  cache.write_file(workdir / TABLES, table)
   log(table)
   return summary
 

@@ -192,7 +192,9 @@ def write_state_dict(arrays: Mapping[str, np.ndarray], path: str | Path) -> Path
   tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
   try:
     # np.array copies (writable, C order) and keeps 0-d entries such as num_batches_tracked 0-d.
-    torch.save({k: torch.from_numpy(np.array(v, order="C")) for k, v in arrays.items()}, tmp)
+    state = {k: torch.from_numpy(np.array(v, order="C")) for k, v in arrays.items()}
+    with cache.create_new(tmp) as f:          # never through a link planted at the temp name
+      torch.save(state, f)
     os.replace(tmp, path)
   except RuntimeError as e:     # how torch.save reports a full disk ("unexpected pos ...")
     raise UserError(f"--to_torch={path} could not be written (torch.save: {_first_line(e)}); "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -84,8 +85,11 @@ class RunLog:
   def append(self, record: dict) -> None:
     if not primary():
       return
-    with open(self.path, "a") as f:
-      f.write(json.dumps(finite(record), sort_keys=True, default=_jsonable) + "\n")
+    line = json.dumps(finite(record), sort_keys=True, default=_jsonable) + "\n"
+    # Never through a link planted at the name (ELOOP); `reset` wrote the file before.
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+    with os.fdopen(os.open(self.path, flags, 0o666), "a") as f:
+      f.write(line)
 
   def progress(self, record: dict, keys: Iterable[str]) -> str:
     """Prints 'epoch e/E  k1 v1  k2 v2 ...  12.3s  ETA 4m05s' for `record` and returns it."""
@@ -109,7 +113,9 @@ class RunLog:
 
 
 def read_metrics(workdir: str | Path) -> list[dict]:
-  """The records of metrics.jsonl; a last line cut short by a killed run is left out."""
+  """The records of metrics.jsonl; a last line cut short by a killed run is left out. A line
+  that is not an epoch's record (JSON, but no object, or an epoch that is not a whole number
+  >= 1, or a value that is not a number, true/false or null) is a UserError naming it."""
   path = Path(workdir) / METRICS
   if not path.exists():
     return []
@@ -117,9 +123,31 @@ def read_metrics(workdir: str | Path) -> list[dict]:
   records = []
   for i, line in enumerate(lines):
     try:
-      records.append(json.loads(line))
+      record = json.loads(line)
     except json.JSONDecodeError:
       if i < len(lines) - 1:
         raise UserError(f"{path}:{i + 1} is damaged (not valid JSON); repair or remove that "
                         "line, or use --fresh to archive the run and start over") from None
+      continue                  # a line cut short: JSON text never ends where a cut leaves it
+    problem = _not_a_record(record)
+    if problem:
+      raise UserError(f"{path}:{i + 1} is damaged ({problem}); repair or remove that line, or "
+                      "use --fresh to archive the run and start over")
+    records.append(record)
   return records
+
+
+def _not_a_record(record: Any) -> str | None:
+  """Why a parsed metrics.jsonl line is not an epoch's record, or None when it is one."""
+  if not isinstance(record, dict):
+    kind = {list: "an array", str: "a string", bool: "true/false", type(None): "null"}
+    return f"{kind.get(type(record), 'a number')}, not an epoch's record"
+  if "epoch" not in record:
+    return "no epoch"
+  epoch = record["epoch"]
+  if not (type(epoch) is int and epoch >= 1):
+    return f"its epoch is {json.dumps(epoch)[:40]}, not a whole number >= 1"
+  for key, value in record.items():
+    if not (value is None or type(value) in (bool, int, float)):
+      return f"its {json.dumps(key)} is {json.dumps(value)[:40]}, not a number"
+  return None

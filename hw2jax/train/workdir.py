@@ -24,6 +24,7 @@ from hw2jax.train.sharding import primary
 
 CONFIG = "config.json"
 LOCK = ".lock"
+ARCHIVE = "archive"
 # Settings a run may change when it is resumed (more epochs, another epoch runner, whether it
 # writes TensorBoard files, how many devices it spans).
 RESUMABLE = ("epochs", "epoch_mode", "eval_batch_size", "tensorboard", "devices")
@@ -40,7 +41,7 @@ def archive(workdir: str | Path, names: Iterable[str], globs: Sequence[str] = ()
   present += sorted(p for g in globs for p in workdir.glob(g) if p.is_dir())
   if not present:
     return None
-  target = workdir / "archive" / datetime.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+  target = workdir / ARCHIVE / datetime.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
   target.mkdir(parents=True)
   for p in present:
     shutil.move(str(p), str(target / p.name))
@@ -86,9 +87,16 @@ def locked(workdir: str | Path, *, read_only: bool = False) -> Iterator[Path]:
       raise UserError(refused)
     yield workdir
     return
+  link = planted_link(workdir)
+  if link is not None:
+    message = (f"{link} is a symbolic link: a run writes only real files and folders in its "
+               "workdir, so that no write can land outside it; remove the link (and put back "
+               "what it stood for), or use another --workdir")
+    sharding.from_process_0(message)
+    raise UserError(message)
   path = workdir / LOCK
   try:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
   except OSError as e:
     message = f"cannot open the lock file {path} ({e.strerror or e})"
     sharding.from_process_0(message)
@@ -105,6 +113,25 @@ def locked(workdir: str | Path, *, read_only: bool = False) -> Iterator[Path]:
     yield workdir
   finally:
     os.close(fd)
+
+
+def planted_link(workdir: Path) -> Path | None:
+  """The first symbolic link in `workdir` (its lock, run files, the folders runs write into,
+  nested runs' workdirs), or None. Archived runs (archive/*) are not looked into: nothing is
+  written there but new folders. `workdir` itself may be a link: the user names it."""
+  folders = [workdir]
+  while folders:
+    try:
+      with os.scandir(folders.pop()) as entries:
+        entries = sorted(entries, key=lambda e: e.name)
+    except OSError:        # gone meanwhile, or unreadable: a write there fails on its own
+      continue
+    for entry in entries:
+      if entry.is_symlink():
+        return Path(entry.path)
+      if entry.is_dir(follow_symlinks=False) and entry.name != ARCHIVE:
+        folders.append(Path(entry.path))
+  return None
 
 
 @contextlib.contextmanager

@@ -403,9 +403,9 @@ def test_a_failed_write_leaves_no_temp_file_and_no_target(tmp_path, monkeypatch)
   """torch.save reports a full disk as a RuntimeError after writing part of the file."""
   written = []
 
-  def full_disk(obj, f):
-    written.append(f.name)
-    f.write_bytes(b"half a checkpoint")
+  def full_disk(obj, f):          # (the temp file, opened by write_state_dict: never a link)
+    written.append(os.path.basename(f.name))
+    f.write(b"half a checkpoint")
     raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
 
   monkeypatch.setattr(torch, "save", full_disk)

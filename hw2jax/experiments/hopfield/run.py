@@ -15,7 +15,7 @@ from typing import Callable
 
 import jax
 
-from hw2jax import records
+from hw2jax import cache, records
 from hw2jax.data.images import ImageData
 from hw2jax.experiments.hopfield import capacity as capacity_lib
 from hw2jax.experiments.hopfield import claims as claims_lib
@@ -114,7 +114,7 @@ def _run(config: Config, patterns, workdir: Path, log) -> HopfieldSummary:
   check = retrieval = capacity = None
   if "check" in config.parts:
     check, table = claims_lib.check(config.claims(), log=log)
-    (workdir / claims_lib.TABLE).write_text(table)
+    cache.write_file(workdir / claims_lib.TABLE, table)
   if "retrieval" in config.parts:
     retrieval = retrieval_lib.retrieval(config.retrieval(), patterns, workdir, log=log)
   if "capacity" in config.parts:
