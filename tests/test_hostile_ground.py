@@ -6,13 +6,17 @@ file, not the temp file it was written through)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from helpers import assert_clean_failure, checksums, run_cli, write_npz, write_p2g_folder
+from helpers import (assert_clean_failure, checksums, cli_env, run_cli, write_npz,
+                     write_p2g_folder)
 from hw2jax import cache, plots
 from hw2jax.errors import UserError
 from hw2jax.experiments import torch_checkpoints
@@ -246,3 +250,76 @@ def test_a_write_over_a_folder_names_the_file(tmp_path):
     runlog.write_json(tmp_path / "summary.json", {"epochs_done": 1})
   assert e.value.filename == str(tmp_path / "summary.json")
   assert os.listdir(tmp_path) == ["summary.json"]
+
+
+# -- the report: damaged files of its own, data replaced in place, a JAX that cannot start ----
+
+
+@pytest.fixture(scope="module")
+def q1_report(tmp_path_factory, inputs) -> Path:
+  """A finished quick Q1 report on the tiny npz (copied into each test that changes it)."""
+  root = tmp_path_factory.mktemp("q1_report")
+  proc = run_cli("experiments.report", *REPORT, f"--intel_data_path={inputs / 'tiny.npz'}",
+                 "--workdir=R", cwd=root)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  return root
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, content, fragment", [
+    ("report.json", "[1, 2]", "R/report.json is damaged ('list' object has no attribute"),
+    ("report.json", "numbers as strings", "R/report.json is damaged ("),
+    ("q1/summary.json", "[]", "R/q1/summary.json is damaged (HopfieldSummary needs a JSON "
+                              "object, got list)"),
+    ("report_config.json", '{"quick": 5}', "R/report_config.json is damaged (its 'quick' is not "
+                                           "true or false)"),
+])
+def test_a_reports_own_file_of_another_shape_is_one_line(tmp_path, inputs, q1_report, name,
+                                                         content, fragment):
+  root = shutil.copytree(q1_report, tmp_path / "r")
+  path = root / "R" / name
+  if content == "numbers as strings":
+    def strings(x):
+      if isinstance(x, dict):
+        return {k: strings(v) for k, v in x.items()}
+      if isinstance(x, list):
+        return [strings(v) for v in x]
+      return str(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else x
+    content = json.dumps(strings(json.loads(path.read_text())))
+  path.write_text(content)
+  before = checksums(root / "R")
+  proc = run_cli("experiments.report", *REPORT, f"--intel_data_path={inputs / 'tiny.npz'}",
+                 "--workdir=R", cwd=root)
+  assert_clean_failure(proc, fragment, "--fresh")
+  assert checksums(root / "R") == before
+
+
+@pytest.mark.slow
+def test_data_replaced_in_place_is_refused_for_the_whole_report_and_nothing_is_archived(
+    tmp_path, inputs):
+  """The npz replaced at the same path: the finished Q1 is not redone on the new data (its old
+  outputs archived) before Q2 would refuse it; the report refuses at once, naming the data."""
+  root = tmp_path
+  shutil.copy(inputs / "tiny.npz", root / "tiny.npz")
+  first = run_cli("experiments.report", *REPORT, "--intel_data_path=tiny.npz", "--workdir=R",
+                  cwd=root)
+  assert first.returncode == 0, first.stderr[-2000:]
+  write_npz(root / "tiny.npz", n_train=24, n_val=6, n_test=6, seed=7)     # other images
+  before = checksums(root / "R")
+  proc = run_cli("experiments.report", "--parts=q1,q2", "--quick", "--intel_data_path=tiny.npz",
+                 "--workdir=R", cwd=root)
+  assert_clean_failure(proc, "holds a finished Q1", "intel_fingerprint")
+  assert checksums(root / "R") == before and not (root / "R" / "archive").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cli", ["hopfield", "report"])
+def test_a_cli_whose_jax_cannot_start_leaves_no_workdir(tmp_path, inputs, cli):
+  """BUILD.md: nothing is touched when JAX cannot start its backend; the folders the run would
+  have made are not left behind empty."""
+  proc = subprocess.run([sys.executable, "-m", f"experiments.{cli}",
+                         *command(cli, inputs)[1:-1], "--workdir=new/W"], cwd=tmp_path,
+                        env={**cli_env(tmp_path), "JAX_PLATFORMS": "tpu"}, capture_output=True,
+                        text=True, timeout=300)
+  assert_clean_failure(proc, "JAX_PLATFORMS=tpu: no such platform here")
+  assert not (tmp_path / "new").exists()

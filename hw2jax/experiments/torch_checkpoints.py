@@ -87,7 +87,7 @@ def _workdir_key(checkpoint: Checkpoint, task: str, **settings) -> dict:
 def _previous(workdir: Path, cls):
   """The typed summary.json of the evaluation already in `workdir`, or None."""
   path = workdir / runlog.SUMMARY
-  return records.from_json(cls, runlog.read_json(path)) if path.is_file() else None
+  return runlog.read_record(path, cls) if path.is_file() else None
 
 
 # ----------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from hw2jax import cache, plots, records
+from hw2jax import cache, plots
 from hw2jax.data import phonemes, sources
 from hw2jax.data.images import ImageData
 from hw2jax.errors import UserError
@@ -25,14 +25,15 @@ from hw2jax.experiments import cnn, cnn_tables, p2g
 from hw2jax.experiments.hopfield import run as hopfield
 from hw2jax.experiments.spellings import Decoding
 from hw2jax.models import registry
-from hw2jax.report import render
+from hw2jax.report import inputs as inputs_lib, render
+from hw2jax.report.inputs import REPORT_CONFIG, RESULTS
 from hw2jax.report import results as R
 from hw2jax.report.config import (ABLATION_LR, PART_TITLES, PARTS, POOLING, Q2_RUNS, Q3_K,
                                   Q3_TOP_P, SEED_PARTS, Config)
 from hw2jax.train import runlog, sharding
 from hw2jax.train import workdir as workdir_lib
 
-REPORT, RESULTS, REPORT_CONFIG = "REPORT.md", "report.json", "report_config.json"
+REPORT = "REPORT.md"
 FIGURES = "figures"
 Q2_COMPARISON = f"{FIGURES}/q2_val_accuracy.png"
 # Everything a report leaves in its workdir; --fresh moves these to <workdir>/archive/<time>/.
@@ -75,17 +76,21 @@ def run(config: Config, workdir: str | Path, *, intel_data_path: str | None = No
   intel_path, intel_reason = find_intel(intel_data_path, download)
   p2g_data, p2g_reason = (load_p2g(p2g_data_path, config.schedule.q3_train_words)
                           if "q3" in config.parts else (None, None))
-  inputs = part_inputs(config, intel_path, p2g_data)
+  # The data itself is part of every part's inputs (a file replaced in place is other data),
+  # so it is read before anything is redone.
+  intel = (sources.load_intel(intel_path, layout=config.layout, log=log)
+           if intel_path is not None and set(config.parts) - {"q3"} else None)
+  inputs = inputs_lib.part_inputs(config, intel_path, p2g_data, intel)
   with workdir_lib.locked(workdir) as workdir:
     if fresh:
       archived = workdir_lib.archive(workdir, REPORT_FILES)
       if archived:
         log(f"--fresh: moved the previous report's files to {archived}")
-    earlier = _earlier_results(workdir)
-    _check_nothing_replaced(workdir, earlier, inputs)
-    _check_same_report(workdir, config)
+    earlier = inputs_lib.earlier_results(workdir)
+    inputs_lib.check_nothing_replaced(workdir, earlier, inputs)
+    inputs_lib.check_same_report(workdir, config)
     runner = _Runner(config, workdir, intel_path, intel_reason, p2g_data, p2g_reason,
-                     p2g_data_path is not None, clock, log)
+                     p2g_data_path is not None, clock, log, intel)
     parts = runner.run_parts(overlap, earlier, inputs)
     meta = R.Meta(command=command, device=R.DeviceInfo.here(), quick=config.quick,
                   seeds=list(config.seeds), parts=list(config.parts), date=R.Meta.now(),
@@ -160,62 +165,6 @@ class Background:
     if "error" in self._out:
       raise self._out["error"]
     return self._out["value"]
-
-
-# ----------------------------------------------------------------------------------------------
-# What a rerun may do
-
-
-def part_inputs(config: Config, intel_path: Path | None, p2g_data) -> dict[str, dict]:
-  """What each requested part's results depend on (besides the schedule, checked separately):
-  a rerun may only continue a finished part with the same inputs."""
-  intel_data = str(intel_path.resolve()) if intel_path is not None else None
-  seeds = list(config.seeds)
-  # Reports from before --pixels existed used correct pixels and do not name them.
-  q2 = {"intel_data": intel_data, "seeds": seeds, "layout": config.layout,
-        **({"pixels": config.pixels} if config.pixels != "correct" else {})}
-  every = {
-      "q1": {"intel_data": intel_data}, "q2": q2,
-      "q2_ablations": {**q2, "kernel_sizes": list(config.ablation_kernel_sizes),
-                       "pooling": list(config.ablation_pooling)},
-      "q3": {"p2g_data": p2g_data.source if p2g_data is not None else None, "seeds": seeds,
-             "hidden_size": config.q3_hidden_size, "beam": config.q3_beam},
-  }
-  return {part: every[part] for part in config.parts}
-
-
-def _earlier_results(workdir: Path) -> R.Results | None:
-  """The results of the report's previous invocation (report.json), None if there is none."""
-  path = workdir / RESULTS
-  return R.Results.from_json(runlog.read_json(path)) if path.is_file() else None
-
-
-def _check_nothing_replaced(workdir: Path, earlier: R.Results | None,
-                            inputs: dict[str, dict]) -> None:
-  """A part that finished with other inputs (other data, seeds, ablations) is not redone over
-  its results: the rerun is refused, naming the difference."""
-  for part, now in inputs.items():
-    before = earlier.part(part) if earlier is not None else None
-    if before is None or not before.done or (before.inputs or now) == now:
-      continue
-    diffs = [f"{k} {before.inputs.get(k)!r} (now {v!r})" for k, v in now.items()
-             if before.inputs.get(k) != v]
-    raise UserError(f"{workdir} holds a finished {PART_TITLES[part]} made with other inputs: "
-                    f"{'; '.join(diffs)}. To keep it, rerun with the same data and settings, "
-                    f"or leave {part} out of --parts; to replace the report, --fresh (it is "
-                    "archived); or use another --workdir")
-
-
-def _check_same_report(workdir: Path, config: Config) -> None:
-  """A workdir holds one kind of report: --quick and the course schedule never mix."""
-  path = workdir / REPORT_CONFIG
-  if path.exists():
-    have = runlog.read_json(path)
-    if have.get("quick") != config.quick:
-      kind = "a --quick" if have.get("quick") else "a full (course-schedule)"
-      raise UserError(f"{workdir} holds {kind} report; use another --workdir, or --fresh to "
-                      "archive it and start over")
-  runlog.write_json(path, {"quick": config.quick, "schedule": records.to_json(config.schedule)})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -301,7 +250,7 @@ class _Runner:
     marker, summary_path = out / "inputs.json", out / runlog.SUMMARY
     reused = False
     if marker.exists() and summary_path.exists() and runlog.read_json(marker) == inputs:
-      summary = hopfield.HopfieldSummary.from_json(runlog.read_json(summary_path))
+      summary = runlog.read_record(summary_path, hopfield.HopfieldSummary)
       figures = ((summary.retrieval.figures if summary.retrieval else [])
                  + (summary.capacity.figures if summary.capacity else []))
       reused = all((out / f).exists() for f in figures) and (out / "check.md").exists()

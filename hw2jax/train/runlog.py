@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from hw2jax import cache
+from hw2jax import cache, records
 from hw2jax.errors import UserError
 from hw2jax.markdown import format_seconds
 from hw2jax.train.sharding import primary
@@ -50,6 +50,18 @@ def read_json(path: str | Path) -> Any:
   except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise UserError(f"{path} is damaged (not valid JSON: {e}); repair or remove it, or use "
                     "--fresh to archive the run and start over") from None
+
+
+def read_record(path: str | Path, cls) -> Any:
+  """The JSON in `path` read as the typed record `cls` (its `from_json`, else
+  `records.from_json`); a file of another shape (a list, numbers as strings) is a UserError
+  naming it, like damaged JSON."""
+  data = read_json(path)
+  try:
+    return cls.from_json(data) if hasattr(cls, "from_json") else records.from_json(cls, data)
+  except (TypeError, ValueError, KeyError, AttributeError) as e:
+    raise UserError(f"{path} is damaged ({e}); repair or remove it, or use --fresh to archive "
+                    "the run and start over") from None
 
 
 def _jsonable(x):

@@ -80,7 +80,29 @@ def locked(workdir: str | Path, *, read_only: bool = False) -> Iterator[Path]:
     with _shared_lock(Path(workdir)) as workdir:
       yield workdir
     return
+  made = [p for p in (Path(workdir), *Path(workdir).parents) if not p.exists()]
   workdir = ensure(workdir)
+  try:
+    with _exclusive(workdir) as workdir:
+      yield workdir
+  except BaseException:
+    _remove_if_empty(made)      # a run that failed before writing anything leaves no folder
+    raise
+
+
+def _remove_if_empty(folders: list[Path]) -> None:
+  """Removes the folders this run made (the workdir first, then its new parents) while they
+  are empty. A lock file keeps them: it may be a second run's, which holds it now."""
+  try:
+    for folder in folders:
+      folder.rmdir()            # only an empty folder goes
+  except OSError:               # not empty, or not ours to remove: it stays
+    pass
+
+
+@contextlib.contextmanager
+def _exclusive(workdir: Path) -> Iterator[Path]:
+  """The write lock of `locked`, on an existing workdir."""
   if not primary():             # process 0 holds the lock for the run; its answer is theirs
     refused = sharding.from_process_0("")
     if refused:
