@@ -323,3 +323,31 @@ def test_a_cli_whose_jax_cannot_start_leaves_no_workdir(tmp_path, inputs, cli):
                         text=True, timeout=300)
   assert_clean_failure(proc, "JAX_PLATFORMS=tpu: no such platform here")
   assert not (tmp_path / "new").exists()
+
+
+# -- sweeps: every rate's folder checked first; never nested in a single run's folder ----------
+
+
+@pytest.mark.slow
+def test_a_sweep_checks_every_rates_folder_before_it_trains_the_first(tmp_path, inputs):
+  """lr 0.01's folder holds a run on other data: the sweep refuses before training lr 0.1."""
+  write_npz(tmp_path / "other.npz", n_train=24, n_val=6, n_test=6, seed=5)
+  first = run_cli("experiments.cnn", f"--data_path={inputs / 'tiny.npz'}", *CNN,
+                  "--workdir=S/lr_0.01", cwd=tmp_path)
+  assert first.returncode == 0, first.stderr[-2000:]
+  proc = run_cli("experiments.cnn", "--data_path=other.npz", *CNN, "--lr=0.1,0.01",
+                 "--workdir=S", cwd=tmp_path)
+  assert_clean_failure(proc, "S/lr_0.01 holds a run made from other settings or data")
+  assert sorted(p.name for p in (tmp_path / "S").iterdir()) == ["lr_0.01"]
+
+
+@pytest.mark.slow
+def test_a_sweep_into_a_single_runs_folder_is_refused(tmp_path, inputs):
+  first = run_cli("experiments.cnn", f"--data_path={inputs / 'tiny.npz'}", *CNN, "--workdir=W",
+                  cwd=tmp_path)
+  assert first.returncode == 0, first.stderr[-2000:]
+  before = checksums(tmp_path / "W")
+  proc = run_cli("experiments.cnn", f"--data_path={inputs / 'tiny.npz'}", *CNN,
+                 "--lr=0.1,0.01", "--workdir=W", cwd=tmp_path)
+  assert_clean_failure(proc, "W holds a single run (its checkpoints/)")
+  assert checksums(tmp_path / "W") == before

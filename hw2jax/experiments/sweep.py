@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from hw2jax import cache
-from hw2jax.data.images import ImageData
+from hw2jax.data.images import SPLITS, ImageData
 from hw2jax.errors import UserError
 from hw2jax.experiments import cnn, cnn_tables
 from hw2jax.train import runlog
@@ -55,6 +55,16 @@ def sweep(config: cnn.Config, learning_rates: Sequence[float], data: ImageData,
   else:
     run_configs(config, learning_rates)
   config.check_data(data)                         # (the batch size, the same for every rate)
+  if (Path(workdir) / "checkpoints").is_dir():
+    raise UserError(f"{workdir} holds a single run (its checkpoints/); a sweep writes a folder "
+                    "per rate and Table 2.1 into its --workdir: give another folder")
+  if not fresh:                                   # every rate's folder, before the first trains
+    fingerprint = workdir_lib.fingerprint_splits({s: data.split(s) for s in SPLITS})
+    for lr, config_lr in run_configs(config, learning_rates).items():
+      if dirs[lr].is_dir():
+        workdir_lib.check_same_run(
+            dirs[lr], workdir_lib.identity(config_lr.to_json(), data.source, fingerprint),
+            added_settings=cnn.ADDED_SETTINGS)
   with workdir_lib.locked(workdir) as workdir:
     return _sweep(config, learning_rates, data, workdir, dirs, fresh=fresh, log=log)
 

@@ -275,20 +275,33 @@ def prepare(workdir: str | Path, config: dict, data_source: str, *, fresh: bool,
     if archived:
       log(f"--fresh: moved the previous run's files to {archived}")
   else:
-    ckpt_lib.refuse_old_layout(workdir / "checkpoints")
-    stored = stored_identity(workdir)
+    stored = check_same_run(workdir, now, resumable, added_settings)
     if stored is not None:
       have, origin = stored
-      have = {**have, "config": {**added_settings, **have["config"]}}
-      diffs = differences(have, now, resumable)
-      if diffs:
-        raise UserError(f"{workdir} holds a run made from other settings or data ({origin}): "
-                        f"{'; '.join(diffs)}. For a separate run use --workdir=<another "
-                        "folder>; to replace that run, --fresh (it is archived, not deleted)")
       if origin != CONFIG and _copy_differs(workdir / CONFIG, have, set(resumable)):
         log(f"{workdir / CONFIG} was missing or damaged; rebuilt it from {origin}")
   runlog.write_json(workdir / CONFIG, now)
   return workdir
+
+
+def check_same_run(workdir: Path, now: dict, resumable: Iterable[str] = RESUMABLE,
+                   added_settings: Mapping[str, Any] = {}) -> tuple[dict, str] | None:
+  """`prepare`'s check without its writes: the identity `workdir`'s run was made from (and
+  where it is recorded), None for a workdir that holds no run yet; a UserError naming what
+  differs from `now` (an `identity`). Lets a sweep check every rate's folder before it trains
+  the first."""
+  ckpt_lib.refuse_old_layout(workdir / "checkpoints")
+  stored = stored_identity(workdir)
+  if stored is None:
+    return None
+  have, origin = stored
+  have = {**have, "config": {**added_settings, **have["config"]}}
+  diffs = differences(have, now, resumable)
+  if diffs:
+    raise UserError(f"{workdir} holds a run made from other settings or data ({origin}): "
+                    f"{'; '.join(diffs)}. For a separate run use --workdir=<another "
+                    "folder>; to replace that run, --fresh (it is archived, not deleted)")
+  return have, origin
 
 
 def _copy_differs(path: Path, have: dict, resumable: set[str]) -> bool:
