@@ -162,3 +162,17 @@ def test_a_workdir_path_near_or_beyond_path_max_is_one_line(tmp_path, length):
     assert_clean_failure(proc)
   for spill in ("Traceback", "Future exception", "never awaited", "never retrieved"):
     assert spill not in proc.stderr
+
+
+@pytest.mark.slow
+def test_a_coordinator_nobody_answers_is_one_line_after_the_init_timeout(tmp_path):
+  """Process 1 of a --distributed run whose coordinator never answers: JAX's own client would
+  abort the process (exit 134, a C++ stack) when its timeout ends; this is one line instead."""
+  write_npz(tmp_path / "tiny.npz", n_train=24, n_val=6, n_test=6)
+  proc = subprocess.run(
+      [sys.executable, "-m", "experiments.cnn", "--data_path=tiny.npz", "--epochs=1",
+       "--channels=4,8,16", "--workdir=run", "--distributed"], cwd=tmp_path,
+      env={**cli_env(tmp_path), "JAX_COORDINATOR_ADDRESS": "localhost:1",
+           "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "1", "HW2JAX_INIT_TIMEOUT": "2"},
+      capture_output=True, text=True, timeout=120)
+  assert_clean_failure(proc, "no coordinator answers at localhost:1 after 2 s")

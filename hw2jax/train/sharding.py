@@ -16,6 +16,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
+import time
 
 import jax
 import numpy as np
@@ -136,12 +138,30 @@ def initialize_distributed() -> None:
         kwargs[key] = int(os.environ[name])
       except ValueError:
         raise UserError(f"{name}={os.environ[name]!r} must be a whole number") from None
+  if address and kwargs.get("process_id", 0) != 0:
+    _wait_for_coordinator(host, int(port), kwargs["initialization_timeout"])
   try:
     jax.distributed.initialize(**kwargs)
   except (RuntimeError, ValueError) as e:
     raise UserError(f"--distributed: jax.distributed.initialize() failed ({str(e).splitlines()[0]}"
                     "); on a plain machine set JAX_COORDINATOR_ADDRESS=host:port, "
                     "JAX_NUM_PROCESSES and JAX_PROCESS_ID") from None
+
+
+def _wait_for_coordinator(host: str, port: int, timeout: int) -> None:
+  """Waits until process 0's coordinator accepts connections. JAX's own client, given an
+  address nobody answers, aborts the process (a C++ check, exit 134) once its timeout ends."""
+  deadline = time.monotonic() + timeout
+  while True:
+    try:
+      socket.create_connection((host.strip("[]"), port), timeout=5).close()
+      return
+    except OSError as e:
+      if time.monotonic() >= deadline:
+        raise UserError(f"--distributed: no coordinator answers at {host}:{port} after "
+                        f"{timeout} s ({e.strerror or e}); start process 0 first, or check "
+                        "JAX_COORDINATOR_ADDRESS") from None
+      time.sleep(0.5)
 
 
 def _seconds(name: str, default: int) -> int:
