@@ -75,6 +75,18 @@ def x64_enabled() -> bool:
   return bool(jax.config.read("jax_enable_x64"))
 
 
+def check_x64(stored: bool | None, root: Path) -> None:
+  """A float32 run resumed under JAX_ENABLE_X64=1 (or the reverse) trains on in another dtype:
+  refused like another learning rate. `stored`: the checkpoint's setting (None: written before
+  it was recorded, accepted)."""
+  now = x64_enabled()
+  if stored is not None and bool(stored) != now:
+    setting = lambda on: "JAX_ENABLE_X64=1" if on else "JAX_ENABLE_X64 unset (float32)"
+    raise UserError(f"the checkpoints in {root} were trained with {setting(stored)}, this run "
+                    f"has {setting(now)}; resume with the setting it was trained with, use "
+                    "another --workdir, or --fresh")
+
+
 def meta_fingerprint(meta: dict) -> str:
   """A hash of a checkpoint's meta as JSON reads it back (every key but this hash itself)."""
   body = {k: v for k, v in meta.items() if k != META_FINGERPRINT}

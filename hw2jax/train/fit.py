@@ -104,7 +104,7 @@ def _fit(trainer, state, train_data, checkpoints, board, *, epochs, evaluate, wo
   restored = checkpoints.restore(state)
   if restored is not None:
     _same_learning_rate(learning_rate(restored[0]), rate, checkpoints.root)
-    _same_x64(restored[1].get(ckpt_lib.X64), checkpoints.root)
+    ckpt_lib.check_x64(restored[1].get(ckpt_lib.X64), checkpoints.root)
     state, meta = restored
     history = list(meta["history"])
     best_record = meta.get("best")
@@ -169,18 +169,6 @@ def _same_learning_rate(stored: float | None, wanted: float | None, root: Path) 
     rate = lambda found: "none" if found is None else f"{found:.6g}"
     raise UserError(f"the checkpoints in {root} were trained at learning rate {rate(stored)}, "
                     f"this run asks for {rate(wanted)}; use another --workdir, or --fresh")
-
-
-def _same_x64(stored: bool | None, root: Path) -> None:
-  """A float32 run resumed under JAX_ENABLE_X64=1 (or the reverse) trains on in another dtype:
-  refused like another learning rate. `stored`: the checkpoint's setting (None: written before
-  it was recorded, accepted)."""
-  now = ckpt_lib.x64_enabled()
-  if stored is not None and bool(stored) != now:
-    setting = lambda on: "JAX_ENABLE_X64=1" if on else "JAX_ENABLE_X64 unset (float32)"
-    raise UserError(f"the checkpoints in {root} were trained with {setting(stored)}, this run "
-                    f"has {setting(now)}; resume with the setting it was trained with, use "
-                    "another --workdir, or --fresh")
 
 
 def _divergence(train_loss: float, state: TrainState) -> str | None:

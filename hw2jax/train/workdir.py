@@ -291,6 +291,9 @@ def check_same_run(workdir: Path, now: dict, resumable: Iterable[str] = RESUMABL
   differs from `now` (an `identity`). Lets a sweep check every rate's folder before it trains
   the first."""
   ckpt_lib.refuse_old_layout(workdir / "checkpoints")
+  newest = ckpt_lib.newest_meta(workdir)
+  if newest is not None:
+    ckpt_lib.check_x64(newest[1].get(ckpt_lib.X64), workdir / "checkpoints")
   stored = stored_identity(workdir)
   if stored is None:
     return None
