@@ -276,8 +276,8 @@ def _train_and_evaluate(config, data, workdir, trainer, *, decoding_options, fre
     best_state = fit_lib.restore_best(workdir, result.state, best_metric="val_cer",
                                       best_mode="min", log=log)
   evaluated = best_state if best_state is not None else result.state
-  test = spellings.decode_test(decoding_options, decoders, evaluated.params, splits["test"],
-                               config.seed, workdir)
+  test = {} if result.diverged_at else spellings.decode_test(   # a diverged run has no scores
+      decoding_options, decoders, evaluated.params, splits["test"], config.seed, workdir)
   best = result.best
   summary = P2GRunSummary(
       config=config, decoding=decoding_options, trainable_params=n_params,
@@ -286,8 +286,9 @@ def _train_and_evaluate(config, data, workdir, trainer, *, decoding_options, fre
                         target_vocab=len(data.tgt_vocab)),
       epochs_done=len(result.history), diverged_at=result.diverged_at,
       status=result.status(config.epochs),
-      evaluated_checkpoint=(f"best validation CER, epoch {best['epoch']}"
-                            if best_state is not None else "last epoch"),
+      evaluated_checkpoint=("none (diverged)" if result.diverged_at else
+                            f"best validation CER, epoch {best['epoch']}" if best_state is not None
+                            else "last epoch"),
       best_val=best and P2GBestEpoch(best["epoch"], best.get("val_cer"), best.get("val_wer"),
                                      best.get("val_loss")),
       test=test, seed_report=SEED_REPORT, train_seconds_total=result.train_seconds_total,
@@ -307,8 +308,9 @@ def _train_and_evaluate(config, data, workdir, trainer, *, decoding_options, fre
         title=f"P2G {config.name()}: validation CER per epoch (greedy decoding)",
         panels=(("character error rate", ("val_cer",)),
                 ("loss", ("train_loss", "val_loss"))))
-  log(f"{config.name()}: {summary.status}; test CER {test['greedy'].cer:.4f} "
-      f"WER {test['greedy'].wer:.4f} ({summary.evaluated_checkpoint})")
+  greedy = test.get("greedy")
+  log(f"{config.name()}: {summary.status}; test CER {markdown.fmt(greedy and greedy.cer)} "
+      f"WER {markdown.fmt(greedy and greedy.wer)} ({summary.evaluated_checkpoint})")
   log(table)
   return summary
 
@@ -335,15 +337,15 @@ def tables_3(rows: Sequence[TableRow]) -> str:
     seed = getattr(SEED_REPORT, name)
     out.append([number, name, "greedy", *_cells(tests, "greedy"), markdown.DASH,
                 markdown.fmt(seed.cer), markdown.fmt(seed.wer), markdown.DASH])
-    for key in (k for k in tests[0] if k.startswith("beam")):
+    for key in (k for k in dict.fromkeys(k for t in tests for k in t) if k.startswith("beam")):
       out.append([number, name, f"beam {key[4:]} (best beam)", *_cells(tests, key),
                   markdown.DASH, markdown.DASH, markdown.DASH, markdown.DASH])
-    if "nucleus" in tests[0]:
-      n = tests[0]["nucleus"]
+    n = next((t["nucleus"] for t in tests if "nucleus" in t), None)
+    if n is not None:
       course = SEED_REPORT.nucleus if (n.top_p, n.k) == (0.8, 3) else None
       out.append(["3.3", name, f"nucleus p={n.top_p:g}, {n.k} samples",
                   *_cells(tests, "nucleus"),
-                  markdown.mean_std([t["nucleus"].wer_at_k for t in tests]),
+                  markdown.mean_std([t["nucleus"].wer_at_k for t in tests if "nucleus" in t]),
                   markdown.fmt(course and course.cer), markdown.fmt(course and course.wer),
                   markdown.fmt(course and course.wer_at_k)])
   return (markdown.table(["table", "model", "decoding", "CER", "WER", "WER@3", "seed CER",
@@ -355,8 +357,8 @@ def tables_3(rows: Sequence[TableRow]) -> str:
 
 
 def _cells(tests: Sequence[dict[str, Scores]], key: str) -> list[str]:
-  return [markdown.mean_std([t[key].cer for t in tests]),
-          markdown.mean_std([t[key].wer for t in tests])]
+  return [markdown.mean_std([t[key].cer for t in tests if key in t]),
+          markdown.mean_std([t[key].wer for t in tests if key in t])]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -259,8 +259,12 @@ class Checkpoints:
     return None
 
   def restore_best(self, template: TrainState) -> tuple[TrainState, dict[str, Any]] | None:
-    """The best checkpoint (None if there is none, or it is unreadable: it is moved aside)."""
-    epoch = self.best_epoch()
+    """The best checkpoint (None if there is none, or it is unreadable: it is moved aside): the
+    epoch the newest intact meta names (its fingerprint covers it), else Orbax's ranking (its
+    metrics files carry no fingerprint; an edited one must not pick another epoch)."""
+    newest = newest_meta(self.root.parent)
+    named = newest and isinstance(newest[1].get("best"), dict) and newest[1]["best"].get("epoch")
+    epoch = named if named in self.epochs() else self.best_epoch()
     return None if epoch is None else self.read(epoch, template)
 
   def read(self, epoch: int, template: TrainState) -> tuple[TrainState, dict] | None:

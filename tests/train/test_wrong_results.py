@@ -2,7 +2,7 @@
 results were wrong.
 
 4. A run whose weights end NaN (the validation loss NaN, the training loss still finite) was
-   reported as completed, its NaN epoch the best; a rate that is 0 in float32 (1e-300) trained
+   reported as completed, its NaN epoch the best (a P2G run decoded the test set with them); a rate that is 0 in float32 (1e-300) trained
    nothing under its own name. Non-finite weights or validation loss now end the run as
    diverged (never the best epoch), and such rates are refused.
 6. An edited checkpoint meta (history, best, identity...) was trusted on resume: the meta now
@@ -22,10 +22,10 @@ import jax.numpy as jnp
 import pytest
 
 from helpers import (assert_clean_failure, checksums, cli_env, new_cnn_state as new_state,
-                     write_npz, write_p2g_folder)
+                     p2g_summary, write_npz, write_p2g_folder)
 from hw2jax.data import sources
 from hw2jax.errors import UserError
-from hw2jax.experiments import cnn, p2g
+from hw2jax.experiments import cnn, p2g, spellings
 from hw2jax.models import cnn as cnn_model
 from hw2jax.train import checkpoints, fit as fit_lib, runlog
 from hw2jax.train import trainer as trainer_lib
@@ -140,8 +140,25 @@ def test_a_p2g_run_whose_weights_overflow_ends_as_diverged(tmp_path):
   data = sources.load_p2g(write_p2g_folder(tmp_path / "p2g", n_train=24, n_valid=6, n_test=6))
   config = p2g.Config(epochs=2, hidden_size=8, batch_size=24, widths=1, learning_rate=1e30,
                       tensorboard=False)
-  summary = p2g.train_and_evaluate(config, data, tmp_path / "run", log=QUIET)
+  logs = []
+  summary = p2g.train_and_evaluate(config, data, tmp_path / "run", log=logs.append)
   assert summary.status == "diverged at epoch 1" and summary.best_val is None
+  # Its NaN weights spell nothing: no test scores, no predictions, dashes in its table.
+  assert summary.test == {} and summary.evaluated_checkpoint == "none (diverged)"
+  assert not (tmp_path / "run" / spellings.PREDICTIONS).exists()
+  assert "diverged at epoch 1; test CER — WER —" in "\n".join(logs)
+  greedy_row = (tmp_path / "run" / p2g.TABLES).read_text().splitlines()[2]
+  assert greedy_row.split("|")[4:6] == [" — ", " — "], greedy_row
+
+
+def test_a_diverged_seed_leaves_the_other_seeds_scores_in_table_3():
+  diverged = dataclasses.replace(p2g_summary(attention=True), test={}, diverged_at=1)
+  fine = p2g_summary(attention=True, seed=7, greedy=(0.25, 0.5), beam=(0.2, 0.4),
+                     nucleus=(0.3, 0.6, 0.1))
+  table = p2g.tables_3([p2g.TableRow(attention=True, runs=[diverged, fine])])
+  assert "| greedy | 0.2500 | 0.5000 |" in table, table
+  assert "| beam 5 (best beam) | 0.2000 | 0.4000 |" in table, table
+  assert "| nucleus p=0.8, 3 samples | 0.3000 | 0.6000 | 0.1000 |" in table, table
 
 
 ZERO_OR_INFINITE_IN_FLOAT32 = [1e-300, 1e-46, 1e39]
@@ -206,6 +223,23 @@ def test_an_edited_meta_is_set_aside_and_the_run_resumes_from_the_previous_check
   strip = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]
   assert strip(resumed.history) == strip(straight.history) and resumed.diverged_at is None
   assert resumed.best["epoch"] == straight.best["epoch"]
+
+
+def test_an_edited_orbax_metrics_file_does_not_change_which_checkpoint_is_the_best(
+    trainer, model, data, tmp_path):
+  """Orbax ranks steps by <step>/metrics/metrics, which no fingerprint covers: the best restored
+  is the epoch the newest (fingerprinted) meta names."""
+  scores = iter([0.9, 0.1, 0.2])
+  run_fit(trainer, model, data, tmp_path, epochs=3,
+          evaluate=lambda s: {"val_loss": 1.0, "val_accuracy": next(scores)})
+  (tmp_path / "checkpoints" / "3" / "metrics" / "metrics").write_text(
+      json.dumps({"score": 5.0, "epoch": 3}))
+  kept = checkpoints.Checkpoints(tmp_path, best_metric="val_accuracy", log=QUIET)
+  try:
+    assert kept.epochs() == [1, 2, 3] and kept.best_epoch() == 3       # Orbax believes it
+    assert kept.restore_best(new_state(model))[1]["epoch"] == 1
+  finally:
+    kept.close()
 
 
 def test_an_identity_edited_in_the_newest_meta_does_not_let_other_settings_resume(tmp_path):
