@@ -277,7 +277,7 @@ def _train_and_evaluate(config, data, workdir, trainer, *, decoding_options, fre
                                       best_mode="min", log=log)
   evaluated = best_state if best_state is not None else result.state
   test = {} if result.diverged_at else spellings.decode_test(   # a diverged run has no scores
-      decoding_options, decoders, evaluated.params, splits["test"], config.seed, workdir)
+      decoding_options, decoders, evaluated.params, splits["test"], config.seed, workdir, log)
   best = result.best
   summary = P2GRunSummary(
       config=config, decoding=decoding_options, trainable_params=n_params,

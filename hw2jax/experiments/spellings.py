@@ -8,19 +8,24 @@ from __future__ import annotations
 import dataclasses
 import functools
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import jax
 import numpy as np
 
 from hw2jax import cache, metrics, plots, records
 from hw2jax.data import phonemes
+from hw2jax.errors import UserError
 from hw2jax.models import decoding, seq2seq
-from hw2jax.train import trainer as trainer_lib
+from hw2jax.train import runlog, trainer as trainer_lib
+from hw2jax.train import workdir as workdir_lib
 
 PREDICTIONS = "test_predictions.tsv"
 ATTENTION_PLOT = "attention.png"
 ATTENTION_WORDS = 4
+# What an evaluation of the test set writes (a training run's and a PyTorch model's).
+EVALUATION_FILES = (runlog.SUMMARY, "tables.md", PREDICTIONS, ATTENTION_PLOT)
+MAX_BEAM = MAX_SAMPLES = 64      # bounds the decoders' memory and time per word
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,8 +39,9 @@ class Decoding:
   def validate(self) -> "Decoding":
     records.require([
         (self.top_p is None or 0 < self.top_p <= 1, f"--topp={self.top_p} must be in (0, 1]"),
-        (self.k >= 1, f"--k={self.k} must be at least 1"),
-        (self.beam >= 0, f"--beam={self.beam} must be >= 0 (0: no beam search)"),
+        (1 <= self.k <= MAX_SAMPLES, f"--k={self.k} must be in 1..{MAX_SAMPLES}"),
+        (0 <= self.beam <= MAX_BEAM, f"--beam={self.beam} must be in 0..{MAX_BEAM} (0: no beam "
+                                     "search)"),
         (self.max_len >= 1, f"max_len={self.max_len} must be >= 1"),
     ])
     return self
@@ -119,9 +125,10 @@ def sampling_key(seed: int) -> jax.Array:
 
 
 def decode_test(options: Decoding, decoders: Decoders, params, test: Split, seed: int,
-                workdir: Path) -> dict[str, Scores]:
+                workdir: Path, log: Callable[[str], None]) -> dict[str, Scores]:
   """Greedy (+ beam, + nucleus) decoding of the test split: {'greedy': ..., 'beam<N>': ...,
   'nucleus': ...}; writes test_predictions.tsv and, with attention, the heat-maps."""
+  set_aside_other_decoding(options, workdir, log)
   greedy, out = decoders.greedy(params, test.src, test.src_len)
   results = {"greedy": scores(greedy, test.golds)}
   columns = {"greedy": greedy}
@@ -144,6 +151,21 @@ def decode_test(options: Decoding, decoders: Decoders, params, test: Split, seed
     plot_attention(test.pairs[:ATTENTION_WORDS], greedy[:ATTENTION_WORDS],
                    out.attention[:ATTENTION_WORDS], workdir / ATTENTION_PLOT)
   return results
+
+
+def set_aside_other_decoding(options: Decoding, workdir: Path,
+                             log: Callable[[str], None]) -> None:
+  """An evaluation made with other decoding options (--beam, --topp, --k) is moved to
+  archive/<time>/ before this one is written: a rerun never silently replaces results."""
+  try:
+    before = runlog.read_json(workdir / runlog.SUMMARY)["decoding"]
+  except (OSError, UserError, KeyError, TypeError):
+    return
+  if before != records.to_json(options):
+    archived = workdir_lib.archive(workdir, EVALUATION_FILES)
+    if archived:
+      log(f"the test set was decoded with other options before ({before}); that evaluation "
+          f"moved to {archived}")
 
 
 def plot_attention(pairs: Sequence, predictions: Sequence[str], weights: np.ndarray,

@@ -42,7 +42,7 @@ from hw2jax.train import runlog, sharding, trainer as trainer_lib
 from hw2jax.train import workdir as workdir_lib
 
 TABLES = "tables.md"
-P2G_FILES = (runlog.SUMMARY, TABLES, spellings.PREDICTIONS, spellings.ATTENTION_PLOT)
+P2G_FILES = spellings.EVALUATION_FILES
 CNN_FILES = (runlog.SUMMARY, TABLES)
 TORCH_CNN_CHANNELS = (32, 64, 128)     # what benchmarks.torch_baselines.TorchCNN builds
 
@@ -170,7 +170,7 @@ def evaluate_p2g(checkpoint: Checkpoint, state_dict: Mapping[str, np.ndarray],
         valid=spellings.scores(decoders.greedy(params, valid.src, valid.src_len)[0],
                                valid.golds),
         test=spellings.decode_test(decoding, decoders, params, splits["test"], config.seed,
-                                   workdir),
+                                   workdir, log),
         seed=config.seed, device=sharding.device_name(None), jax_version=jax.__version__)
     return _finish(workdir, summary, p2g_table(summary), log)
 

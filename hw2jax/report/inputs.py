@@ -17,6 +17,7 @@ from hw2jax.train import runlog
 from hw2jax.train import workdir as workdir_lib
 
 RESULTS, REPORT_CONFIG = "report.json", "report_config.json"
+SEAL = "fingerprint"              # report.json's hash of the rest of itself
 
 # Inputs added after reports were written: an earlier report without them is not compared on
 # them (its data was what it was; today's is checked from now on).
@@ -54,10 +55,34 @@ def _digest(splits: dict) -> str:
   return hashlib.blake2b(json.dumps(prints, sort_keys=True).encode(), digest_size=8).hexdigest()
 
 
+def sealed(results: R.Results) -> dict:
+  """report.json's JSON with a hash of itself: the parts left out of --parts are rendered from
+  it, so a hand-edited file must be found, not rendered into REPORT.md."""
+  data = json.loads(json.dumps(runlog.finite(results.to_json())))
+  return {**data, SEAL: _json_digest(data)}
+
+
 def earlier_results(workdir: Path) -> R.Results | None:
-  """The results of the report's previous invocation (report.json), None if there is none."""
+  """The results of the report's previous invocation (report.json), None if there is none; one
+  changed since the report wrote it is refused (one written before the seal is taken as is)."""
   path = workdir / RESULTS
-  return runlog.read_record(path, R.Results) if path.is_file() else None
+  if not path.is_file():
+    return None
+  earlier = runlog.read_record(path, R.Results)
+  data = runlog.read_json(path)
+  if SEAL in data and data.pop(SEAL) != _json_digest(data):
+    raise UserError(f"{path} was changed after the report wrote it (its fingerprint does not "
+                    "match), so its results cannot be kept; restore it, or use --fresh to "
+                    "archive the report and start over")
+  return earlier
+
+
+def file_digest(path: Path) -> str:
+  return hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest()
+
+
+def _json_digest(data) -> str:
+  return hashlib.blake2b(json.dumps(data, sort_keys=True).encode(), digest_size=16).hexdigest()
 
 
 def check_nothing_replaced(workdir: Path, earlier: R.Results | None,

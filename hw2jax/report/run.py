@@ -104,7 +104,7 @@ def run(config: Config, workdir: str | Path, *, intel_data_path: str | None = No
     text, missing = render.report(results, workdir)
     results = dataclasses.replace(results, missing=missing)
     cache.write_atomically(workdir / REPORT, lambda f: f.write(text.encode()))
-    runlog.write_json(workdir / RESULTS, results.to_json())
+    runlog.write_json(workdir / RESULTS, inputs_lib.sealed(results))
     return results
 
 
@@ -248,8 +248,11 @@ class _Runner:
     out = self.workdir / "q1"
     inputs = {"config": cfg.to_json(), "data_path": str(self.intel_path) if data else None}
     marker, summary_path = out / "inputs.json", out / runlog.SUMMARY
+    # The marker holds the hash of the summary this report wrote: an edited one, or another
+    # run's written into q1/, is not reused (Q1 runs again; hopfield archives what was there).
+    written = lambda: {**inputs, "summary": inputs_lib.file_digest(summary_path)}
     reused = False
-    if marker.exists() and summary_path.exists() and runlog.read_json(marker) == inputs:
+    if marker.exists() and summary_path.exists() and runlog.read_json(marker) == written():
       summary = runlog.read_record(summary_path, hopfield.HopfieldSummary)
       figures = ((summary.retrieval.figures if summary.retrieval else [])
                  + (summary.capacity.figures if summary.capacity else []))
@@ -258,7 +261,7 @@ class _Runner:
       self.log(f"Q1: reusing the finished run in {out}")
     else:
       summary = hopfield.run(cfg, out, data_path=inputs["data_path"], log=self.log, data=data)
-      runlog.write_json(marker, inputs)
+      runlog.write_json(marker, written())
     return R.Q1(status=R.DONE, dir=self._rel(out), summary=summary, reused=reused,
                 check_table=(out / "check.md").read_text())
 

@@ -21,6 +21,7 @@ import datetime
 import errno
 import hashlib
 import json
+import math
 import re
 import shutil
 import sys
@@ -35,6 +36,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
+from hw2jax import cache
 from hw2jax.errors import AbandonedWorkError, UserError
 from hw2jax.train import sharding
 from hw2jax.train.trainer import TrainState
@@ -202,6 +204,8 @@ class Checkpoints:
         policies.BestN(get_metric_fn=_ranking, n=1, keep_checkpoints_without_metrics=True)])
     _quiet_orbax_leftovers()
     self._set_aside_unparseable()
+    if not read_only:
+      self._rankings_from_meta()
     with _ORBAX:
       self._manager = ocp.CheckpointManager(
           self.root, item_names=("state", "meta"),
@@ -212,6 +216,29 @@ class Checkpoints:
               read_only=read_only))
       if not read_only:
         self._set_aside_uncommitted()
+
+  def _rankings_from_meta(self) -> None:
+    """Orbax ranks steps (and its BestN policy keeps or deletes them) by <step>/metrics/metrics,
+    which no fingerprint covers: one that disagrees with the newest intact meta's history is
+    rewritten from it, so an edited file can neither pick the best nor get the best deleted."""
+    newest = newest_meta(self.root.parent)
+    history = newest[1].get("history") if newest else None
+    for record in history if isinstance(history, list) else []:
+      score = record.get(self.best_metric) if isinstance(record, dict) else None
+      path = (self.root / str(record.get("epoch")) / "metrics" / "metrics"
+              if isinstance(score, (int, float)) else None)
+      if path is None or not path.is_file() or record.get("diverged"):
+        continue
+      want = {"score": self._sign * score, "epoch": record["epoch"]}
+      try:
+        have = json.loads(path.read_text())
+        same = have["epoch"] == want["epoch"] and math.isclose(have["score"], want["score"])
+      except (OSError, ValueError, UnicodeDecodeError, TypeError, KeyError):
+        same = False
+      if not same:
+        cache.write_file(path, json.dumps(want))
+        self.log(f"checkpoint of epoch {want['epoch']}: Orbax's metrics file disagreed with the "
+                 "fingerprinted history; rewritten from it")
 
   # -- saving -----------------------------------------------------------------------------------
 

@@ -137,6 +137,15 @@ def _exclusive(workdir: Path) -> Iterator[Path]:
     os.close(fd)
 
 
+def refuse_training_run(workdir: Path, command: str) -> None:
+  """A command that keeps no checkpoints (experiments.hopfield) does not write its files into a
+  training run's workdir (it would archive that run's summary and mix its figures in)."""
+  found = [name for name in ("checkpoints", CONFIG) if (workdir / name).exists()]
+  if found:
+    raise UserError(f"{workdir} holds a training run ({', '.join(found)}); {command} writes "
+                    "into a folder of its own: use another --workdir")
+
+
 def planted_link(workdir: Path) -> Path | None:
   """The first symbolic link in `workdir` (its lock, run files, the folders runs write into,
   nested runs' workdirs), or None. Archived runs (archive/*) are not looked into: nothing is
@@ -294,8 +303,17 @@ def check_same_run(workdir: Path, now: dict, resumable: Iterable[str] = RESUMABL
   newest = ckpt_lib.newest_meta(workdir)
   if newest is not None:
     ckpt_lib.check_x64(newest[1].get(ckpt_lib.X64), workdir / "checkpoints")
+    asked = now["config"].get("epochs")
+    if isinstance(asked, int) and newest[0] > asked:   # its results would pass as `asked`'s
+      raise UserError(f"{workdir} holds {newest[0]} trained epochs, more than the --epochs="
+                      f"{asked} asked for; ask --epochs={newest[0]} to see its results, use "
+                      "another --workdir for a shorter run, or --fresh to archive it")
   stored = stored_identity(workdir)
   if stored is None:
+    if (workdir / runlog.SUMMARY).is_file():   # results without a run's settings: not ours
+      raise UserError(f"{workdir} holds the {runlog.SUMMARY} of another kind of run (no "
+                      f"{CONFIG} or checkpoints: experiments.hopfield's?); use another "
+                      "--workdir, or --fresh to archive its files and start over")
     return None
   have, origin = stored
   have = {**have, "config": {**added_settings, **have["config"]}}

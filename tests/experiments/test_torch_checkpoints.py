@@ -422,8 +422,8 @@ def test_a_failed_write_leaves_no_temp_file_and_no_target(tmp_path, monkeypatch)
 
 
 def test_an_evaluation_workdir_is_reused_only_by_the_same_checkpoint(tmp_path, p2g_data):
-  """Same file, settings and data: printed, not recomputed; other decoding: decoded again;
-  another checkpoint: refused unless --fresh, which archives the first evaluation."""
+  """Same file, settings and data: printed, not recomputed; other decoding: decoded again (the
+  previous evaluation archived); another checkpoint: refused unless --fresh, which archives the first evaluation."""
   config = p2g.Config(hidden_size=H, attention=True)
   first_pt = save(torch_seq2seq(p2g_data, attention=True, steps=5), tmp_path / "a.pt")
   second_pt = save(torch_seq2seq(p2g_data, attention=True, steps=5, seed=1), tmp_path / "b.pt")
@@ -446,6 +446,8 @@ def test_an_evaluation_workdir_is_reused_only_by_the_same_checkpoint(tmp_path, p
   beam = evaluate(first_pt, decoding=spellings.Decoding(beam=2))
   assert set(beam.test) == {"greedy", "beam2"} and beam.test["greedy"] == first.test["greedy"]
   assert "| test | beam 2 (best beam) |" in (workdir / "tables.md").read_text()
+  (greedy_only,) = (workdir / "archive").iterdir()        # the first evaluation, kept
+  assert read(greedy_only / "summary.json")["test"].keys() == {"greedy"}
 
   with pytest.raises(UserError) as e:
     evaluate(second_pt)
@@ -454,8 +456,8 @@ def test_an_evaluation_workdir_is_reused_only_by_the_same_checkpoint(tmp_path, p
   assert "a.pt" in str(e.value) and "--fresh" in str(e.value)
   second = evaluate(second_pt, fresh=True)
   assert second.checkpoint.path.endswith("b.pt")
-  archived = list((workdir / "archive").iterdir())
-  assert len(archived) == 1 and read(archived[0] / "summary.json")["checkpoint"]["path"] == str(
+  archived = sorted((workdir / "archive").iterdir())
+  assert len(archived) == 2 and read(archived[1] / "summary.json")["checkpoint"]["path"] == str(
       first_pt.resolve())
 
 

@@ -228,18 +228,36 @@ def test_an_edited_meta_is_set_aside_and_the_run_resumes_from_the_previous_check
 def test_an_edited_orbax_metrics_file_does_not_change_which_checkpoint_is_the_best(
     trainer, model, data, tmp_path):
   """Orbax ranks steps by <step>/metrics/metrics, which no fingerprint covers: the best restored
-  is the epoch the newest (fingerprinted) meta names."""
+  (also by the commands that only read) is the epoch the newest (fingerprinted) meta names."""
   scores = iter([0.9, 0.1, 0.2])
   run_fit(trainer, model, data, tmp_path, epochs=3,
           evaluate=lambda s: {"val_loss": 1.0, "val_accuracy": next(scores)})
   (tmp_path / "checkpoints" / "3" / "metrics" / "metrics").write_text(
       json.dumps({"score": 5.0, "epoch": 3}))
-  kept = checkpoints.Checkpoints(tmp_path, best_metric="val_accuracy", log=QUIET)
+  # read-only (--predict, --to_torch): the file stays as it is, Orbax believes it
+  kept = checkpoints.Checkpoints(tmp_path, best_metric="val_accuracy", log=QUIET, read_only=True)
   try:
-    assert kept.epochs() == [1, 2, 3] and kept.best_epoch() == 3       # Orbax believes it
+    assert kept.epochs() == [1, 2, 3] and kept.best_epoch() == 3
     assert kept.restore_best(new_state(model))[1]["epoch"] == 1
   finally:
     kept.close()
+
+
+def test_an_edited_orbax_metrics_file_does_not_get_the_real_best_deleted_on_resume(
+    trainer, model, data, tmp_path):
+  """Orbax's BestN keeps the step its metrics files rank best and deletes the others: on resume
+  the edited file is rewritten from the fingerprinted history, so epoch 1 (the best) is kept."""
+  scores = iter([0.9, 0.1, 0.2, 0.3, 0.4])
+  evaluate = lambda s: {"val_loss": 1.0, "val_accuracy": next(scores)}
+  run_fit(trainer, model, data, tmp_path, epochs=3, evaluate=evaluate)
+  metrics = tmp_path / "checkpoints" / "3" / "metrics" / "metrics"
+  metrics.write_text(json.dumps({"score": 5.0, "epoch": 3}))
+  logs = []
+  result = run_fit(trainer, model, data, tmp_path, epochs=5, evaluate=evaluate, log=logs.append)
+  assert result.best["epoch"] == 1
+  assert sorted(int(p.name) for p in (tmp_path / "checkpoints").glob("[0-9]*")) == [1, 4, 5]
+  said = [line for line in logs if "Orbax's metrics file disagreed" in line]
+  assert len(said) == 1 and "epoch 3" in said[0], logs
 
 
 def test_an_identity_edited_in_the_newest_meta_does_not_let_other_settings_resume(tmp_path):

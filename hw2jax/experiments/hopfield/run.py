@@ -104,6 +104,7 @@ def run(config: Config, workdir: str | Path, data_path: str | None = None,
     patterns = retrieval_lib.load_patterns(config.retrieval(), data_path, log=log,
                                            download=download, data=data)
   with workdir_lib.locked(workdir) as workdir:
+    workdir_lib.refuse_training_run(workdir, "experiments.hopfield")
     return _run(config, patterns, workdir, log)
 
 
