@@ -30,8 +30,33 @@ from hw2jax.train.trainer import EPOCH_MODES  # noqa: E402
 
 def fail(message: str) -> None:
   """Prints `error: message` (one line) to stderr and exits with status 2."""
-  print(f"error: {message}", file=sys.stderr, flush=True)
+  print(error_line(message), file=sys.stderr, flush=True)
   sys.exit(EXIT_USAGE)
+
+
+def error_line(message: str, limit: int = 2000) -> str:
+  """'error: message' as one printable line: control characters (a newline or a terminal escape
+  in a file name or a flag) shown escaped, a message longer than `limit` cut in its middle (it
+  may echo a huge argument; its end says what to do)."""
+  text = "".join(c if c.isprintable() or c == " " else ascii(c)[1:-1] for c in str(message))
+  if len(text) > limit:
+    text = f"{text[:limit * 2 // 3]} [... {len(text) - limit:,} characters ...] " \
+           f"{text[-limit // 3:]}"
+  return f"error: {text}"
+
+
+def _check_flagfiles(argv: Sequence[str]) -> None:
+  """absl reads a --flagfile whole: /dev/zero or a FIFO would take all memory or wait forever."""
+  for i, arg in enumerate(argv):
+    name, eq, path = arg.partition("=")
+    if name in ("--flagfile", "-flagfile") and not eq and i + 1 < len(argv):
+      path = argv[i + 1]
+    elif name not in ("--flagfile", "-flagfile"):
+      continue
+    if os.path.exists(path) and (not os.path.isfile(path)
+                                 or os.path.getsize(path) > FLAGFILE_MAX_BYTES):
+      fail(f"--flagfile={path} is not a file of flags (a folder, a device, or over "
+           f"{FLAGFILE_MAX_BYTES >> 20} MiB); give a text file with one --name=value a line")
 
 
 def _not_from_orbax(record) -> bool:
@@ -41,11 +66,15 @@ def _not_from_orbax(record) -> bool:
   return not (record.name == "asyncio" and "orbax" in record.getMessage())
 
 
+FLAGFILE_MAX_BYTES = 1 << 20
+
+
 def _parse_flags(argv: Sequence[str]) -> list[str]:
+  _check_flagfiles(argv)
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
-    fail(f"{e}. See --helpfull for the flags")
+    fail(f"{re.sub(r'^ERROR:+ *', '', str(e))}. See --helpfull for the flags")
   except SystemExit as e:
     # Only absl's --help, --helpshort, --helpfull and --helpxml exit while flags are parsed:
     # they print what was asked for and exit 1. Help that was asked for is a success.
@@ -90,12 +119,31 @@ def parse_devices(text: str) -> int:
 
 def define_download_flag() -> None:
   """--download, for CLIs that read the Intel data: fetch it from Kaggle when none is found."""
-  default = os.environ.get("HW2JAX_DOWNLOAD", "auto")
+  default = download_setting()
   flags.DEFINE_enum("download", default if default in ("auto", "never") else "auto",
                     ["auto", "never"],
                     "auto: when no Intel data is found, download the public Kaggle dataset "
                     "(about 360 MB) with kagglehub, cached in $KAGGLEHUB_CACHE (default "
                     "~/.cache/kagglehub); never: do not. Default: $HW2JAX_DOWNLOAD, else auto.")
+
+
+INT_FLAG_MAX = 2**31 - 1
+
+
+def _huge_integer_flag() -> str | None:
+  """An integer flag no array, loop or count of this program can hold (2**40 beams, patterns or
+  steps ended in a C++ abort, an overflow or an allocation traceback)."""
+  for name in flags.FLAGS:
+    value = flags.FLAGS[name].value
+    if "seed" in name:              # checked as seeds: 32 bits
+      continue
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > INT_FLAG_MAX:
+      return f"--{name}={value} is beyond any size this program handles (at most {INT_FLAG_MAX:,})"
+  return None
+
+
+def download_setting() -> str:
+  return os.environ.get("HW2JAX_DOWNLOAD", "auto").strip().lower()
 
 
 def run(main: Callable[[Sequence[str]], None], *, memory_flags: str = "--batch_size") -> None:
@@ -118,6 +166,11 @@ def run(main: Callable[[Sequence[str]], None], *, memory_flags: str = "--batch_s
       fail(f"unexpected arguments {' '.join(argv[1:])}; flags look like --name=value")
     try:
       problem = xla_flags_problem(os.environ.get("XLA_FLAGS", ""))
+      problem = problem or _huge_integer_flag()
+      if (not problem and "download" in flags.FLAGS and not flags.FLAGS["download"].present
+              and download_setting() not in ("auto", "never")):
+        problem = (f"HW2JAX_DOWNLOAD={os.environ['HW2JAX_DOWNLOAD']} is not auto or never; fix "
+                   "or unset it")
       if problem:
         raise UserError(problem)
       if "distributed" in flags.FLAGS and flags.FLAGS.distributed:
@@ -128,11 +181,14 @@ def run(main: Callable[[Sequence[str]], None], *, memory_flags: str = "--batch_s
       enable_compilation_cache()
       main(argv)
     except AbandonedWorkError as e:      # what the run keeps is on disk: do not wait
-      print(f"error: {e}", file=sys.stderr, flush=True)
+      print(error_line(str(e)), file=sys.stderr, flush=True)
       sys.stdout.flush()
       os._exit(EXIT_USAGE)
     except UserError as e:
       fail(str(e))
+    except MemoryError as e:          # numpy's "Unable to allocate 150. GiB for an array ..."
+      fail(f"out of host memory ({str(e).splitlines()[0] if str(e) else 'an allocation'}); "
+           f"make the run smaller ({memory_flags}) or its data (a huge word, image or count?)")
     except OSError as e:
       fail(describe_os_error(e))
     except Exception as e:  # out-of-memory and a missing device are the user's to fix
@@ -140,7 +196,7 @@ def run(main: Callable[[Sequence[str]], None], *, memory_flags: str = "--batch_s
       if lost:
         # Not sys.exit: JAX's exit handler would wait at a shutdown barrier for the dead
         # process, then abort (exit 134) with a page of coordination-service logs.
-        print(f"error: {lost}", file=sys.stderr, flush=True)
+        print(error_line(lost), file=sys.stderr, flush=True)
         sys.stdout.flush()
         os._exit(EXIT_USAGE)
       if platform_failure(e):
@@ -243,7 +299,8 @@ def describe_os_error(e: OSError) -> str:
     return (f"disk full while writing{where}; free space and rerun the same command: runs "
             "resume from their last checkpoint")
   if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-    return f"no permission to write{where} ({e.strerror}); use a folder you can write to"
+    return (f"no permission to write, move or remove{where} ({e.strerror}); use a folder you "
+            "can write to")
   return f"{e.strerror or e}{':' + where if where else ''}"
 
 
@@ -255,9 +312,18 @@ def describe_out_of_memory(e: Exception, flags_hint: str) -> str:
           "device with more memory")
 
 
+def _items(text: Sequence[str] | str, flag: str) -> list[str]:
+  """A list flag's items; an empty one ('8,,8', '0.1,') is a typo, not a value to drop."""
+  items = text.split(",") if isinstance(text, str) else list(text)
+  if len(items) > 1 and any(not str(x).strip() for x in items):
+    raise UserError(f"--{flag}={','.join(map(str, items))} has an empty item; separate the "
+                    "values by single commas")
+  return items
+
+
 def parse_floats(text: Sequence[str] | str, flag: str) -> list[float]:
   """'0.1,0.01' (or absl's list of strings) -> [0.1, 0.01]; a clear UserError otherwise."""
-  items = text.split(",") if isinstance(text, str) else list(text)
+  items = _items(text, flag)
   try:
     values = [float(x) for x in items if str(x).strip()]
   except ValueError:
@@ -269,7 +335,7 @@ def parse_floats(text: Sequence[str] | str, flag: str) -> list[float]:
 
 
 def parse_ints(text: Sequence[str] | str, flag: str) -> list[int]:
-  items = text.split(",") if isinstance(text, str) else list(text)
+  items = _items(text, flag)
   try:
     return [int(x) for x in items if str(x).strip()]
   except ValueError:

@@ -26,6 +26,7 @@ import dataclasses
 import hashlib
 import importlib.metadata
 import re
+import unicodedata
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -38,6 +39,7 @@ SPECIALS = ("<pad>", "<sos>", "<eos>", "<unk>")
 # Shown in decoded spellings where the model emitted UNK (or another special) as a character.
 UNK_CHAR = "\ufffd"
 SPLITS = ("train", "valid", "test")
+MAX_SYMBOLS = 256      # phonemes or letters of one word (English words have at most ~45)
 CMUDICT_SPLIT = {"test": 1000, "valid": 1000, "train": 10000}   # words per split
 _CMUDICT_WORD = re.compile(r"[a-z']*[a-z][a-z']*")
 
@@ -153,6 +155,14 @@ def parse_line(line: str, where: str) -> Pair:
     raise UserError(f"{where}: empty phoneme side")
   if not spelling:
     raise UserError(f"{where}: empty spelling")
+  odd = next((c for c in line.replace("\t", "")
+              if c == "\ufeff" or unicodedata.category(c) == "Cc"), None)
+  if odd is not None:     # NUL, a BOM where two files were joined, a terminal escape
+    raise UserError(f"{where}: a control character or byte-order mark ({ascii(odd)}); P2G "
+                    "lines are printable text")
+  if max(len(phonemes), len(spelling)) > MAX_SYMBOLS:
+    raise UserError(f"{where}: {len(phonemes):,} phonemes, {len(spelling):,} letters; a word "
+                    f"has at most {MAX_SYMBOLS} of each (every batch is padded to its longest)")
   return phonemes, spelling
 
 
@@ -160,9 +170,14 @@ def read_tsv(path: str | Path) -> list[Pair]:
   """All pairs of one course TSV file, in file order."""
   path = Path(path)
   if not path.is_file():
+    if path.is_symlink() or path.exists():
+      raise UserError(f"{path} is not a file (a folder, a device or FIFO, or a link to none); "
+                      f"a P2G data folder holds {', '.join(_tsv_names())}")
     raise UserError(f"{path} is missing; a P2G data folder holds {', '.join(_tsv_names())}")
   try:
     text = path.read_text(encoding="utf-8-sig")
+  except PermissionError:
+    raise UserError(f"cannot read {path} (permission denied)") from None
   except UnicodeDecodeError as e:
     line = path.read_bytes()[:e.start].count(b"\n") + 1
     raise UserError(f"{path}:{line}: not UTF-8 text") from None

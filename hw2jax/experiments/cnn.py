@@ -16,7 +16,7 @@ from hw2jax import cache, markdown, plots, records
 from hw2jax.data import intel
 from hw2jax.data.images import ImageData
 from hw2jax.errors import UserError
-from hw2jax.models import cnn, registry
+from hw2jax.models import cnn, dropout, registry
 from hw2jax.train import fit as fit_lib
 from hw2jax.train import optimizer as optimizer_lib, runlog, sharding, tensorboard as tb
 from hw2jax.train import trainer as trainer_lib
@@ -68,7 +68,9 @@ class Config:
         (self.eval_batch_size >= 1, f"eval batch size {self.eval_batch_size} must be >= 1"),
         (records.non_negative(self.l2_decay),
          f"--l2_decay={self.l2_decay} must be a finite number >= 0"),
-        (0 <= self.dropout < 1, f"--dropout={self.dropout} must be in [0, 1)"),
+        (0 <= self.dropout < 1 and dropout.keep_threshold(self.dropout) >= 1,
+         f"--dropout={self.dropout} must be in [0, {dropout.MAX_RATE:.7f}] (the CNN's dropout "
+         "keeps units in steps of 1/65536)"),
         records.seed_check(self.seed),
         (self.kernel_size >= 1 and self.kernel_size % 2 == 1,
          f"--kernel_size={self.kernel_size} must be a positive odd number ('same' padding)"),

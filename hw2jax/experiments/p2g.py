@@ -286,9 +286,8 @@ def _train_and_evaluate(config, data, workdir, trainer, *, decoding_options, fre
                         target_vocab=len(data.tgt_vocab)),
       epochs_done=len(result.history), diverged_at=result.diverged_at,
       status=result.status(config.epochs),
-      evaluated_checkpoint=("none (diverged)" if result.diverged_at else
-                            f"best validation CER, epoch {best['epoch']}" if best_state is not None
-                            else "last epoch"),
+      evaluated_checkpoint=("none (diverged)" if result.diverged_at else "last epoch" if best_state
+                            is None else f"best validation CER, epoch {best['epoch']}"),
       best_val=best and P2GBestEpoch(best["epoch"], best.get("val_cer"), best.get("val_wer"),
                                      best.get("val_loss")),
       test=test, seed_report=SEED_REPORT, train_seconds_total=result.train_seconds_total,

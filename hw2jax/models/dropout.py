@@ -33,6 +33,9 @@ def keep_threshold(rate: float) -> int:
   return int(round((1.0 - rate) * 65536))
 
 
+MAX_RATE = 1.0 - 1.0 / 65536     # the largest rate whose threshold keeps any unit
+
+
 def apply(x: jax.Array, keep: jax.Array, rate: float) -> jax.Array:
   """`x` with the dropped elements zeroed and the kept ones scaled so that E[output] = x."""
   return jnp.where(keep, x * (65536.0 / keep_threshold(rate)), 0.0).astype(x.dtype)

@@ -7,6 +7,7 @@ import dataclasses
 
 from hw2jax import records
 from hw2jax.data import intel
+from hw2jax.experiments import spellings
 from hw2jax.train import trainer
 
 PARTS = ("q1", "q2", "q2_ablations", "q3")
@@ -70,14 +71,18 @@ class Config:
         (self.epoch_mode in trainer.EPOCH_MODES,
          f"--epoch_mode={self.epoch_mode!r} is not one of {', '.join(trainer.EPOCH_MODES)}"),
         (len(self.ablation_kernel_sizes) >= 1
-         and all(k >= 1 and k % 2 == 1 for k in self.ablation_kernel_sizes),
+         and all(k >= 1 and k % 2 == 1 for k in self.ablation_kernel_sizes)
+         and len(set(self.ablation_kernel_sizes)) == len(self.ablation_kernel_sizes),
          f"--ablation_kernel_sizes={','.join(map(str, self.ablation_kernel_sizes))} must be "
-         "positive odd numbers"),
+         "positive odd numbers, each given once"),
+        (len(set(self.ablation_pooling)) == len(self.ablation_pooling),
+         f"--ablation_pooling={','.join(self.ablation_pooling)} names one twice"),
         (len(self.ablation_pooling) >= 1 and all(p in POOLING for p in self.ablation_pooling),
          f"--ablation_pooling={','.join(self.ablation_pooling)}: use max, none or both"),
         (self.q3_hidden_size >= 2 and self.q3_hidden_size % 2 == 0,
          f"--q3_hidden_size={self.q3_hidden_size} must be a positive even number"),
-        (self.q3_beam >= 0, f"--q3_beam={self.q3_beam} must be >= 0 (0: no beam search)"),
+        (0 <= self.q3_beam <= spellings.MAX_BEAM, f"--q3_beam={self.q3_beam} must be in "
+         f"0..{spellings.MAX_BEAM} (0: no beam search)"),
         (self.pixels in intel.PIXELS,
          f"--pixels={self.pixels!r} is not one of {', '.join(intel.PIXELS)}"),
         (self.overlap in OVERLAP, f"--overlap={self.overlap!r} is not one of "

@@ -138,6 +138,10 @@ def initialize_distributed() -> None:
         kwargs[key] = int(os.environ[name])
       except ValueError:
         raise UserError(f"{name}={os.environ[name]!r} must be a whole number") from None
+  n, i = kwargs.get("num_processes"), kwargs.get("process_id")
+  if (n is not None and n < 1) or (i is not None and (i < 0 or (n is not None and i >= n))):
+    raise UserError(f"JAX_PROCESS_ID={i} with JAX_NUM_PROCESSES={n}: the processes are "
+                    "numbered 0..JAX_NUM_PROCESSES-1 (and there is at least one)")
   if address and kwargs.get("process_id", 0) != 0:
     _wait_for_coordinator(host, int(port), kwargs["initialization_timeout"])
   try:

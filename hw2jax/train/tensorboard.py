@@ -8,7 +8,6 @@ killed run had logged beyond its last checkpoint. Only process 0 writes.
 from __future__ import annotations
 
 import math
-import shutil
 import sys
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -17,6 +16,7 @@ from hw2jax.train.sharding import primary
 
 FOLDER = "tb"
 HPARAMS = "hparams"
+EVENTS = "events.out.tfevents."       # tensorboardX's event file names start so
 
 
 class Board:
@@ -34,8 +34,7 @@ class Board:
     if not self.enabled:
       return
     SummaryWriter = summary_writer()
-    if self.dir.exists():
-      shutil.rmtree(self.dir)
+    remove_event_files(self.dir)
     self._writer = SummaryWriter(str(self.dir), flush_secs=30)
     for record in history:
       self.epoch(record)
@@ -61,13 +60,20 @@ def write_hparams(workdir: str | Path, hparams: Mapping[str, Any], metrics: Mapp
     return
   SummaryWriter = summary_writer()
   folder = Path(workdir) / FOLDER / HPARAMS
-  if folder.exists():
-    shutil.rmtree(folder)
+  remove_event_files(folder)
   values = {k: v if isinstance(v, (bool, int, float, str)) else str(v)
             for k, v in hparams.items() if v is not None}
   numbers = {f"final/{k}": float(v) for k, v in metrics.items() if _number(v)}
   with SummaryWriter(str(folder)) as writer:
     writer.add_hparams(values, numbers, name=".")
+
+
+def remove_event_files(folder: Path) -> None:
+  """The event files this module writes into `folder`, not what else a user keeps there (notes,
+  another run's events in a subfolder, profiler traces)."""
+  for path in folder.glob(f"{EVENTS}*") if folder.is_dir() else ():
+    if path.is_file() and not path.is_symlink():
+      path.unlink()
 
 
 def summary_writer():

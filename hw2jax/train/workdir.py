@@ -52,6 +52,12 @@ def ensure(workdir: str | Path) -> Path:
   """Creates `workdir` (and its parents) or says in one line why it cannot be used."""
   workdir = Path(workdir)
   try:
+    str(workdir).encode("utf-8")
+  except UnicodeEncodeError:   # bytes of another encoding, or a UTF-8 name under LC_ALL=C
+    raise UserError(f"workdir {ascii(str(workdir))} is not a UTF-8 path, which Orbax's "
+                    "checkpoints need; give a UTF-8 name (under LC_ALL=C, set PYTHONUTF8=1)"
+                    ) from None
+  try:
     workdir.mkdir(parents=True, exist_ok=True)
   except FileExistsError:
     raise UserError(f"workdir {workdir} is a file, not a folder; give a folder") from None

@@ -80,8 +80,9 @@ class Config:
         (self.patterns in PATTERN_SOURCES,
          f"--patterns={self.patterns!r} is not one of {', '.join(PATTERN_SOURCES)}"),
         (self.num_patterns >= 2, f"--num_patterns={self.num_patterns} must be at least 2"),
-        (len(self.betas) >= 1 and all(records.positive(b) for b in self.betas),
-         f"--betas={markdown.numbers(self.betas)} must be positive numbers"),
+        (len(self.betas) >= 1 and all(records.positive(b) for b in self.betas)
+         and len(set(self.betas)) == len(self.betas),
+         f"--betas={markdown.numbers(self.betas)} must be positive numbers, each given once"),
         (records.non_negative(self.noise), f"--noise={self.noise} must be a finite number >= 0"),
         beta_check(self.betas, "betas", self.num_patterns, math.prod(IMAGE_SHAPE),
                    self.noise if "noise" in self.queries else 0.0, "--noise"),
@@ -164,6 +165,11 @@ def load_patterns(config: Config, data_path: str | None = None,
   chosen = np.sort(rng.choice(len(images), config.num_patterns, replace=False))
   pixels = images[chosen].reshape(config.num_patterns, -1).astype(np.float32) / 255.0
   offset, scale = pixels.mean(axis=1), pixels.std(axis=1) + 1e-6
+  flat = int(np.sum(np.ptp(pixels, axis=1) == 0))
+  if flat:    # standardised to all zeros: nothing to retrieve, and its relative error is 0/0
+    raise UserError(f"{flat} of the {config.num_patterns} training images chosen from {path} "
+                    "are of one colour (every pixel the same): no pattern to store; remove "
+                    "such images from the data")
   X = (pixels - offset[:, None]) / scale[:, None]
   records.require([beta_check(config.betas, "betas", config.num_patterns, X.shape[1],
                               config.noise if "noise" in config.queries else 0.0, "--noise")])
