@@ -3,15 +3,15 @@
 Layout: <workdir>/checkpoints/<epoch>/{state,meta}: the last `keep_latest` epochs and the best
 one by the run's validation metric (Orbax's `LatestN` + `BestN` preservation policies; the best
 epoch is written once, not twice). `meta` is JSON (epoch, history, best record, the
-JAX_ENABLE_X64 setting, a fingerprint of the state and one of the meta itself, so that damage
-Orbax itself would not notice, or an edited history, is found on restore; metas written before
-the meta's own fingerprint are read unchecked).
+JAX_ENABLE_X64 setting, a checksum of the state and a fingerprint of the meta itself, so that
+damage Orbax itself would not notice, or an edited history, is found on restore; metas written
+before the meta's own fingerprint are read unchecked).
 
 A checkpoint that cannot be read, or whose state or meta does not match its fingerprint, is
 moved to <workdir>/checkpoints/corrupt/<epoch>-<time>/ (never deleted) with one line saying so,
 and the previous one is used: a damaged step must not block the save of the same epoch when it
 is trained again. Workdirs of the older layout (checkpoints/latest/ and checkpoints/best/, two
-managers) are adopted into this one on first use. A full disk while writing becomes one line.
+managers) are refused in one line. A full disk while writing becomes one line.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
@@ -51,6 +52,7 @@ LEGACY = ("latest", "best")      # the two managers of the layout before 2026-12
 _STEP_RE = re.compile(r"^\d+$")
 X64 = "jax_enable_x64"               # the meta's key for the dtype setting a state was trained in
 META_FINGERPRINT = "meta_fingerprint"
+CHECKSUM = "state_checksum"          # the meta's key for `checksum` (older metas: "fingerprint")
 # How Orbax/TensorStore say that a stored array does not fit the template it is restored into.
 _MISFIT = re.compile(r"not compatible with the stored shape|[Ss]hape mismatch|"
                      r"[Rr]equested shape")
@@ -62,8 +64,37 @@ def state_tree(state: TrainState) -> dict:
           "step": state.step, "key": state.key}
 
 
+def checksum(state: TrainState) -> str:
+  """A check of every array of the state, to verify a restored one: each leaf's dtype and shape
+  and two wrapping 32-bit sums of its words, one weighted by position (a flipped bit, a block
+  moved). Summed where the arrays are: a save copies a few bytes to the host, not the state
+  (Orbax's asynchronous write makes its own copy)."""
+  leaves = jax.tree_util.tree_leaves(state_tree(state))
+  sums = np.asarray(sharding.to_host(_leaf_sums(leaves)))
+  spec = ";".join(f"{x.dtype}{x.shape}" for x in leaves).encode()
+  return hashlib.blake2b(spec + sums.tobytes(), digest_size=16).hexdigest()
+
+
+@jax.jit
+def _leaf_sums(leaves: list) -> jax.Array:
+  """(leaves, 2) uint32: per leaf, the wrapping sum of its 32-bit words and of word x position."""
+  out = []
+  for x in leaves:
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+      x = jax.random.key_data(x)
+    if x.dtype == jnp.bool_ or x.dtype.itemsize < 4:
+      x = x.astype(jnp.uint32) if x.dtype == jnp.bool_ else jax.lax.bitcast_convert_type(
+          x, jnp.dtype(f"uint{8 * x.dtype.itemsize}")).astype(jnp.uint32)
+    words = jax.lax.bitcast_convert_type(x, jnp.uint32).reshape(-1)
+    position = jnp.arange(1, words.size + 1, dtype=jnp.uint32)
+    out.append(jnp.stack([jnp.sum(words, dtype=jnp.uint32),
+                          jnp.sum(words * position, dtype=jnp.uint32)]))
+  return jnp.stack(out) if out else jnp.zeros((0, 2), jnp.uint32)
+
+
 def fingerprint(state: TrainState) -> str:
-  """A hash of every array of the state (dtype, shape, bytes), to verify a restored state."""
+  """A hash of every array of the state (dtype, shape, bytes) on the host: how checkpoints
+  written before `checksum` are verified."""
   h = hashlib.blake2b(digest_size=16)
   for leaf in jax.tree_util.tree_leaves(state_tree(state)):
     a = np.ascontiguousarray(sharding.to_host(leaf))
@@ -246,7 +277,7 @@ class Checkpoints:
            record: dict[str, Any]) -> None:
     """Saves `state` as epoch `epoch` (asynchronously); `record` (the epoch's metrics) ranks
     it for the best checkpoint (without `best_metric`, e.g. diverged: never the best)."""
-    meta = {**meta, X64: x64_enabled(), "fingerprint": fingerprint(state)}
+    meta = {**meta, X64: x64_enabled(), CHECKSUM: checksum(state)}
     meta = json.loads(json.dumps(meta))
     meta[META_FINGERPRINT] = meta_fingerprint(meta)        # of the meta as it will read back
     score = record.get(self.best_metric)
@@ -304,7 +335,8 @@ class Checkpoints:
         restored = self._manager.restore(epoch, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
       state, meta = template.replace(**restored["state"]), dict(restored["meta"])
-      if "fingerprint" in meta and fingerprint(state) != meta["fingerprint"]:
+      if ((CHECKSUM in meta and checksum(state) != meta[CHECKSUM])
+              or ("fingerprint" in meta and fingerprint(state) != meta["fingerprint"])):
         raise ValueError("its arrays do not match the fingerprint saved with them")
       if not meta_intact(meta):
         raise ValueError("its metadata does not match the fingerprint saved with it")

@@ -259,7 +259,7 @@ def arrays_of_the_previous_epoch(step):
 def another_fingerprint_in_the_meta(step):
   path = step / "meta" / "metadata"
   meta = json.loads(path.read_text())
-  meta["fingerprint"] = "0" * len(meta["fingerprint"])
+  meta["state_checksum"] = "0" * len(meta["state_checksum"])
   path.write_text(json.dumps(meta))
 
 
@@ -279,3 +279,34 @@ def test_arrays_that_orbax_reads_but_that_fail_their_fingerprint_are_set_aside(
   assert len(kept) == 1 and (kept[0] / "meta" / "metadata").is_file()
   assert any("resuming from the checkpoint of epoch 2" in line for line in logs), logs
   assert strip(resumed) == strip(undamaged)                 # as if never damaged
+
+
+def test_the_state_checksum_finds_a_flipped_bit_and_two_swapped_numbers(model):
+  """The check a save writes is summed on the device (a few bytes reach the host, not the state):
+  equal states agree, and the damage Orbax reads without complaint does not."""
+  import jax
+  import numpy as np
+  from helpers import new_cnn_state
+  state = new_cnn_state(model)
+  same = checkpoints.checksum(state)
+  leaves, tree = jax.tree_util.tree_flatten(state.params)
+  copy = jax.tree_util.tree_unflatten(tree, [jnp.asarray(np.asarray(x)) for x in leaves])
+  assert checkpoints.checksum(state.replace(params=copy)) == same
+
+  k = max(range(len(leaves)), key=lambda i: leaves[i].size)     # a kernel: distinct numbers
+
+  def changed(edit):
+    kernel = np.asarray(leaves[k]).copy()
+    edit(kernel.reshape(-1))
+    params = jax.tree_util.tree_unflatten(tree, [*leaves[:k], jnp.asarray(kernel),
+                                                 *leaves[k + 1:]])
+    return checkpoints.checksum(state.replace(params=params))
+
+  def flip(flat):
+    flat.view(np.uint32)[3] ^= 1 << 7
+
+  def swap(flat):
+    flat[[0, 1]] = flat[[1, 0]]
+  assert changed(flip) != same and changed(swap) != same
+  assert checkpoints.checksum(state.replace(step=state.step + 1)) != same
+  assert checkpoints.checksum(state.replace(key=trainer_lib.prng_key(1))) != same
