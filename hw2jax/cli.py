@@ -74,7 +74,9 @@ def _parse_flags(argv: Sequence[str]) -> list[str]:
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
-    fail(f"{re.sub(r'^ERROR:+ *', '', str(e))}. See --helpfull for the flags")
+    text = re.sub(r"^ERROR:+ *", "", str(e))      # absl's own prefix, and its tuple of a reason
+    text = re.sub(r": \('([^']*)', '([^']*)'\)", r": \1 (\2)", text)
+    fail(f"{text.rstrip('.')}. See --helpfull for the flags")
   except SystemExit as e:
     # Only absl's --help, --helpshort, --helpfull and --helpxml exit while flags are parsed:
     # they print what was asked for and exit 1. Help that was asked for is a success.
@@ -295,6 +297,8 @@ def describe_platform_error(asked: str, available: Sequence[str]) -> str:
 def describe_os_error(e: OSError) -> str:
   """One line for an OSError: what could not be done to which path, and what to do."""
   where = f" {e.filename}" if e.filename else ""
+  if e.errno == errno.ENOENT and not e.filename and _cwd_deleted():
+    return "the folder this command runs in was deleted; cd into one that exists and rerun"
   if e.errno == errno.ENOSPC:
     return (f"disk full while writing{where}; free space and rerun the same command: runs "
             "resume from their last checkpoint")
@@ -302,6 +306,14 @@ def describe_os_error(e: OSError) -> str:
     return (f"no permission to write, move or remove{where} ({e.strerror}); use a folder you "
             "can write to")
   return f"{e.strerror or e}{':' + where if where else ''}"
+
+
+def _cwd_deleted() -> bool:
+  try:
+    os.getcwd()
+  except FileNotFoundError:
+    return True
+  return False
 
 
 def describe_out_of_memory(e: Exception, flags_hint: str) -> str:

@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -168,3 +169,32 @@ def test_a_resume_keeps_what_a_user_put_in_tb(tmp_path):
   assert (tmp_path / "w" / "tb" / "notes.txt").read_text() == "mine"
   assert (tmp_path / "w" / "tb" / "other_run" / "events.out.tfevents.1.x").read_text() == "theirs"
   assert len(list((tmp_path / "w" / "tb").glob("events.out.tfevents.*"))) == 1
+
+
+# -- messages that named the wrong thing --------------------------------------------------------
+
+
+def test_a_flag_parse_error_reads_as_words_not_a_python_tuple():
+  proc = subprocess.run([sys.executable, "-m", "experiments.cnn", "--fresh=maybe"],
+                        env=cli_env(Path.cwd()), capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 2 and "('" not in proc.stderr and "ERROR:" not in proc.stderr
+  assert "Non-boolean argument to boolean flag (maybe)" in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("cli_name", ["cnn", "p2g"])
+def test_an_empty_to_torch_is_refused_not_read_as_the_current_folder(tmp_path, cli_name):
+  proc = run_cli(f"experiments.{cli_name}", "--to_torch=", "--workdir=w", cwd=tmp_path)
+  assert_clean_failure(proc, "--to_torch is empty; give a file name")
+  assert not (tmp_path / "w").exists()
+
+
+def test_a_deleted_working_folder_is_named_as_such(tmp_path):
+  gone = tmp_path / "gone"
+  gone.mkdir()
+  env = cli_env(tmp_path)
+  env["PYTHONPATH"] = env["PYTHONPATH"].strip(os.pathsep)   # no '' entry: Python resolves each
+  proc = subprocess.run(
+      f"cd {gone} && rmdir {gone} && exec {sys.executable} -m experiments.cnn --epochs=1 "
+      f"--data_path={tmp_path / 'none.npz'}", shell=True, env=env,
+      capture_output=True, text=True, timeout=120)
+  assert_clean_failure(proc, "the folder this command runs in was deleted; cd into one")

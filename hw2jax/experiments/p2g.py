@@ -394,7 +394,7 @@ def load_run(workdir: str | Path, log: Callable[[str], None] = print):
   state = fit_lib.restore_best(workdir, new_state(config, model), best_metric="val_cer",
                                best_mode="min", log=log, read_only=True)
   if state is None:
-    raise UserError(f"{workdir} has no readable checkpoint; train first with the same --workdir")
+    raise UserError(f"{workdir} has no readable best checkpoint; train (on) in that --workdir")
   return config, src_vocab, tgt_vocab, model, state.params
 
 

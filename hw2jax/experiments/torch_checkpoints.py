@@ -56,6 +56,9 @@ def default_workdir(task: str, path: str | Path) -> str:
 def one_mode(**given: str | None) -> None:
   """UserError when more than one of these flags that each replace training is set."""
   named = [f"--{name}" for name, value in given.items() if value is not None]
+  empty = [name for name, value in given.items() if value is not None and not value.strip()]
+  if empty:    # `--to_torch=` would be read as '.', the current folder
+    raise UserError(f"--{empty[0]} is empty; give a file name")
   if len(named) > 1:
     raise UserError(f"{' and '.join(named)} cannot be combined; give one of them per command")
 

@@ -291,7 +291,7 @@ def test_predict_on_a_damaged_best_checkpoint_says_it_left_it_in_place_and_moves
   cut_short(run / "checkpoints" / "1")
   before = checksums(run)
   logs = []
-  with pytest.raises(UserError, match="has no readable checkpoint"):
+  with pytest.raises(UserError, match="has no readable best checkpoint"):
     p2g.predict(run, [p for p, _ in p2g_run.data.test[:2]], log=logs.append)
   said = [line for line in logs if "checkpoint of epoch 1 is unreadable" in line]
   assert len(said) == 1 and said[0].endswith(LEFT_IN_PLACE), logs
