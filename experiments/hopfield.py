@@ -17,6 +17,7 @@ import sys
 from absl import flags
 
 from hw2jax import cli
+from hw2jax.errors import UserError
 from hw2jax.experiments.hopfield import retrieval
 from hw2jax.experiments.hopfield import run as hopfield
 
@@ -65,6 +66,9 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
+  if FLAGS.check and FLAGS["parts"].present and tuple(FLAGS.parts) != ("check",):
+    raise UserError(f"--check means --parts=check; give one of --check and "
+                    f"--parts={','.join(FLAGS.parts)}")
   parts = ("check",) if FLAGS.check else tuple(FLAGS.parts)
   config = hopfield.Config(
       parts=parts, seed=FLAGS.seed, check_trials=FLAGS.check_trials, patterns=FLAGS.patterns,

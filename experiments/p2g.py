@@ -22,6 +22,7 @@ from absl import flags
 
 from hw2jax import cli
 from hw2jax.data import phonemes, sources
+from hw2jax.errors import UserError
 from hw2jax.experiments import p2g, spellings, torch_checkpoints, torch_files
 
 _D, _O = p2g.Config(), spellings.Decoding()
@@ -82,6 +83,9 @@ def main(argv):
   options = spellings.Decoding(top_p=FLAGS.topp, k=FLAGS.k, beam=FLAGS.beam).validate()
   workdir = FLAGS.workdir or f"runs/p2g/{config.name()}"
   if FLAGS.predict is not None:
+    if FLAGS.fresh:        # it only reads the workdir; --fresh would archive the run
+      raise UserError("--predict spells with the run trained in --workdir and changes nothing "
+                      "there; --fresh does not apply to it")
     p2g.predict(workdir, phonemes.parse_words(FLAGS.predict), options)
     return
   if FLAGS.from_torch is not None:

@@ -198,3 +198,24 @@ def test_a_deleted_working_folder_is_named_as_such(tmp_path):
       f"--data_path={tmp_path / 'none.npz'}", shell=True, env=env,
       capture_output=True, text=True, timeout=120)
   assert_clean_failure(proc, "the folder this command runs in was deleted; cd into one")
+
+
+@pytest.mark.parametrize("module, args, fragment", [
+    ("experiments.p2g", ["--predict=k a t", "--fresh"], "--fresh does not apply to it"),
+    ("experiments.hopfield", ["--check", "--parts=retrieval"], "--check means --parts=check"),
+])
+def test_flags_that_contradict_the_mode_are_refused_not_ignored(tmp_path, module, args, fragment):
+  proc = run_cli(module, "--workdir=w", *args, cwd=tmp_path)
+  assert_clean_failure(proc, fragment)
+  assert not (tmp_path / "w").exists()
+
+
+def test_a_workdir_the_cli_made_but_cannot_use_is_removed_again(tmp_path, monkeypatch):
+  """Under umask 777 a CLI made its workdir without any permission, refused it as not writable
+  and left it behind (root writes anywhere, so the refusal is simulated here)."""
+  from hw2jax.train import workdir as workdir_lib
+  monkeypatch.setattr(os, "access", lambda *args, **kwargs: False)
+  with pytest.raises(UserError, match="is not writable"):
+    with workdir_lib.locked(tmp_path / "new" / "w"):
+      pass
+  assert not (tmp_path / "new").exists()

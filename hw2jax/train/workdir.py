@@ -87,8 +87,8 @@ def locked(workdir: str | Path, *, read_only: bool = False) -> Iterator[Path]:
       yield workdir
     return
   made = [p for p in (Path(workdir), *Path(workdir).parents) if not p.exists()]
-  workdir = ensure(workdir)
   try:
+    workdir = ensure(workdir)   # one it made and cannot use (umask 777) goes too
     with _exclusive(workdir) as workdir:
       yield workdir
   except BaseException:
