@@ -44,19 +44,22 @@ BN_COUNTER = "num_batches_tracked"
 
 
 def check_state_dict(state_dict: StateDict, expected: Shapes,
-                     hint: Callable[[str, str], str] = lambda key, problem: "",
+                     hint: Callable[..., str] = lambda key, problem, axis=None: "",
                      optional: Sequence[str] = ()) -> None:
   """UserError naming the first key of `expected` (in order) that is missing or has another
   shape, else the first key of `state_dict` that is not expected (nor `optional`).
-  `hint(key, problem)` adds a clause ('missing', 'shape' or 'unexpected') to the message."""
+  `hint(key, problem, axis)` adds a clause ('missing', 'shape' or 'unexpected'; for a shape,
+  the first axis that differs) to the message; arrays of another rank get none."""
   for key, shape in expected.items():
     if key not in state_dict:
       raise UserError(f"state_dict: missing key {key!r} (expected shape {shape})"
                       f"{hint(key, 'missing')}")
     got = tuple(np.shape(state_dict[key]))
     if got != shape:
-      raise UserError(f"state_dict: shape {got} of {key!r} but expected {shape}"
-                      f"{hint(key, 'shape')}")
+      axis = next((i for i, (a, b) in enumerate(zip(got, shape)) if a != b), None)
+      why = (hint(key, "shape", axis) if len(got) == len(shape) else
+             f"; an array of {len(got)} dimensions where the model has {len(shape)}")
+      raise UserError(f"state_dict: shape {got} of {key!r} but expected {shape}{why}")
   for key in state_dict:
     if key not in expected and key not in optional:
       raise UserError(f"state_dict: unexpected key {key!r}{hint(key, 'unexpected')}")
@@ -125,8 +128,8 @@ def cnn_torch_shapes(model: CNN, image_size: int = 48) -> Shapes:
   return out
 
 
-def _cnn_hint(model: CNN) -> Callable[[str, str], str]:
-  def hint(key, problem):
+def _cnn_hint(model: CNN) -> Callable[..., str]:
+  def hint(key, problem, axis=None):
     if problem != "shape" and (".block.1." in key or key.startswith("head.2.")):
       return ("; a checkpoint without BatchNorm: is it the vanilla model (--model=vanilla)?"
               if problem == "missing" else
@@ -269,12 +272,12 @@ def seq2seq_torch_shapes(model: Seq2Seq) -> Shapes:
   return out
 
 
-def _seq2seq_hint(key: str, problem: str) -> str:
+def _seq2seq_hint(key: str, problem: str, axis: int | None = None) -> str:
   if ".attn." in key and problem == "missing":
     return "; is it a model with --attention?"
   if ".attn." in key and problem == "unexpected":
     return "; it is a model with attention: add --attention"
-  if problem == "shape" and ("embedding" in key or key.startswith("generator")):
+  if problem == "shape" and axis == 0 and ("embedding" in key or key.startswith("generator")):
     return "; a vocabulary of another size: build both from the same training pairs"
   if problem == "shape":
     return "; another hidden size?"

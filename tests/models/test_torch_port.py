@@ -384,7 +384,16 @@ MISMATCHES = {   # case: (the import, the message or a fragment of it)
         "state_dict: unexpected key 'decoder.attn.W_s.weight'; it is a model with attention"),
     "another vocabulary size": (
         lambda: s2s_import(False, False, sizes=(21, 16)),
-        "state_dict: shape (21, 128) of 'encoder.embedding.weight' but expected (20, 128)"),
+        "state_dict: shape (21, 128) of 'encoder.embedding.weight' but expected (20, 128); a "
+        "vocabulary of another size"),
+    "another embedding width, same vocabulary": (
+        lambda: s2s_import(False, False, encoder__embedding__weight=np.zeros((20, 7), np.float32)),
+        "state_dict: shape (20, 7) of 'encoder.embedding.weight' but expected (20, 128); another "
+        "hidden size?"),
+    "a generator bias of another rank": (
+        lambda: s2s_import(False, False, generator__bias=np.zeros((16, 1), np.float32)),
+        "state_dict: shape (16, 1) of 'generator.bias' but expected (16,); an array of 2 "
+        "dimensions where the model has 1"),
     "untied generator": (
         lambda: s2s_import(False, False, generator__weight=np.ones((16, H), np.float32)),
         "'generator.weight' differs from 'decoder.embedding.weight'"),
