@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import re
 import socket
 import time
@@ -21,11 +22,13 @@ STALE_AFTER_S = 24 * 3600
 
 
 def cache_root(environ: Mapping[str, str] | None = None) -> Path:
-  """$HW2JAX_CACHE, else $XDG_CACHE_HOME/hw2jax, else ~/.cache/hw2jax."""
+  """$HW2JAX_CACHE, else $XDG_CACHE_HOME/hw2jax, else ~/.cache/hw2jax (an empty $HOME, which
+  Python reads as '/', counts as unset: the user's home from the password database)."""
   environ = os.environ if environ is None else environ
   if environ.get("HW2JAX_CACHE"):
     return Path(environ["HW2JAX_CACHE"])
-  return Path(environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "hw2jax"
+  home = Path(environ["HOME"]) if environ.get("HOME") else Path(pwd.getpwuid(os.getuid()).pw_dir)
+  return Path(environ.get("XDG_CACHE_HOME") or home / ".cache") / "hw2jax"
 
 
 # The compiled-program cache's bound. Any bound also turns on JAX's file lock (the `filelock`

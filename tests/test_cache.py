@@ -3,7 +3,9 @@ through a temp file named after its writer that no failure leaves behind."""
 
 import errno
 import os
+import pwd
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -15,7 +17,9 @@ from hw2jax import cache
 def test_cache_root_follows_the_environment(tmp_path):
   assert cache.cache_root({"HW2JAX_CACHE": str(tmp_path)}) == tmp_path
   assert cache.cache_root({"XDG_CACHE_HOME": str(tmp_path)}) == tmp_path / "hw2jax"
-  assert cache.cache_root({}) == Path.home() / ".cache" / "hw2jax"
+  assert cache.cache_root({"HOME": str(tmp_path)}) == tmp_path / ".cache" / "hw2jax"
+  home = Path(pwd.getpwuid(os.getuid()).pw_dir)       # HOME unset, or empty (Python's '/')
+  assert cache.cache_root({}) == cache.cache_root({"HOME": ""}) == home / ".cache" / "hw2jax"
 
 
 def dead_pid() -> int:
@@ -91,3 +95,13 @@ def test_only_temp_files_of_dead_writers_are_removed(tmp_path):
 
 def test_a_missing_folder_has_no_stale_temps(tmp_path):
   assert cache.remove_stale_temps(tmp_path / "absent", "intel48-") == []
+
+
+def test_an_empty_home_puts_the_cache_in_the_users_home_not_the_filesystem_root(tmp_path):
+  env = {k: v for k, v in os.environ.items() if k not in ("HW2JAX_CACHE", "XDG_CACHE_HOME")}
+  env.update(HOME="", PYTHONPATH=str(Path(cache.__file__).parents[1]))
+  code = "from hw2jax import cache; print(cache.cache_root())"
+  out = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True,
+                       text=True, timeout=120)
+  home = Path(pwd.getpwuid(os.getuid()).pw_dir)
+  assert out.stdout.strip() == str(home / ".cache" / "hw2jax"), out.stderr
