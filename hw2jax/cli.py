@@ -45,6 +45,9 @@ def error_line(message: str, limit: int = 2000) -> str:
   return f"error: {text}"
 
 
+FLAGFILE_MAX_BYTES = 1 << 20
+
+
 def _check_flagfiles(argv: Sequence[str]) -> None:
   """absl reads a --flagfile whole: /dev/zero or a FIFO would take all memory or wait forever."""
   for i, arg in enumerate(argv):
@@ -64,9 +67,6 @@ def _not_from_orbax(record) -> bool:
   if "/orbax/" in record.pathname.replace("\\", "/"):
     return False
   return not (record.name == "asyncio" and "orbax" in record.getMessage())
-
-
-FLAGFILE_MAX_BYTES = 1 << 20
 
 
 def _parse_flags(argv: Sequence[str]) -> list[str]:

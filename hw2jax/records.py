@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
+import json
 import math
 import types
 import typing
@@ -72,6 +74,11 @@ def to_json(obj: Any) -> Any:
   if isinstance(obj, dict):
     return {k: to_json(v) for k, v in obj.items()}
   return obj
+
+
+def json_digest(data: Any) -> str:
+  """A short hash of JSON-able `data`, key order aside: what a file says, not how it is laid out."""
+  return hashlib.blake2b(json.dumps(data, sort_keys=True).encode(), digest_size=16).hexdigest()
 
 
 def from_json(cls: type[T], data: Any) -> T:

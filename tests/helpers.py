@@ -302,3 +302,19 @@ def torch_adam_steps(net, src, src_len, tgt, steps: int, lr: float):
                                       tgt[:, 1:].reshape(-1), ignore_index=0).backward()
     optimizer.step()
   return net
+
+
+# -- the tiny runs of the front-door tests (test_hostile_ground, test_runs_that_meet) -----------
+
+TINY_CLI_FLAGS = {"cnn": ("--epochs=1", "--channels=4,8,16"),
+                  "p2g": ("--epochs=1", "--hidden_size=8", "--batch_size=8"),
+                  "hopfield": ("--check", "--check_trials=1"),
+                  "report": ("--parts=q1", "--quick")}
+
+
+def write_tiny_inputs(root: Path) -> Path:
+  """tiny.npz and the p2g/ folder every front-door CLI test reads (absolute paths: runs are
+  copied between folders)."""
+  write_npz(root / "tiny.npz", n_train=24, n_val=6, n_test=6)
+  write_p2g_folder(root / "p2g", n_train=24, n_valid=6, n_test=6)
+  return root

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers import (assert_clean_failure, checksums, cli_env, run_cli, write_npz,
-                     write_p2g_folder)
+from helpers import (TINY_CLI_FLAGS, assert_clean_failure, checksums, cli_env, run_cli,
+                     write_npz, write_tiny_inputs)
 from hw2jax import cache, plots
 from hw2jax.errors import UserError
 from hw2jax.experiments import torch_checkpoints
@@ -24,19 +24,12 @@ from hw2jax.train import runlog
 from hw2jax.train import workdir as workdir_lib
 
 VICTIM = "victim: must never change\n"
-CNN = ("--epochs=1", "--channels=4,8,16")
-P2G = ("--epochs=1", "--hidden_size=8", "--batch_size=8")
-HOPFIELD = ("--check", "--check_trials=1")
-REPORT = ("--parts=q1", "--quick")
+CNN, P2G, HOPFIELD, REPORT = (TINY_CLI_FLAGS[c] for c in ("cnn", "p2g", "hopfield", "report"))
 
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> Path:
-  """The tiny data every CLI here reads (absolute paths: runs are copied between folders)."""
-  root = tmp_path_factory.mktemp("inputs")
-  write_npz(root / "tiny.npz", n_train=24, n_val=6, n_test=6)
-  write_p2g_folder(root / "p2g", n_train=24, n_valid=6, n_test=6)
-  return root
+  return write_tiny_inputs(tmp_path_factory.mktemp("inputs"))
 
 
 def command(cli: str, inputs: Path, *extra: str) -> tuple[str, ...]:

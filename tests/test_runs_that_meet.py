@@ -12,28 +12,19 @@ from pathlib import Path
 
 import pytest
 
-from helpers import assert_clean_failure, checksums, run_cli, write_npz, write_p2g_folder
-
-CNN = ("--epochs=1", "--channels=4,8,16")
-P2G = ("--epochs=1", "--hidden_size=8", "--batch_size=8")
-HOPFIELD = ("--check", "--check_trials=1")
-REPORT = ("--parts=q1", "--quick")
-
+from helpers import (TINY_CLI_FLAGS, assert_clean_failure, checksums, run_cli,
+                     write_tiny_inputs)
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> Path:
-  root = tmp_path_factory.mktemp("inputs")
-  write_npz(root / "tiny.npz", n_train=24, n_val=6, n_test=6)
-  write_p2g_folder(root / "p2g", n_train=24, n_valid=6, n_test=6)
-  return root
+  return write_tiny_inputs(tmp_path_factory.mktemp("inputs"))
 
 
 def command(cli: str, inputs: Path, *extra: str) -> tuple[str, ...]:
-  args = {"cnn": (f"--data_path={inputs / 'tiny.npz'}", *CNN),
-          "p2g": (f"--data_path={inputs / 'p2g'}", *P2G),
-          "hopfield": HOPFIELD,
-          "report": (*REPORT, f"--intel_data_path={inputs / 'tiny.npz'}")}[cli]
-  return (f"experiments.{cli}", *args, "--workdir=W", *extra)
+  """A tiny run of `cli` into W (the report's Q1 on the tiny images)."""
+  data = {"cnn": (f"--data_path={inputs / 'tiny.npz'}",), "p2g": (f"--data_path={inputs / 'p2g'}",),
+          "report": (f"--intel_data_path={inputs / 'tiny.npz'}",)}.get(cli, ())
+  return (f"experiments.{cli}", *data, *TINY_CLI_FLAGS[cli], "--workdir=W", *extra)
 
 
 @pytest.fixture(scope="module")

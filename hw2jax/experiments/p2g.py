@@ -23,7 +23,7 @@ from hw2jax import cache, markdown, plots, records
 from hw2jax.data import phonemes
 from hw2jax.errors import UserError
 from hw2jax.experiments import spellings
-from hw2jax.experiments.spellings import Decoding, Scores
+from hw2jax.experiments.spellings import TABLES, Decoding, Scores
 from hw2jax.models import seq2seq
 from hw2jax.train import fit as fit_lib
 from hw2jax.train import optimizer as optimizer_lib, runlog, sharding, tensorboard as tb
@@ -34,7 +34,7 @@ from hw2jax.train import workdir as workdir_lib
 COURSE_VOCAB = (107, 93)
 EXPECTED_PARAMS = {False: 256_093, True: 321_757}        # Flax, course vocabularies
 EXPECTED_TORCH_PARAMS = {False: 257_117, True: 322_781}  # PyTorch's convention
-VOCAB, TABLES, CER_PLOT = "vocab.json", "tables.md", "cer.png"
+VOCAB, CER_PLOT = "vocab.json", "cer.png"
 RUN_FILES = (runlog.METRICS, runlog.SUMMARY, workdir_lib.CONFIG, VOCAB, TABLES,
              spellings.PREDICTIONS, CER_PLOT, spellings.ATTENTION_PLOT, "checkpoints",
              tb.FOLDER)

@@ -24,7 +24,8 @@ PREDICTIONS = "test_predictions.tsv"
 ATTENTION_PLOT = "attention.png"
 ATTENTION_WORDS = 4
 # What an evaluation of the test set writes (a training run's and a PyTorch model's).
-EVALUATION_FILES = (runlog.SUMMARY, "tables.md", PREDICTIONS, ATTENTION_PLOT)
+TABLES = "tables.md"             # a run's tables, beside its summary
+EVALUATION_FILES = (runlog.SUMMARY, TABLES, PREDICTIONS, ATTENTION_PLOT)
 MAX_BEAM = MAX_SAMPLES = 64      # bounds the decoders' memory and time per word
 
 

@@ -41,7 +41,7 @@ from hw2jax.train import fit as fit_lib
 from hw2jax.train import runlog, sharding, trainer as trainer_lib
 from hw2jax.train import workdir as workdir_lib
 
-TABLES = "tables.md"
+TABLES = spellings.TABLES
 P2G_FILES = spellings.EVALUATION_FILES
 CNN_FILES = (runlog.SUMMARY, TABLES)
 TORCH_CNN_CHANNELS = (32, 64, 128)     # what benchmarks.torch_baselines.TorchCNN builds

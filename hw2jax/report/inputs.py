@@ -59,7 +59,7 @@ def sealed(results: R.Results) -> dict:
   """report.json's JSON with a hash of itself: the parts left out of --parts are rendered from
   it, so a hand-edited file must be found, not rendered into REPORT.md."""
   data = json.loads(json.dumps(runlog.finite(results.to_json())))
-  return {**data, SEAL: _json_digest(data)}
+  return {**data, SEAL: records.json_digest(data)}
 
 
 def earlier_results(workdir: Path) -> R.Results | None:
@@ -70,7 +70,7 @@ def earlier_results(workdir: Path) -> R.Results | None:
     return None
   earlier = runlog.read_record(path, R.Results)
   data = runlog.read_json(path)
-  if SEAL in data and data.pop(SEAL) != _json_digest(data):
+  if SEAL in data and data.pop(SEAL) != records.json_digest(data):
     raise UserError(f"{path} was changed after the report wrote it (its fingerprint does not "
                     "match), so its results cannot be kept; restore it, or use --fresh to "
                     "archive the report and start over")
@@ -79,10 +79,6 @@ def earlier_results(workdir: Path) -> R.Results | None:
 
 def file_digest(path: Path) -> str:
   return hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest()
-
-
-def _json_digest(data) -> str:
-  return hashlib.blake2b(json.dumps(data, sort_keys=True).encode(), digest_size=16).hexdigest()
 
 
 def check_nothing_replaced(workdir: Path, earlier: R.Results | None,

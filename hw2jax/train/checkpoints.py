@@ -37,7 +37,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
-from hw2jax import cache
+from hw2jax import cache, records
 from hw2jax.errors import AbandonedWorkError, UserError
 from hw2jax.train import sharding
 from hw2jax.train.trainer import TrainState
@@ -122,9 +122,7 @@ def check_x64(stored: bool | None, root: Path) -> None:
 
 def meta_fingerprint(meta: dict) -> str:
   """A hash of a checkpoint's meta as JSON reads it back (every key but this hash itself)."""
-  body = {k: v for k, v in meta.items() if k != META_FINGERPRINT}
-  text = json.dumps(body, sort_keys=True)
-  return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+  return records.json_digest({k: v for k, v in meta.items() if k != META_FINGERPRINT})
 
 
 def meta_intact(meta: dict) -> bool:
