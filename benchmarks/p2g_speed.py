@@ -35,7 +35,7 @@ from absl import flags
 from benchmarks import profiling, ratios
 from hw2jax import cli
 from hw2jax.data import phonemes, sources
-from hw2jax.experiments import p2g, spellings
+from hw2jax.recipes import p2g, p2g_evaluation
 from hw2jax.errors import UserError
 from hw2jax.models import decoding
 from hw2jax.train import trainer as trainer_lib
@@ -87,7 +87,7 @@ def jax_side(data: phonemes.P2GData, words: list) -> dict:
     table = profiling.jax_table(lambda: trainer.train_epoch(state, train, FLAGS.repeats + 1),
                                 steps, Path(FLAGS.profile) / "hlo")
     (Path(FLAGS.profile) / "p2g_jax_ops.txt").write_text(table)
-  key = spellings.sampling_key(0)
+  key = p2g_evaluation.sampling_key(0)
 
   def decode():
     arrays = phonemes.encode_sources(words, data.src_vocab)

@@ -13,7 +13,7 @@ padded to its longest word, dropout 0.3, cross-entropy ignoring PAD, full teache
 After every epoch the validation words are greedy-decoded and the weights of the epoch with
 the best validation CER are kept. The test split is then decoded with those weights: greedy
 (CER, WER) and, with --topp > 0, --k nucleus samples per word (CER and WER over all samples,
-WER@k: a word is right if any of its samples is), as hw2jax.experiments.spellings scores them,
+WER@k: a word is right if any of its samples is), as hw2jax.recipes.p2g_evaluation scores them,
 with hw2jax.metrics' definitions. Decoding is batched; rows are independent, so batch 1 spells
 the same. PyTorch uses its default thread count unless --threads says otherwise.
 """

@@ -19,31 +19,31 @@ from absl import flags
 
 from hw2jax import cli
 from hw2jax.data import intel, sources
-from hw2jax.experiments import cnn, sweep, torch_checkpoints
+from hw2jax.recipes import cnn, sweep, torch_checkpoints
 from hw2jax.models import registry
 
-_D = cnn.Config()
-flags.DEFINE_string("model", _D.model,
+CONFIG = cnn.Config()  # the flags' defaults
+flags.DEFINE_string("model", CONFIG.model,
                     f"Model family: {', '.join(registry.families())} (vanilla: the course's CNN; "
                     "bn_gap: BatchNorm + global average pooling; each family is a module of "
                     "hw2jax/models/).")
-flags.DEFINE_list("lr", [f"{_D.learning_rate:g}"],
+flags.DEFINE_list("lr", [f"{CONFIG.learning_rate:g}"],
                   "Learning rate, or a comma-separated list for a sweep.")
-flags.DEFINE_integer("epochs", _D.epochs, "Training epochs (in total, counting resumed ones).")
-flags.DEFINE_integer("batch_size", _D.batch_size, "Training batch size.")
-flags.DEFINE_enum("optimizer", _D.optimizer, ["sgd", "adam"], "sgd (no momentum) or adam.")
-flags.DEFINE_float("l2_decay", _D.l2_decay,
+flags.DEFINE_integer("epochs", CONFIG.epochs, "Training epochs (in total, counting resumed ones).")
+flags.DEFINE_integer("batch_size", CONFIG.batch_size, "Training batch size.")
+flags.DEFINE_enum("optimizer", CONFIG.optimizer, ["sgd", "adam"], "sgd (no momentum) or adam.")
+flags.DEFINE_float("l2_decay", CONFIG.l2_decay,
                    "L2 penalty added to the gradient (PyTorch weight_decay).")
-flags.DEFINE_float("dropout", _D.dropout, "Dropout probability.")
-flags.DEFINE_integer("seed", _D.seed,
+flags.DEFINE_float("dropout", CONFIG.dropout, "Dropout probability.")
+flags.DEFINE_integer("seed", CONFIG.seed,
                      "Seed of initialisation, dropout and batch order (0 to 2^32 - 1).")
-flags.DEFINE_integer("kernel_size", _D.kernel_size,
+flags.DEFINE_integer("kernel_size", CONFIG.kernel_size,
                      "Convolution kernel size (odd; 'same' padding).")
-flags.DEFINE_bool("maxpool", _D.maxpool, "2x2 max-pooling after each conv block.")
-flags.DEFINE_list("channels", [str(c) for c in _D.channels], "Channels of the conv blocks.")
-flags.DEFINE_enum("init", _D.init, ["torch", "flax"],
+flags.DEFINE_bool("maxpool", CONFIG.maxpool, "2x2 max-pooling after each conv block.")
+flags.DEFINE_list("channels", [str(c) for c in CONFIG.channels], "Channels of the conv blocks.")
+flags.DEFINE_enum("init", CONFIG.init, ["torch", "flax"],
                   "torch: PyTorch's default initialisation, as the course; flax: lecun-normal.")
-flags.DEFINE_enum("pixels", _D.pixels, list(intel.PIXELS),
+flags.DEFINE_enum("pixels", CONFIG.pixels, list(intel.PIXELS),
                   "correct: the images as stored; course: the course skeleton's input pipeline, "
                   "which flattens each image and reshapes it to (3, 48, 48), scrambling the "
                   "channels of height-width-channel pixels (to reproduce the homework's numbers).")
@@ -75,7 +75,7 @@ flags.DEFINE_string("from_torch", None,
 flags.DEFINE_string("to_torch", None,
                     "Export the workdir's best-validation checkpoint to this new file as a "
                     "PyTorch state_dict of the course's TorchCNN (never overwrites).")
-cli.define_run_flags(_D.epoch_mode)
+cli.define_run_flags(CONFIG.epoch_mode)
 cli.define_download_flag()
 cli.define_training_flags()
 flags.adopt_module_key_flags(cli)       # --help lists the shared flags too

@@ -18,46 +18,46 @@ from absl import flags
 
 from hw2jax import cli
 from hw2jax.errors import UserError
-from hw2jax.experiments.hopfield import retrieval
-from hw2jax.experiments.hopfield import run as hopfield
+from hw2jax.recipes.hopfield import retrieval
+from hw2jax.recipes.hopfield import run as hopfield
 
-_D = hopfield.Config()
+CONFIG = hopfield.Config()  # the flags' defaults
 flags.DEFINE_bool("check", False, "Only the table of Q1 claims (same as --parts=check).")
 flags.DEFINE_list("parts", list(hopfield.PARTS), "Parts to run: check, retrieval, capacity.")
-flags.DEFINE_integer("seed", _D.seed, "Seed of every random pattern, query and problem "
+flags.DEFINE_integer("seed", CONFIG.seed, "Seed of every random pattern, query and problem "
                      "(0 to 2^32 - 1).")
-flags.DEFINE_integer("check_trials", _D.check_trials, "Random problems per claim in the check.")
-flags.DEFINE_enum("patterns", _D.patterns, list(retrieval.PATTERN_SOURCES),
+flags.DEFINE_integer("check_trials", CONFIG.check_trials, "Random problems per claim in the check.")
+flags.DEFINE_enum("patterns", CONFIG.patterns, list(retrieval.PATTERN_SOURCES),
                   "Retrieval patterns: auto (Intel when found, else random), intel, random.")
 flags.DEFINE_string("data_path", None,
                     "Intel npz, Kaggle zip or folder, or another dataset's npz or "
                     "<class>/<image> folders (its training images are stored). Default: "
                     "$HW2JAX_DATA, ./data/, a Kaggle notebook's /kaggle/input, else a download "
                     "(--download).")
-flags.DEFINE_integer("num_patterns", _D.num_patterns, "Stored patterns N for retrieval.")
-flags.DEFINE_list("betas", [f"{b:g}" for b in _D.betas], "Retrieval inverse temperatures.")
-flags.DEFINE_list("queries", list(_D.queries), "Query kinds: mask (bottom half), noise.")
-flags.DEFINE_float("noise", _D.noise, "Std of the Gaussian noise of noisy queries (patterns "
+flags.DEFINE_integer("num_patterns", CONFIG.num_patterns, "Stored patterns N for retrieval.")
+flags.DEFINE_list("betas", [f"{b:g}" for b in CONFIG.betas], "Retrieval inverse temperatures.")
+flags.DEFINE_list("queries", list(CONFIG.queries), "Query kinds: mask (bottom half), noise.")
+flags.DEFINE_float("noise", CONFIG.noise, "Std of the Gaussian noise of noisy queries (patterns "
                    "have unit variance per entry).")
-flags.DEFINE_integer("steps", _D.steps, "CCCP steps of the retrieval figures (lax.scan).")
-flags.DEFINE_float("eps", _D.eps, "Stop of the while-loop variant: change of the association "
+flags.DEFINE_integer("steps", CONFIG.steps, "CCCP steps of the retrieval figures (lax.scan).")
+flags.DEFINE_float("eps", CONFIG.eps, "Stop of the while-loop variant: change of the association "
                    "matrix (Frobenius norm), as update_steps_eps.")
-flags.DEFINE_integer("max_steps", _D.max_steps, "Step cap of the while-loop variant.")
-flags.DEFINE_integer("num_show", _D.num_show, "Queries shown in the retrieval figures.")
-flags.DEFINE_float("recall_tol", _D.recall_tol,
+flags.DEFINE_integer("max_steps", CONFIG.max_steps, "Step cap of the while-loop variant.")
+flags.DEFINE_integer("num_show", CONFIG.num_show, "Queries shown in the retrieval figures.")
+flags.DEFINE_float("recall_tol", CONFIG.recall_tol,
                    "Recalled: ||q_T - x|| / ||x|| below this (retrieval and capacity).")
-flags.DEFINE_integer("capacity_dim", _D.capacity_dim, "D of the recall-vs-N panel.")
-flags.DEFINE_list("capacity_dims", [str(d) for d in _D.capacity_dims],
+flags.DEFINE_integer("capacity_dim", CONFIG.capacity_dim, "D of the recall-vs-N panel.")
+flags.DEFINE_list("capacity_dims", [str(d) for d in CONFIG.capacity_dims],
                   "Dimensions of the capacity-vs-D panel.")
-flags.DEFINE_list("capacity_betas", [f"{b:g}" for b in _D.capacity_betas],
+flags.DEFINE_list("capacity_betas", [f"{b:g}" for b in CONFIG.capacity_betas],
                   "Inverse temperatures of the capacity experiment.")
-flags.DEFINE_integer("capacity_max_patterns", _D.capacity_max_patterns,
+flags.DEFINE_integer("capacity_max_patterns", CONFIG.capacity_max_patterns,
                      "Largest N tried (powers of 2 from 2).")
-flags.DEFINE_integer("capacity_queries", _D.capacity_queries, "Queries per (N, D).")
-flags.DEFINE_float("capacity_noise", _D.capacity_noise,
+flags.DEFINE_integer("capacity_queries", CONFIG.capacity_queries, "Queries per (N, D).")
+flags.DEFINE_float("capacity_noise", CONFIG.capacity_noise,
                    "Noise std per coordinate of capacity queries (patterns have |x| = sqrt(D)).")
-flags.DEFINE_integer("capacity_steps", _D.capacity_steps, "Updates per capacity query.")
-flags.DEFINE_float("failure_prob", _D.failure_prob, "p of Theorem 3's bound.")
+flags.DEFINE_integer("capacity_steps", CONFIG.capacity_steps, "Updates per capacity query.")
+flags.DEFINE_float("failure_prob", CONFIG.failure_prob, "p of Theorem 3's bound.")
 flags.DEFINE_string("workdir", "runs/hopfield", "Output folder.")
 cli.define_download_flag()
 flags.adopt_module_key_flags(cli)       # --help lists the shared flags too

@@ -23,21 +23,22 @@ from absl import flags
 from hw2jax import cli
 from hw2jax.data import phonemes, sources
 from hw2jax.errors import UserError
-from hw2jax.experiments import p2g, spellings, torch_checkpoints, torch_files
+from hw2jax.recipes import p2g, p2g_evaluation, torch_checkpoints, torch_files
 
-_D, _O = p2g.Config(), spellings.Decoding()
-flags.DEFINE_bool("attention", _D.attention, "Bahdanau attention over the encoder outputs.")
-flags.DEFINE_float("topp", _O.top_p, "Also decode the test set by nucleus sampling with this p "
-                   "(Table 3.3; the course uses 0.8), k samples per word.")
-flags.DEFINE_integer("k", _O.k, "Nucleus samples per word (WER@k).")
-flags.DEFINE_integer("beam", _O.beam, "Also decode by beam search with this many beams (0: off).")
-flags.DEFINE_float("lr", _D.learning_rate, "Adam learning rate.")
-flags.DEFINE_integer("batch_size", _D.batch_size, "Training batch size.")
-flags.DEFINE_integer("epochs", _D.epochs, "Training epochs (in total, counting resumed ones).")
-flags.DEFINE_integer("hidden_size", _D.hidden_size, "Embedding and decoder size (encoder: half "
+CONFIG, DECODING = p2g.Config(), p2g_evaluation.Decoding()  # the flags' defaults
+flags.DEFINE_bool("attention", CONFIG.attention, "Bahdanau attention over the encoder outputs.")
+flags.DEFINE_float("topp", DECODING.top_p, "Also decode the test set by nucleus sampling with "
+                   "this p (Table 3.3; the course uses 0.8), k samples per word.")
+flags.DEFINE_integer("k", DECODING.k, "Nucleus samples per word (WER@k).")
+flags.DEFINE_integer("beam", DECODING.beam,
+                     "Also decode by beam search with this many beams (0: off).")
+flags.DEFINE_float("lr", CONFIG.learning_rate, "Adam learning rate.")
+flags.DEFINE_integer("batch_size", CONFIG.batch_size, "Training batch size.")
+flags.DEFINE_integer("epochs", CONFIG.epochs, "Training epochs (in total, counting resumed ones).")
+flags.DEFINE_integer("hidden_size", CONFIG.hidden_size, "Embedding and decoder size (encoder: half "
                      "per direction).")
-flags.DEFINE_float("dropout", _D.dropout, "Dropout probability.")
-flags.DEFINE_integer("seed", _D.seed, "Seed of initialisation, dropout, batch order and "
+flags.DEFINE_float("dropout", CONFIG.dropout, "Dropout probability.")
+flags.DEFINE_integer("seed", CONFIG.seed, "Seed of initialisation, dropout, batch order and "
                      "sampling (0 to 2^32 - 1).")
 flags.DEFINE_string("data_path", None, "Folder with train.tsv, valid.tsv, test.tsv "
                     "('phonemes<TAB>spelling' lines), or tfds:p2g (a TFDS dataset in "
@@ -48,9 +49,9 @@ flags.DEFINE_string("tfds_data_dir", None, "TFDS data folder for --data_path=tfd
 flags.DEFINE_string("tfds_manual_dir", None, "With --data_path=tfds:p2g not yet prepared: "
                     "prepare it (once) from this folder of TSVs. Default: "
                     "<tfds_data_dir>/downloads/manual/.")
-flags.DEFINE_integer("max_train_words", _D.max_train_words, "Train on only the first N "
+flags.DEFINE_integer("max_train_words", CONFIG.max_train_words, "Train on only the first N "
                      "training pairs (0: all); for quick tries.")
-flags.DEFINE_integer("widths", _D.widths, "Padded widths of the training batches: batches are "
+flags.DEFINE_integer("widths", CONFIG.widths, "Padded widths of the training batches: batches are "
                      "random (as in the course), each padded to the narrowest width that holds "
                      "it; fewer widths: more padding, fewer compiled programs.")
 flags.DEFINE_string("workdir", None, "Output folder. Default: runs/p2g/<attention|noattention>.")
@@ -64,7 +65,7 @@ flags.DEFINE_string("to_torch", None, "Export the workdir's best checkpoint to t
                     "run's training data (--data_path) for the course's vocabulary order.")
 flags.DEFINE_string("predict", None, "Spell these pronunciations (space-separated phonemes, "
                     "words separated by commas) with the workdir's best checkpoint.")
-cli.define_run_flags(_D.epoch_mode)
+cli.define_run_flags(CONFIG.epoch_mode)
 cli.define_training_flags()
 flags.adopt_module_key_flags(cli)       # --help lists the shared flags too
 FLAGS = flags.FLAGS
@@ -80,7 +81,7 @@ def main(argv):
       seed=FLAGS.seed, max_train_words=FLAGS.max_train_words, widths=FLAGS.widths,
       epoch_mode=FLAGS.epoch_mode, tensorboard=FLAGS.tensorboard,
       devices=cli.parse_devices(FLAGS.devices)).validate()
-  options = spellings.Decoding(top_p=FLAGS.topp, k=FLAGS.k, beam=FLAGS.beam).validate()
+  options = p2g_evaluation.Decoding(top_p=FLAGS.topp, k=FLAGS.k, beam=FLAGS.beam).validate()
   workdir = FLAGS.workdir or f"runs/p2g/{config.name()}"
   if FLAGS.predict is not None:
     if FLAGS.fresh:        # it only reads the workdir; --fresh would archive the run

@@ -20,37 +20,37 @@ from hw2jax.data import intel
 from hw2jax.report import config as report_config
 from hw2jax.report import run as report
 
-_D = report_config.Config()
+CONFIG = report_config.Config()  # the flags' defaults
 flags.DEFINE_string("workdir", "runs/report", "Output folder: REPORT.md and one folder per part.")
 flags.DEFINE_string("intel_data_path", None,
                     "Intel npz, Kaggle zip or folder (Q1 retrieval, Q2). Default: $HW2JAX_DATA, "
                     "./data/, a Kaggle notebook's /kaggle/input, else a download (--download); "
                     "none: Q2 is skipped and Q1 retrieves random patterns.")
-flags.DEFINE_enum("layout", _D.layout, list(intel.LAYOUTS),
+flags.DEFINE_enum("layout", CONFIG.layout, list(intel.LAYOUTS),
                   "How to read flattened (N, 6912) npz images; 4-D arrays are detected.")
-flags.DEFINE_enum("pixels", _D.pixels, ["correct", "course"],
+flags.DEFINE_enum("pixels", CONFIG.pixels, ["correct", "course"],
                   "Q2 and Q2.4: correct (the images as stored) or course (the course skeleton's "
                   "flatten and reshape to (3, 48, 48), as in the homework's runs; run folders "
                   "end in -pixels_course).")
 flags.DEFINE_string("p2g_data_path", None,
                     "Folder with the course's train.tsv, valid.tsv, test.tsv (Q3). Default: "
                     "CMUdict (the seed report's numbers are for the course data).")
-flags.DEFINE_list("parts", list(_D.parts), "Parts to run: q1, q2, q2_ablations, q3.")
-flags.DEFINE_bool("quick", _D.quick,
+flags.DEFINE_list("parts", list(CONFIG.parts), "Parts to run: q1, q2, q2_ablations, q3.")
+flags.DEFINE_bool("quick", CONFIG.quick,
                   "Shrink epochs and data so that the whole report runs on a laptop CPU in "
                   "minutes (every number labelled as such).")
-flags.DEFINE_list("seeds", [str(s) for s in _D.seeds],
+flags.DEFINE_list("seeds", [str(s) for s in CONFIG.seeds],
                   "Seeds of the training runs (0 to 2^32 - 1); several: tables show mean ± std.")
-flags.DEFINE_list("ablation_kernel_sizes", [str(k) for k in _D.ablation_kernel_sizes],
+flags.DEFINE_list("ablation_kernel_sizes", [str(k) for k in CONFIG.ablation_kernel_sizes],
                   "Q2.4: convolution kernel sizes (odd).")
-flags.DEFINE_list("ablation_pooling", list(_D.ablation_pooling),
+flags.DEFINE_list("ablation_pooling", list(CONFIG.ablation_pooling),
                   "Q2.4: max (2x2 max-pooling in each block), none, or both.")
-flags.DEFINE_integer("q3_hidden_size", _D.q3_hidden_size, "Q3 hidden size (course: 128).")
-flags.DEFINE_integer("q3_beam", _D.q3_beam, "Q3 beam width for the beam-search rows (0: off).")
-flags.DEFINE_enum("overlap", _D.overlap, list(report_config.OVERLAP),
+flags.DEFINE_integer("q3_hidden_size", CONFIG.q3_hidden_size, "Q3 hidden size (course: 128).")
+flags.DEFINE_integer("q3_beam", CONFIG.q3_beam, "Q3 beam width for the beam-search rows (0: off).")
+flags.DEFINE_enum("overlap", CONFIG.overlap, list(report_config.OVERLAP),
                   "Run Q3 in a second thread beside Q1/Q2/Q2.4, so that its compilation and "
                   "host work hide behind their device time. auto: on one GPU or TPU, not on CPU.")
-cli.define_run_flags(_D.epoch_mode)
+cli.define_run_flags(CONFIG.epoch_mode)
 cli.define_download_flag()
 flags.adopt_module_key_flags(cli)       # --help lists the shared flags too
 FLAGS = flags.FLAGS

@@ -10,7 +10,7 @@ import threading
 from pathlib import Path
 from typing import Sequence
 
-from hw2jax import cache
+from hw2jax import files
 from hw2jax.train.sharding import primary
 
 # matplotlib is not thread-safe and the report trains parts in threads: one figure at a time.
@@ -41,7 +41,7 @@ def figure(path: str | Path, *, dpi: int, **figure_kwargs):
     yield fig
     if primary():     # through a temp file: never through a link planted at `path`
       path.parent.mkdir(parents=True, exist_ok=True)
-      cache.write_file(path, lambda f: fig.savefig(f, dpi=dpi, format="png"))
+      files.write_file(path, lambda f: fig.savefig(f, dpi=dpi, format="png"))
 
 
 def running_mean(values: Sequence[float]) -> list[float]:

@@ -215,7 +215,7 @@ def cnn_summary(model="vanilla", lr=0.01, seed=42, val=0.7, test=0.68, status="c
                 best_test=0.69, epochs=2, seconds=3.0, trained=None):
   """A `CnnRunSummary` as a finished run would return it (`trained` epochs: `epochs`, unless
   its workdir held more than this command asked for)."""
-  from hw2jax.experiments import cnn
+  from hw2jax.recipes import cnn
   from hw2jax.models import registry
   config = cnn.Config(model=model, learning_rate=lr, seed=seed, epochs=epochs)
   return cnn.CnnRunSummary(
@@ -231,15 +231,15 @@ def cnn_summary(model="vanilla", lr=0.01, seed=42, val=0.7, test=0.68, status="c
 def p2g_summary(attention=False, seed=42, greedy=(0.25, 0.8), beam=None, nucleus=None,
                 top_p=0.8, k=3):
   """A `P2GRunSummary`; `beam` (cer, wer) of beam 5, `nucleus` (cer, wer, wer_at_k)."""
-  from hw2jax.experiments import p2g, spellings
-  test = {"greedy": spellings.Scores(*greedy)}
+  from hw2jax.recipes import p2g, p2g_evaluation
+  test = {"greedy": p2g_evaluation.Scores(*greedy)}
   if beam is not None:
-    test["beam5"] = spellings.Scores(*beam)
+    test["beam5"] = p2g_evaluation.Scores(*beam)
   if nucleus is not None:
-    test["nucleus"] = spellings.Scores(*nucleus, top_p=top_p, k=k)
+    test["nucleus"] = p2g_evaluation.Scores(*nucleus, top_p=top_p, k=k)
   return p2g.P2GRunSummary(
       config=p2g.Config(attention=attention, seed=seed, epochs=2),
-      decoding=spellings.Decoding(top_p=top_p if nucleus else None, beam=5 if beam else 0),
+      decoding=p2g_evaluation.Decoding(top_p=top_p if nucleus else None, beam=5 if beam else 0),
       trainable_params=1000, trainable_params_torch_convention=1512,
       data=p2g.P2GDataSizes("tsv:p2g", 32, 8, 8, 16, 19), epochs_done=2, diverged_at=None,
       status="completed", evaluated_checkpoint="best validation CER, epoch 2",
@@ -318,3 +318,33 @@ def write_tiny_inputs(root: Path) -> Path:
   write_npz(root / "tiny.npz", n_train=24, n_val=6, n_test=6)
   write_p2g_folder(root / "p2g", n_train=24, n_valid=6, n_test=6)
   return root
+
+
+def fit_in(workdir, trainer, state, train_data, *, epochs, evaluate, best_metric="val_accuracy",
+           best_mode="max", log=lambda line: None, config=None, tensorboard=False):
+  """`fit` in a `Run` of `workdir` whose card holds `config` (default: the state's learning
+  rate, so that a resume at another rate is another run)."""
+  from hw2jax.train import fit, optimizer, run
+  rate = float(f"{optimizer.learning_rate(state):.6g}")
+  card = run.Card(config or {"learning_rate": rate}, "test data")
+  with run.Run.train(workdir, card, fresh=False, run_files=(), tensorboard=tensorboard,
+                     log=log) as opened:
+    return fit.fit(trainer, state, train_data, opened, epochs=epochs, evaluate=evaluate,
+                   best_metric=best_metric, best_mode=best_mode)
+
+
+def open_run(workdir, config: dict, data: str, *, fresh=False, run_files=(),
+             log=lambda line: None, **kw) -> None:
+  """Opens and closes a `Run` of `workdir` for a run of `config` on `data`: its checks, its
+  archive (`fresh`) and config.json, nothing trained."""
+  from hw2jax.train import run
+  with run.Run.train(workdir, run.Card(config, data), fresh=fresh, run_files=run_files, log=log,
+                     **kw):
+    pass
+
+
+def best_epoch(workdir) -> int | None:
+  """The epoch the newest intact checkpoint names best (None: none)."""
+  from hw2jax.train import checkpoints
+  stored = checkpoints.newest(Path(workdir) / checkpoints.FOLDER)
+  return stored and (stored.meta.get("best") or {}).get("epoch")

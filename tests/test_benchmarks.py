@@ -94,7 +94,7 @@ def test_torch_cnn_training_with_course_pixels_scores_the_same_in_hw2jax(tmp_pat
   """The course loop's weights, evaluated by hw2jax with --pixels=course, give the accuracy
   PyTorch measured: both read the images the skeleton's way."""
   from hw2jax.data import sources
-  from hw2jax.experiments import cnn, torch_checkpoints
+  from hw2jax.recipes import cnn, torch_checkpoints
   data_path = write_npz(tmp_path / "tiny.npz", n_train=24, n_val=12, n_test=12)
   out, saved = tmp_path / "vanilla.json", tmp_path / "vanilla.pt"
   args = ["benchmarks.torch_cnn_train", f"--data_path={data_path}", "--epochs=1",

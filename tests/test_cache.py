@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from hw2jax import cache
+from hw2jax import cache, files
 
 
 def test_cache_root_follows_the_environment(tmp_path):
@@ -31,18 +31,18 @@ def dead_pid() -> int:
 
 def temp_name_of(target: Path, pid: int) -> str:
   """The temp file name process `pid` of this host writes `target` through."""
-  return cache.temp_path(target).name.replace(f"-{os.getpid()}.", f"-{pid}.")
+  return files.temp_path(target).name.replace(f"-{os.getpid()}.", f"-{pid}.")
 
 
 def test_a_temp_file_names_its_host_and_pid(tmp_path):
-  name = cache.temp_path(tmp_path / "intel48-abc.npz").name
+  name = files.temp_path(tmp_path / "intel48-abc.npz").name
   assert name.startswith("intel48-abc.tmp-") and name.endswith(f"-{os.getpid()}.npz")
 
 
 def test_a_write_replaces_the_file_whole(tmp_path):
   target = tmp_path / "c.bin"
   target.write_bytes(b"old")
-  cache.write_atomically(target, lambda f: f.write(b"new"))
+  files.write_atomically(target, lambda f: f.write(b"new"))
   assert target.read_bytes() == b"new" and os.listdir(tmp_path) == ["c.bin"]
 
 
@@ -61,7 +61,7 @@ def test_a_failed_write_leaves_no_temp_file_and_the_old_file_intact(tmp_path, wr
   target = tmp_path / "c.bin"
   target.write_bytes(b"old")
   with pytest.raises(error):
-    cache.write_atomically(target, write)
+    files.write_atomically(target, write)
   assert os.listdir(tmp_path) == ["c.bin"] and target.read_bytes() == b"old"
 
 
@@ -70,7 +70,7 @@ def test_a_failed_rename_leaves_no_temp_file(tmp_path, monkeypatch):
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
   monkeypatch.setattr(os, "replace", no_space)
   with pytest.raises(OSError):
-    cache.write_atomically(tmp_path / "c.bin", lambda f: f.write(b"new"))
+    files.write_atomically(tmp_path / "c.bin", lambda f: f.write(b"new"))
   assert os.listdir(tmp_path) == []
 
 
@@ -79,22 +79,22 @@ def test_only_temp_files_of_dead_writers_are_removed(tmp_path):
   dead = dead_pid()
   orphan = tmp_path / temp_name_of(target, dead)
   legacy = tmp_path / f"intel48-abc.tmp{dead}.npz"           # the names of earlier versions
-  mine = cache.temp_path(target)                               # a write in progress
+  mine = files.temp_path(target)                               # a write in progress
   other_host = tmp_path / f"intel48-abc.tmp-elsewhere-{dead}.npz"
   old_other_host = tmp_path / f"intel48-old.tmp-elsewhere-{dead}.npz"
   not_ours = tmp_path / temp_name_of(tmp_path / "notes.npz", dead)
   for p in (orphan, legacy, mine, other_host, old_other_host, not_ours, target):
     p.write_bytes(b"x")
-  day_ago = time.time() - cache.STALE_AFTER_S - 60
+  day_ago = time.time() - files.STALE_AFTER_S - 60
   os.utime(old_other_host, (day_ago, day_ago))
-  removed = cache.remove_stale_temps(tmp_path, "intel48-")
+  removed = files.remove_stale_temps(tmp_path, "intel48-")
   assert sorted(removed) == sorted([orphan, legacy, old_other_host])
   assert sorted(os.listdir(tmp_path)) == sorted(
       p.name for p in (mine, other_host, not_ours, target))
 
 
 def test_a_missing_folder_has_no_stale_temps(tmp_path):
-  assert cache.remove_stale_temps(tmp_path / "absent", "intel48-") == []
+  assert files.remove_stale_temps(tmp_path / "absent", "intel48-") == []
 
 
 def test_an_empty_home_puts_the_cache_in_the_users_home_not_the_filesystem_root(tmp_path):

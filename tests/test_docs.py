@@ -593,7 +593,7 @@ def test_the_checker_catches_renamed_flags_missing_files_and_empty_selections():
       "SYNTHETIC.md:5: experiments.cnn: --optimizer=rmsprop is not one of sgd|adam",
       "SYNTHETIC.md:6: experiments.cnn: --lr is not a boolean, so --nolr does not exist",
       "SYNTHETIC.md:9: pytest target tests/test_cnn.py does not exist (found: "
-      "tests/experiments/test_cnn.py, tests/models/test_cnn.py)",
+      "tests/models/test_cnn.py, tests/recipes/test_cnn.py)",
       "SYNTHETIC.md:10: pytest collects nothing (exit 5)",
       "SYNTHETIC.md:11: launch.sh bench no_such_benchmark: there is no "
       "benchmarks/no_such_benchmark.py",

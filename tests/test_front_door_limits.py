@@ -214,9 +214,9 @@ def test_flags_that_contradict_the_mode_are_refused_not_ignored(tmp_path, module
 def test_a_workdir_the_cli_made_but_cannot_use_is_removed_again(tmp_path, monkeypatch):
   """Under umask 777 a CLI made its workdir without any permission, refused it as not writable
   and left it behind (root writes anywhere, so the refusal is simulated here)."""
-  from hw2jax.train import workdir as workdir_lib
+  from hw2jax.train import run as run_lib
   monkeypatch.setattr(os, "access", lambda *args, **kwargs: False)
   with pytest.raises(UserError, match="is not writable"):
-    with workdir_lib.locked(tmp_path / "new" / "w"):
+    with run_lib.locked(tmp_path / "new" / "w"):
       pass
   assert not (tmp_path / "new").exists()

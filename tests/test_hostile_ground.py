@@ -17,11 +17,11 @@ import pytest
 
 from helpers import (TINY_CLI_FLAGS, assert_clean_failure, checksums, cli_env, run_cli,
                      write_npz, write_tiny_inputs)
-from hw2jax import cache, plots
+from hw2jax import files, plots
 from hw2jax.errors import UserError
-from hw2jax.experiments import torch_checkpoints
+from hw2jax.recipes import torch_checkpoints
 from hw2jax.train import runlog
-from hw2jax.train import workdir as workdir_lib
+from hw2jax.train import run as run_lib
 
 VICTIM = "victim: must never change\n"
 CNN, P2G, HOPFIELD, REPORT = (TINY_CLI_FLAGS[c] for c in ("cnn", "p2g", "hopfield", "report"))
@@ -119,7 +119,7 @@ def test_a_workdir_with_a_planted_link_is_refused_and_nothing_outside_changes(
 def test_the_lock_is_not_taken_through_a_link(tmp_path):
   outside = plant(tmp_path / "W", ".lock", "file")
   with pytest.raises(UserError, match=r"W/\.lock is a symbolic link"):
-    with workdir_lib.locked(tmp_path / "W"):
+    with run_lib.locked(tmp_path / "W"):
       pass
   assert (outside / "victim.txt").read_text() == VICTIM
 
@@ -128,10 +128,10 @@ def test_a_link_planted_at_a_temp_file_name_is_replaced_not_followed(tmp_path):
   """The temp file a JSON file is written through (config.tmp-<host>-<pid>.json) is created
   new: a link planted at its name is neither written through nor renamed into place."""
   target = tmp_path / "W" / "config.json"
-  outside = plant(tmp_path / "W", cache.temp_path(target).name, "file")
-  runlog.write_json(target, {"config": {"epochs": 1}})
+  outside = plant(tmp_path / "W", files.temp_path(target).name, "file")
+  files.write_json(target, {"config": {"epochs": 1}})
   assert (outside / "victim.txt").read_text() == VICTIM
-  assert not target.is_symlink() and runlog.read_json(target) == {"config": {"epochs": 1}}
+  assert not target.is_symlink() and files.read_json(target) == {"config": {"epochs": 1}}
   assert sorted(p.name for p in target.parent.iterdir()) == ["config.json"]
 
 
@@ -146,9 +146,8 @@ def test_a_figure_replaces_a_link_at_its_name(tmp_path):
 
 def test_metrics_are_never_appended_through_a_link(tmp_path):
   outside = plant(tmp_path / "W", runlog.METRICS, "file")
-  log = runlog.RunLog(tmp_path / "W", total_epochs=1, printer=lambda line: None)
   with pytest.raises(OSError):
-    log.append({"epoch": 1, "train_loss": 1.0})
+    runlog.append_metrics(tmp_path / "W", {"epoch": 1, "train_loss": 1.0})
   assert (outside / "victim.txt").read_text() == VICTIM
 
 
@@ -156,7 +155,7 @@ def test_an_export_is_not_written_through_a_link_at_its_temp_name(tmp_path):
   """--to_torch's temp file (.<name>.tmp-<pid>) is created new, never opened through a link."""
   pytest.importorskip("torch")
   import numpy as np
-  from hw2jax.experiments import torch_files
+  from hw2jax.recipes import torch_files
   outside = plant(tmp_path / "out", f".model.pt.tmp-{os.getpid()}", "file")
   torch_files.write_state_dict({"w": np.zeros(2, np.float32)}, tmp_path / "out" / "model.pt")
   assert (outside / "victim.txt").read_text() == VICTIM
@@ -240,7 +239,7 @@ def test_a_folder_where_a_run_file_goes_is_named_not_its_temp_file(tmp_path, inp
 def test_a_write_over_a_folder_names_the_file(tmp_path):
   (tmp_path / "summary.json").mkdir()
   with pytest.raises(IsADirectoryError) as e:
-    runlog.write_json(tmp_path / "summary.json", {"epochs_done": 1})
+    files.write_json(tmp_path / "summary.json", {"epochs_done": 1})
   assert e.value.filename == str(tmp_path / "summary.json")
   assert os.listdir(tmp_path) == ["summary.json"]
 

@@ -14,9 +14,9 @@ import pytest
 from helpers import assert_clean_failure, checksums, cli_env, run_cli, write_npz
 from hw2jax import cli
 from hw2jax.errors import UserError
-from hw2jax.experiments import cnn, p2g
-from hw2jax.experiments.hopfield import retrieval
-from hw2jax.experiments.hopfield import run as hopfield
+from hw2jax.recipes import cnn, p2g
+from hw2jax.recipes.hopfield import retrieval
+from hw2jax.recipes.hopfield import run as hopfield
 from hw2jax.models import hopfield as hf
 from hw2jax.report import config as report_config
 

@@ -91,7 +91,7 @@ def brought_by(*extras: str) -> set[str]:
 IMPORTERS = {"hw2jax": (), "experiments": (), "benchmarks": ("bench",),
              "tests": ("test", "bench")}
 OPTIONAL_MODULES = {"hw2jax/data/tfds.py": ("tfds",),
-                    "hw2jax/experiments/torch_files.py": ("bench",)}
+                    "hw2jax/recipes/torch_files.py": ("bench",)}
 OURS = {"hw2jax", "experiments", "benchmarks", "tests", "helpers", "conftest", "__future__"}
 
 
@@ -148,7 +148,7 @@ SETTINGS_AS_ERRORS = """
 import pkgutil, warnings
 import hw2jax
 for module in pkgutil.walk_packages(hw2jax.__path__, "hw2jax."):
-  if module.name != "hw2jax.experiments.torch_files":         # the bench extra's
+  if module.name != "hw2jax.recipes.torch_files":         # the bench extra's
     __import__(module.name)
 warnings.simplefilter("error")
 import jax

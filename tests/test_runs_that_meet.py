@@ -150,6 +150,6 @@ def test_a_rerun_with_other_decoding_archives_the_previous_evaluation(tmp_path, 
                                          ("k", 0)])
 def test_decoding_sizes_beyond_the_bounds_are_refused(flag, value):
   from hw2jax.errors import UserError
-  from hw2jax.experiments import spellings
+  from hw2jax.recipes import p2g_evaluation
   with pytest.raises(UserError, match=f"--{flag}={value} must be in "):
-    spellings.Decoding(top_p=0.8, **{flag: value}).validate()
+    p2g_evaluation.Decoding(top_p=0.8, **{flag: value}).validate()

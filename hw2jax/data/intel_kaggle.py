@@ -28,7 +28,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 import numpy as np
 from PIL import Image
 
-from hw2jax import cache
+from hw2jax import cache, files
 from hw2jax.data.images import ImageData
 from hw2jax.data.intel import (CHANNELS, CLASSES, ENTRY_RE, IMAGE_SIZE, NPZ_KEYS, checked_splits,
                                printable)
@@ -333,7 +333,7 @@ def _open_cache(path: Path, log: Callable[[str], None]) -> bool:
   """Whether the run may read and write the cache file `path`. Temp files that killed runs left
   beside it go first. Something else than a file at `path` (a folder) is not ours to delete:
   the run goes on without the cache, rather than leak a temp file it cannot rename there."""
-  removed = cache.remove_stale_temps(path.parent, _CACHE_PREFIX)
+  removed = files.remove_stale_temps(path.parent, _CACHE_PREFIX)
   if removed:
     log(f"intel data: removed {len(removed)} unfinished cache file(s) of interrupted runs "
         f"({', '.join(p.name for p in removed)})")
@@ -384,12 +384,12 @@ def _discard(path: Path, reason, log: Callable[[str], None]) -> None:
 def _write_cache(path: Path, data: ImageData, log: Callable[[str], None]) -> None:
   """Writes the conversion cache. A failure (full disk, no permission) costs only the next run
   a conversion, so it is a warning line: this run goes on with the arrays it converted. No
-  temp file stays behind (`cache.write_atomically`)."""
+  temp file stays behind (`files.write_atomically`)."""
   arrays = {k: getattr(data, k) for k in NPZ_KEYS}
   arrays["skipped"] = np.int64(data.skipped)
   try:
     path.parent.mkdir(parents=True, exist_ok=True)
-    cache.write_atomically(path, lambda f: np.savez(f, **arrays, digest=_digest(arrays)))
+    files.write_atomically(path, lambda f: np.savez(f, **arrays, digest=_digest(arrays)))
   except Exception as e:
     log(f"intel data: WARNING: could not write the conversion cache {path} ({_reason(e)}); "
         "continuing without it")

@@ -7,7 +7,7 @@ import dataclasses
 
 from hw2jax import records
 from hw2jax.data import intel
-from hw2jax.experiments import spellings
+from hw2jax.recipes import p2g_evaluation
 from hw2jax.train import trainer
 
 PARTS = ("q1", "q2", "q2_ablations", "q3")
@@ -81,8 +81,8 @@ class Config:
          f"--ablation_pooling={','.join(self.ablation_pooling)}: use max, none or both"),
         (self.q3_hidden_size >= 2 and self.q3_hidden_size % 2 == 0,
          f"--q3_hidden_size={self.q3_hidden_size} must be a positive even number"),
-        (0 <= self.q3_beam <= spellings.MAX_BEAM, f"--q3_beam={self.q3_beam} must be in "
-         f"0..{spellings.MAX_BEAM} (0: no beam search)"),
+        (0 <= self.q3_beam <= p2g_evaluation.MAX_BEAM, f"--q3_beam={self.q3_beam} must be in "
+         f"0..{p2g_evaluation.MAX_BEAM} (0: no beam search)"),
         (self.pixels in intel.PIXELS,
          f"--pixels={self.pixels!r} is not one of {', '.join(intel.PIXELS)}"),
         (self.overlap in OVERLAP, f"--overlap={self.overlap!r} is not one of "

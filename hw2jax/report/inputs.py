@@ -8,13 +8,12 @@ import hashlib
 import json
 from pathlib import Path
 
-from hw2jax import records
+from hw2jax import files, records
+from hw2jax.data.fingerprint import fingerprint_splits
 from hw2jax.data.images import SPLITS, ImageData
 from hw2jax.errors import UserError
 from hw2jax.report import results as R
 from hw2jax.report.config import PART_TITLES, Config
-from hw2jax.train import runlog
-from hw2jax.train import workdir as workdir_lib
 
 RESULTS, REPORT_CONFIG = "report.json", "report_config.json"
 SEAL = "fingerprint"              # report.json's hash of the rest of itself
@@ -50,15 +49,15 @@ def part_inputs(config: Config, intel_path: Path | None, p2g_data,
 
 
 def _digest(splits: dict) -> str:
-  """One short hash of a dataset's splits (`workdir.fingerprint_splits`'s, combined)."""
-  prints = workdir_lib.fingerprint_splits(splits)
+  """One short hash of a dataset's splits (`fingerprint_splits`'s, combined)."""
+  prints = fingerprint_splits(splits)
   return hashlib.blake2b(json.dumps(prints, sort_keys=True).encode(), digest_size=8).hexdigest()
 
 
 def sealed(results: R.Results) -> dict:
   """report.json's JSON with a hash of itself: the parts left out of --parts are rendered from
   it, so a hand-edited file must be found, not rendered into REPORT.md."""
-  data = json.loads(json.dumps(runlog.finite(results.to_json())))
+  data = json.loads(json.dumps(files.finite(results.to_json())))
   return {**data, SEAL: records.json_digest(data)}
 
 
@@ -68,8 +67,8 @@ def earlier_results(workdir: Path) -> R.Results | None:
   path = workdir / RESULTS
   if not path.is_file():
     return None
-  earlier = runlog.read_record(path, R.Results)
-  data = runlog.read_json(path)
+  earlier = files.read_record(path, R.Results)
+  data = files.read_json(path)
   if SEAL in data and data.pop(SEAL) != records.json_digest(data):
     raise UserError(f"{path} was changed after the report wrote it (its fingerprint does not "
                     "match), so its results cannot be kept; restore it, or use --fresh to "
@@ -103,7 +102,7 @@ def check_same_report(workdir: Path, config: Config) -> None:
   """A workdir holds one kind of report: --quick and the course schedule never mix."""
   path = workdir / REPORT_CONFIG
   if path.exists():
-    have = runlog.read_json(path)
+    have = files.read_json(path)
     if not isinstance(have, dict) or not isinstance(have.get("quick"), bool):
       raise UserError(f"{path} is damaged (its 'quick' is not true or false); repair or remove "
                       "it, or use --fresh to archive the report and start over")
@@ -111,6 +110,6 @@ def check_same_report(workdir: Path, config: Config) -> None:
       kind = "a --quick" if have.get("quick") else "a full (course-schedule)"
       raise UserError(f"{workdir} holds {kind} report; use another --workdir, or --fresh to "
                       "archive it and start over")
-  runlog.write_json(path, {"quick": config.quick, "schedule": records.to_json(config.schedule)})
+  files.write_json(path, {"quick": config.quick, "schedule": records.to_json(config.schedule)})
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable, Sequence, TypeVar
 
 from hw2jax import markdown
-from hw2jax.experiments import cnn, cnn_tables, p2g
+from hw2jax.recipes import cnn, cnn_tables, p2g
 from hw2jax.models import registry
 from hw2jax.report import results as R
 from hw2jax.report.config import ABLATION_LR, PART_TITLES, PARTS, SEED_PARTS
@@ -297,7 +297,7 @@ def _render_q3(r: R.Q3, results: R.Results) -> str:
                       f"(seed {first})", f"{x.dir}/{p2g.CER_PLOT}"))
     if x.attention:
       out.append(_image(f"Attention maps of greedy decoding, test words (seed {first})",
-                        f"{x.dir}/{p2g.spellings.ATTENTION_PLOT}"))
+                        f"{x.dir}/{p2g.p2g_evaluation.ATTENTION_PLOT}"))
   return "\n".join(out)
 
 

@@ -15,8 +15,8 @@ import platform
 from typing import Any
 
 from hw2jax import records
-from hw2jax.experiments import cnn, p2g
-from hw2jax.experiments.hopfield import run as hopfield
+from hw2jax.recipes import cnn, p2g
+from hw2jax.recipes.hopfield import run as hopfield
 from hw2jax.report.config import PARTS, Config, Schedule
 
 DONE, SKIPPED, NOT_REQUESTED = "done", "skipped", "not requested"

@@ -17,21 +17,20 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from hw2jax import cache, plots
+from hw2jax import files, plots
 from hw2jax.data import phonemes, sources
 from hw2jax.data.images import ImageData
 from hw2jax.errors import UserError
-from hw2jax.experiments import cnn, cnn_tables, p2g
-from hw2jax.experiments.hopfield import run as hopfield
-from hw2jax.experiments.spellings import Decoding
+from hw2jax.recipes import cnn, cnn_tables, p2g
+from hw2jax.recipes.hopfield import run as hopfield
+from hw2jax.recipes.p2g_evaluation import Decoding
 from hw2jax.models import registry
 from hw2jax.report import inputs as inputs_lib, render
 from hw2jax.report.inputs import REPORT_CONFIG, RESULTS
 from hw2jax.report import results as R
 from hw2jax.report.config import (ABLATION_LR, PART_TITLES, PARTS, POOLING, Q2_RUNS, Q3_K,
                                   Q3_TOP_P, SEED_PARTS, Config)
-from hw2jax.train import runlog, sharding
-from hw2jax.train import workdir as workdir_lib
+from hw2jax.train import run as run_lib, sharding
 
 REPORT = "REPORT.md"
 FIGURES = "figures"
@@ -81,9 +80,9 @@ def run(config: Config, workdir: str | Path, *, intel_data_path: str | None = No
   intel = (sources.load_intel(intel_path, layout=config.layout, log=log)
            if intel_path is not None and set(config.parts) - {"q3"} else None)
   inputs = inputs_lib.part_inputs(config, intel_path, p2g_data, intel)
-  with workdir_lib.locked(workdir) as workdir:
+  with run_lib.locked(workdir) as workdir:
     if fresh:
-      archived = workdir_lib.archive(workdir, REPORT_FILES)
+      archived = run_lib.archive(workdir, REPORT_FILES)
       if archived:
         log(f"--fresh: moved the previous report's files to {archived}")
     earlier = inputs_lib.earlier_results(workdir)
@@ -103,8 +102,8 @@ def run(config: Config, workdir: str | Path, *, intel_data_path: str | None = No
       return results
     text, missing = render.report(results, workdir)
     results = dataclasses.replace(results, missing=missing)
-    cache.write_atomically(workdir / REPORT, lambda f: f.write(text.encode()))
-    runlog.write_json(workdir / RESULTS, inputs_lib.sealed(results))
+    files.write_atomically(workdir / REPORT, lambda f: f.write(text.encode()))
+    files.write_json(workdir / RESULTS, inputs_lib.sealed(results))
     return results
 
 
@@ -247,13 +246,13 @@ class _Runner:
                           num_show=min(d.num_show, n))
     out = self.workdir / "q1"
     inputs = {"config": cfg.to_json(), "data_path": str(self.intel_path) if data else None}
-    marker, summary_path = out / "inputs.json", out / runlog.SUMMARY
+    marker, summary_path = out / "inputs.json", out / run_lib.SUMMARY
     # The marker holds the hash of the summary this report wrote: an edited one, or another
     # run's written into q1/, is not reused (Q1 runs again; hopfield archives what was there).
     written = lambda: {**inputs, "summary": inputs_lib.file_digest(summary_path)}
     reused = False
-    if marker.exists() and summary_path.exists() and runlog.read_json(marker) == written():
-      summary = runlog.read_record(summary_path, hopfield.HopfieldSummary)
+    if marker.exists() and summary_path.exists() and files.read_json(marker) == written():
+      summary = files.read_record(summary_path, hopfield.HopfieldSummary)
       figures = ((summary.retrieval.figures if summary.retrieval else [])
                  + (summary.capacity.figures if summary.capacity else []))
       reused = all((out / f).exists() for f in figures) and (out / "check.md").exists()
@@ -261,7 +260,7 @@ class _Runner:
       self.log(f"Q1: reusing the finished run in {out}")
     else:
       summary = hopfield.run(cfg, out, data_path=inputs["data_path"], log=self.log, data=data)
-      runlog.write_json(marker, written())
+      files.write_json(marker, written())
     return R.Q1(status=R.DONE, dir=self._rel(out), summary=summary, reused=reused,
                 check_table=(out / "check.md").read_text())
 
@@ -381,7 +380,7 @@ def plot_q2_comparison(runs: list[R.CnnRun], seed: int, workdir: Path) -> None:
   with plots.figure(workdir / Q2_COMPARISON, dpi=110, figsize=(11, 5)) as fig:
     acc, loss = fig.subplots(1, 2)
     for r in (r for r in runs if r.seed == seed):
-      history = runlog.read_metrics(workdir / r.dir)
+      history = run_lib.read_metrics(workdir / r.dir)
       epochs = [h["epoch"] for h in history]
       label = f"{cnn_tables.model_label(r.model)} lr {r.lr:g}"
       acc.plot(epochs, [h.get("val_accuracy", math.nan) for h in history], marker="o",

@@ -1,127 +1,55 @@
-"""What a run logs in its workdir: metrics.jsonl (one line per epoch), summary.json and other
-JSON written atomically, and the progress line printed per epoch. Only process 0 writes."""
+"""What a run logs beside its checkpoints: metrics.jsonl (one line per epoch, the source of
+truth), the progress line, and TensorBoard event files in <workdir>/tb/ (tensorboardX: no
+TensorFlow), rebuilt from the history whenever training (re)starts. Only process 0 writes."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
+import sys
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Mapping, Sequence
 
-from hw2jax import cache, records
+from hw2jax import files
 from hw2jax.errors import UserError
 from hw2jax.markdown import format_seconds
 from hw2jax.train.sharding import primary
 
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
+TB, HPARAMS = "tb", "hparams"
+EVENTS = "events.out.tfevents."       # tensorboardX's event file names start so
 
 
-def write_json(path: str | Path, obj: Any) -> None:
-  """Writes JSON atomically (a temp file named after this host and pid, then a rename), so a
-  killed run never leaves half a file; a failed write leaves no temp file, and those of killed
-  writers are removed by the next write of the same file. (Process 0 only.)"""
-  if not primary():
-    return
-  path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  text = json.dumps(finite(obj), indent=2, sort_keys=True, default=_jsonable) + "\n"
-  cache.remove_stale_temps(path.parent, f"{path.stem}.tmp-")
-  cache.write_atomically(path, lambda f: f.write(text.encode()))
+def rewrite_metrics(workdir: Path, history: Sequence[dict]) -> None:
+  """metrics.jsonl holding `history` (the epochs a resumed checkpoint holds): epochs trained
+  after the last checkpoint, about to be redone, are not shown twice."""
+  if primary():
+    text = "".join(json.dumps(files.finite(r), sort_keys=True) + "\n" for r in history)
+    files.write_file(workdir / METRICS, text)
 
 
-def finite(obj: Any) -> Any:
-  """`obj` with every NaN/inf float replaced by None (JSON has no NaN)."""
-  if isinstance(obj, float):
-    return obj if math.isfinite(obj) else None
-  if isinstance(obj, dict):
-    return {k: finite(v) for k, v in obj.items()}
-  if isinstance(obj, (list, tuple)):
-    return [finite(v) for v in obj]
-  return obj
-
-
-def read_json(path: str | Path) -> Any:
-  """The JSON in `path`; a damaged file is a UserError naming it (not a traceback)."""
-  path = Path(path)
-  try:
-    return json.loads(path.read_text())
-  except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise UserError(f"{path} is damaged (not valid JSON: {e}); repair or remove it, or use "
-                    "--fresh to archive the run and start over") from None
-
-
-def read_record(path: str | Path, cls) -> Any:
-  """The JSON in `path` read as the typed record `cls` (its `from_json`, else
-  `records.from_json`); a file of another shape (a list, numbers as strings) is a UserError
-  naming it, like damaged JSON."""
-  data = read_json(path)
-  try:
-    return cls.from_json(data) if hasattr(cls, "from_json") else records.from_json(cls, data)
-  except (TypeError, ValueError, KeyError, AttributeError) as e:
-    raise UserError(f"{path} is damaged ({e}); repair or remove it, or use --fresh to archive "
-                    "the run and start over") from None
-
-
-def _jsonable(x):
-  if hasattr(x, "tolist"):  # numpy/JAX scalars and arrays alike
-    return x.tolist()
-  raise TypeError(f"not JSON serialisable: {type(x).__name__}")
-
-
-class RunLog:
-  """Appends one JSON line per epoch to `<workdir>/metrics.jsonl` and prints a progress line.
-
-  `reset(history)` rewrites the file to the epochs a resumed checkpoint holds, so the log never
-  shows epochs that were trained after the last checkpoint and are about to be redone.
-  """
-
-  def __init__(self, workdir: str | Path, *, total_epochs: int, prefix: str = "",
-               printer: Callable[[str], None] | None = None):
-    self.workdir = Path(workdir)
-    self.workdir.mkdir(parents=True, exist_ok=True)
-    self.path = self.workdir / METRICS
-    self.total_epochs = total_epochs
-    self.prefix = prefix
-    self.printer = printer or (lambda line: print(line, flush=True))
-    self._epoch_seconds: list[float] = []
-
-  def reset(self, history: Sequence[dict]) -> None:
-    if not primary():
-      return
-    text = "".join(json.dumps(finite(r), sort_keys=True) + "\n" for r in history)
-    cache.remove_stale_temps(self.workdir, f"{self.path.stem}.tmp-")
-    cache.write_atomically(self.path, lambda f: f.write(text.encode()))
-
-  def append(self, record: dict) -> None:
-    if not primary():
-      return
-    line = json.dumps(finite(record), sort_keys=True, default=_jsonable) + "\n"
-    # Never through a link planted at the name (ELOOP); `reset` wrote the file before.
+def append_metrics(workdir: Path, record: dict) -> None:
+  if primary():
+    line = json.dumps(files.finite(record), sort_keys=True, default=float) + "\n"
+    # Never through a link planted at the name (ELOOP); `rewrite_metrics` wrote the file.
     flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
-    with os.fdopen(os.open(self.path, flags, 0o666), "a") as f:
+    with os.fdopen(os.open(workdir / METRICS, flags, 0o666), "a") as f:
       f.write(line)
 
-  def progress(self, record: dict, keys: Iterable[str]) -> str:
-    """Prints 'epoch e/E  k1 v1  k2 v2 ...  12.3s  ETA 4m05s' for `record` and returns it."""
-    seconds = float(record.get("seconds", 0.0))
-    self._epoch_seconds.append(seconds)
-    # The first epoch of a process includes compilation: leave it out of the ETA when possible.
-    steady = self._epoch_seconds[1:] or self._epoch_seconds
-    remaining = self.total_epochs - int(record["epoch"])
-    eta = remaining * (sum(steady) / len(steady))
-    parts = [f"{self.prefix}epoch {record['epoch']:>3d}/{self.total_epochs}"]
-    for k in keys:
-      if k in record:
-        v = record[k]
-        parts.append(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}")
-    parts.append(f"{seconds:.1f}s")
-    parts.append(f"ETA {format_seconds(eta)}")
-    line = "  ".join(parts)
-    if primary():
-      self.printer(line)
-    return line
+
+def progress_line(prefix: str, record: dict, keys: Sequence[str], total_epochs: int,
+                  seconds: Sequence[float]) -> str:
+  """'epoch e/E  k1 v1  k2 v2 ...  12.3s  ETA 4m05s'; `seconds`: of the epochs this process
+  trained, the first of which (compilation) is left out of the ETA when there are others."""
+  steady = seconds[1:] or seconds
+  eta = (total_epochs - int(record["epoch"])) * (sum(steady) / len(steady))
+  parts = [f"{prefix}epoch {record['epoch']:>3d}/{total_epochs}"]
+  parts += [f"{k} {record[k]:.4f}" if isinstance(record[k], float) else f"{k} {record[k]}"
+            for k in keys if k in record]
+  return "  ".join([*parts, f"{float(record.get('seconds', 0.0)):.1f}s",
+                    f"ETA {format_seconds(eta)}"])
 
 
 def read_metrics(workdir: str | Path) -> list[dict]:
@@ -132,7 +60,7 @@ def read_metrics(workdir: str | Path) -> list[dict]:
   if not path.exists():
     return []
   lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
-  records = []
+  out = []
   for i, line in enumerate(lines):
     try:
       record = json.loads(line)
@@ -145,8 +73,8 @@ def read_metrics(workdir: str | Path) -> list[dict]:
     if problem:
       raise UserError(f"{path}:{i + 1} is damaged ({problem}); repair or remove that line, or "
                       "use --fresh to archive the run and start over")
-    records.append(record)
-  return records
+    out.append(record)
+  return out
 
 
 def _not_a_record(record: Any) -> str | None:
@@ -163,3 +91,75 @@ def _not_a_record(record: Any) -> str | None:
     if not (value is None or type(value) in (bool, int, float)):
       return f"its {json.dumps(key)} is {json.dumps(value)[:40]}, not a number"
   return None
+
+
+class Board:
+  """Every number of each epoch's record as a TensorBoard scalar under <workdir>/tb/."""
+
+  def __init__(self, workdir: str | Path, enabled: bool = True):
+    self.dir = Path(workdir) / TB
+    self.enabled = enabled and primary()
+    self._writer = None
+
+  def start(self, history: Sequence[Mapping[str, Any]]) -> None:
+    """Drops earlier event files and writes `history` (the epochs the run resumes from)."""
+    if self.enabled:
+      remove_event_files(self.dir)
+      self._writer = summary_writer()(str(self.dir), flush_secs=30)
+      for record in history:
+        self.epoch(record)
+
+  def epoch(self, record: Mapping[str, Any]) -> None:
+    if self._writer is not None:
+      for key, value in record.items():
+        if key != "epoch" and _number(value):
+          self._writer.add_scalar(key, float(value), int(record["epoch"]))
+      self._writer.flush()
+
+  def close(self) -> None:
+    if self._writer is not None:
+      self._writer.close()
+      self._writer = None
+
+
+def write_hparams(workdir: str | Path, hparams: Mapping[str, Any],
+                  metrics: Mapping[str, Any]) -> None:
+  """The run's settings beside its final (test) metrics (TensorBoard's HPARAMS tab) under
+  <workdir>/tb/hparams/, replacing an earlier call's."""
+  if not primary():
+    return
+  folder = Path(workdir) / TB / HPARAMS
+  remove_event_files(folder)
+  values = {k: v if isinstance(v, (bool, int, float, str)) else str(v)
+            for k, v in hparams.items() if v is not None}
+  numbers = {f"final/{k}": float(v) for k, v in metrics.items() if _number(v)}
+  with summary_writer()(str(folder)) as writer:
+    writer.add_hparams(values, numbers, name=".")
+
+
+def remove_event_files(folder: Path) -> None:
+  """The event files this module writes into `folder`, not what else a user keeps there (notes,
+  another run's events in a subfolder, profiler traces)."""
+  for path in folder.glob(f"{EVENTS}*") if folder.is_dir() else ():
+    if path.is_file() and not path.is_symlink():
+      path.unlink()
+
+
+def summary_writer():
+  """tensorboardX's SummaryWriter class, imported without PyTorch. tensorboardX imports torch
+  whenever it is installed (1.4 s of every run's start on a 2-core CPU) only to accept torch
+  tensors, which hw2jax never passes; torch stays importable afterwards, and one already
+  imported (--from_torch) is left as it is."""
+  if "torch" in sys.modules or "tensorboardX.writer" in sys.modules:
+    from tensorboardX import SummaryWriter
+    return SummaryWriter
+  sys.modules["torch"] = None          # `import torch` raises ImportError while it loads
+  try:
+    from tensorboardX import SummaryWriter
+  finally:
+    del sys.modules["torch"]
+  return SummaryWriter
+
+
+def _number(value: Any) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -1,29 +1,15 @@
 """Model-agnostic training: TrainState with BatchNorm statistics, jitted steps, epoch runners.
 
-The whole dataset lives on the device as a pytree of arrays with a leading example axis. An
-epoch is a device-side permutation cut into batches of fixed size (the last one padded and
-masked, never dropped); a step gathers its batch on the device. On GPU/TPU an epoch is ONE
-jitted `lax.scan`; on CPU it is a Python loop over a jitted step (XLA:CPU runs conv backward
-inside while loops: a scanned CNN epoch was 7x slower, BUILD.md). Both run the same step
-function and agree to float rounding.
-
-A task plugs in two pure functions (beside each model: `hw2jax.models.cnn`, `...seq2seq`):
+The dataset lives on the device; an epoch is a device-side permutation cut into fixed-size
+batches (the last padded and masked), one `lax.scan` on GPU/TPU and a loop of jitted steps on
+CPU (where a scanned CNN epoch was 7x slower, BUILD.md). A task plugs in two pure functions:
   loss_fn(apply_fn, params, model_state, batch, mask, rng)
-      -> (mean loss, (new model_state, sums))   # sums: dict of per-batch summed metrics
+      -> (mean loss, (new model_state, sums))
   eval_fn(apply_fn, variables, batch, mask) -> sums
-where `mask` (B,) is 1 for real examples, `model_state` the `batch_stats` collection ({} if none)
-and `sums` holds at least 'count' (the number of examples or tokens the loss averages over).
-The metric contract: every other entry of `sums` is a SUM over the same units as 'count', so
-that summing over batches and dividing once by the total count (`summarize`) gives the epoch's
-exact mean. A metric with another reduction (a max, a ratio of two sums) does not fit here; its
-task computes it from the decoded outputs (P2G's CER/WER: `hw2jax.metrics`).
-
-Variable-length data (P2G words) comes as `Widths`: the same examples padded to a few widths (a
-single dataset is one width). An epoch's `BatchPlan` draws random batches from all examples and
-names the narrowest copy that holds all of a batch's members; in 'scan' mode the epoch is one
-`lax.scan` choosing the copy with `lax.switch`, in 'loop' mode each width has its jitted step.
-Padding beyond a batch's longest member changes nothing, so this equals training on the widest
-copy, at the cost of the batch's own length.
+`mask` (B,) is 1 for real examples; `sums` holds 'count' and per-batch SUMS over the same units,
+so that one division of the epoch's totals (`summarize`) gives exact means. Words of several
+lengths come as `Widths` (the same examples at a few padded widths); an epoch's `BatchPlan`
+trains each batch on the narrowest copy that holds it.
 """
 
 from __future__ import annotations
@@ -170,16 +156,17 @@ def _zeros_like_sums(shape_tree):
 
 class Widths(tuple):
   """One dataset stored at several padded widths, narrowest first: every copy holds all N
-  examples in the same order (cut short where they do not fit), and `need` (N,) is the index of
-  the narrowest copy that holds each example whole. `Trainer.train_epoch` and
+  examples in the same order (cut short where they do not fit), and `narrowest` (N,) is the index
+  of the narrowest copy that holds each example whole. `Trainer.train_epoch` and
   `Trainer.evaluate` accept it wherever they accept a single dataset (which is one width)."""
 
-  def __new__(cls, copies, need):
+  def __new__(cls, copies, narrowest):
     self = super().__new__(cls, copies)
-    self.need = np.asarray(need, np.int32)
-    sizes = {_num_examples(c) for c in self} | {len(self.need)}
+    self.narrowest = np.asarray(narrowest, np.int32)
+    sizes = {_num_examples(c) for c in self} | {len(self.narrowest)}
     if len(sizes) != 1:
-      raise ValueError(f"every copy and `need` must hold the same examples, got sizes {sizes}")
+      raise ValueError(f"every copy and `narrowest` must hold the same examples, got sizes "
+                       f"{sizes}")
     return self
 
   @classmethod
@@ -194,12 +181,12 @@ class BatchPlan(NamedTuple):
   """Which examples each batch of an epoch holds, and which copy (width) it trains on.
 
   idx (num_batches, B) int32 example indices, mask (num_batches, B) bool (padding of the last
-  batch is False), which (num_batches,) int32 on the host: the narrowest copy holding every
+  batch is False), width (num_batches,) int32 on the host: the narrowest copy holding every
   member of the batch (all 0 for a single dataset).
   """
   idx: jax.Array
   mask: jax.Array
-  which: np.ndarray
+  width: np.ndarray
 
 
 def train_step(state: TrainState, batch, mask: jax.Array, *, loss_fn: Callable,
@@ -269,21 +256,21 @@ class Trainer:
     copies = tuple(widths)
     plan = self.plan_epoch(state, widths, epoch)
     if self.mode == "scan":
-      state, acc = self._scan_epoch(state, copies, plan.idx, plan.mask, plan.which)
+      state, acc = self._scan_epoch(state, copies, plan.idx, plan.mask, plan.width)
       return state, summarize(acc)
     acc, pos = self._zero_train_sums(state, copies[0]), jnp.zeros((), jnp.int32)
-    for k in plan.which.tolist():
+    for k in plan.width.tolist():
       state, acc, pos = self._loop_step(state, acc, pos, copies[k], plan.idx, plan.mask)
     return state, summarize(acc)
 
   def plan_epoch(self, state: TrainState, widths: Widths, epoch: int) -> BatchPlan:
     """The batches of epoch `epoch`: a seeded permutation cut into batches of `batch_size`."""
-    idx, mask = self._plan(epoch_key(state, epoch), len(widths.need), self.batch_size)
+    idx, mask = self._plan(epoch_key(state, epoch), len(widths.narrowest), self.batch_size)
     if len(widths) == 1:
-      which = np.zeros(idx.shape[0], np.int32)
+      width = np.zeros(idx.shape[0], np.int32)
     else:
-      which = batch_widths(widths.need, sharding.to_host(idx), sharding.to_host(mask))
-    return BatchPlan(idx, mask, which)
+      width = batch_widths(widths.narrowest, sharding.to_host(idx), sharding.to_host(mask))
+    return BatchPlan(idx, mask, width)
 
   def _round_to_devices(self, n: int) -> int:
     devices = 1 if self.mesh is None else self.mesh.devices.size
@@ -315,8 +302,8 @@ class Trainer:
     state, acc = self._step(state, acc, data, idx[pos], mask[pos])
     return state, acc, pos + 1
 
-  def _scan_epoch_fn(self, state, copies: tuple, idx, mask, which):
-    """A whole epoch as one scan; with several copies batch i trains on copy which[i] through
+  def _scan_epoch_fn(self, state, copies: tuple, idx, mask, width):
+    """A whole epoch as one scan; with several copies batch i trains on copy width[i] through
     `lax.switch` (one branch per copy, each with its own shapes)."""
     acc = self._zero_train_sums_fn(state, copies[0])
     branches = [functools.partial(lambda data, carry, i, m: self._step(*carry, data, i, m), data)
@@ -328,7 +315,7 @@ class Trainer:
         return branches[0](carry, i, m), None
       return jax.lax.switch(k, branches, carry, i, m), None
 
-    (state, acc), _ = jax.lax.scan(body, (state, acc), (jnp.asarray(which), idx, mask))
+    (state, acc), _ = jax.lax.scan(body, (state, acc), (jnp.asarray(width), idx, mask))
     return state, acc
 
   def _eval_step(self, state, acc, data, idx, mask):
@@ -368,9 +355,9 @@ def trainer_for(loss_fn: Callable, eval_fn: Callable, config) -> Trainer:
                  eval_batch_size=config.eval_batch_size, epoch_mode=config.epoch_mode, mesh=mesh)
 
 
-def batch_widths(need: np.ndarray, idx: np.ndarray, mask: np.ndarray) -> np.ndarray:
-  """The copy each batch trains on: the widest `need` among its real members (host arrays)."""
-  return np.where(mask, need[idx], 0).max(axis=1).astype(np.int32)
+def batch_widths(narrowest: np.ndarray, idx: np.ndarray, mask: np.ndarray) -> np.ndarray:
+  """The copy each batch trains on: the widest `narrowest` of its real members (host arrays)."""
+  return np.where(mask, narrowest[idx], 0).max(axis=1).astype(np.int32)
 
 
 def summarize(acc) -> dict:

@@ -11,7 +11,7 @@ import pytest
 from helpers import (kaggle_files, learnable_images, write_kaggle_folder, write_kaggle_zip,
                       write_npz)
 from hw2jax import UserError
-from hw2jax import cache as cachelib
+from hw2jax import files as fileslib
 from hw2jax.data import intel, intel_kaggle, sources
 from hw2jax.data.images import ImageData
 
@@ -224,7 +224,7 @@ def test_the_orphan_of_a_killed_conversion_is_removed_by_the_next_run(tmp_path, 
   proc = subprocess.Popen(["true"])                   # kill -9 during the write: its pid is dead
   proc.wait()
   if naming == "current":
-    name = cachelib.temp_path(cache_file).name.replace(f"-{os.getpid()}.", f"-{proc.pid}.")
+    name = fileslib.temp_path(cache_file).name.replace(f"-{os.getpid()}.", f"-{proc.pid}.")
   else:
     name = f"{cache_file.stem}.tmp{proc.pid}.npz"
   orphan = folder / name

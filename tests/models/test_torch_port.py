@@ -18,7 +18,7 @@ from helpers import (assert_trees_close, load_numpy_state, numpy_state, p2g_pair
                      torch_adam_steps)
 from hw2jax.data import phonemes
 from hw2jax.errors import UserError
-from hw2jax.experiments import p2g
+from hw2jax.recipes import p2g
 from hw2jax.models import cnn, decoding, torch_port
 from hw2jax.models import seq2seq as s2s
 from hw2jax.train import optimizer as optimizer_lib, trainer as trainer_lib

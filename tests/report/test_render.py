@@ -6,9 +6,9 @@ import dataclasses
 import pytest
 
 from helpers import cnn_summary, p2g_summary
-from hw2jax.experiments import p2g
-from hw2jax.experiments.hopfield import capacity, claims, retrieval
-from hw2jax.experiments.hopfield import run as hopfield
+from hw2jax.recipes import p2g
+from hw2jax.recipes.hopfield import capacity, claims, retrieval
+from hw2jax.recipes.hopfield import run as hopfield
 from hw2jax.report import render
 from hw2jax.report import results as R
 from hw2jax.report.config import Config, Q2_RUNS, Schedule

@@ -1,5 +1,5 @@
 """Checkpoints never lose or wedge a run: damaged steps are set aside and the previous one used,
-the older two-manager layout is adopted, a full disk is one line, lost checkpoints are refused."""
+the older two-manager layout is refused, a full disk is one line, lost checkpoints are refused."""
 
 import errno
 import json
@@ -13,7 +13,7 @@ import pytest
 from helpers import (assert_clean_failure, checksums, run_cli, trained_files, write_npz,
                      write_p2g_folder)
 from hw2jax.data import sources
-from hw2jax.experiments import cnn, p2g
+from hw2jax.recipes import cnn, p2g
 from hw2jax.train import checkpoints, optimizer as optimizer_lib, trainer as trainer_lib
 from hw2jax.errors import UserError
 
@@ -51,8 +51,8 @@ DAMAGE = {
     "truncate a data file": (truncate, "set aside"),
     "delete _METADATA": (lambda step: (step / "state" / "_METADATA").unlink(), "set aside"),
     "empty the meta file": (empty_meta, "set aside"),
-    "garbage metrics": (lambda step: (step / "metrics" / "metrics").write_text("{not json"),
-                        "set aside"),
+    "garbage card": (lambda step: (step / "card" / "metadata").write_text("{not json"),
+                     "set aside"),
     "flip bytes": (flip_bytes, "set aside"),
     "delete the step's directory": (shutil.rmtree, "gone"),
     "delete _CHECKPOINT_METADATA": (lambda step: (step / "_CHECKPOINT_METADATA").unlink(),
@@ -240,7 +240,7 @@ def test_a_healthy_checkpoint_of_another_shape_is_refused_not_set_aside(train, t
   train(1, tmp_path)
   before = checksums(tmp_path / "checkpoints")
   wider = cnn.new_state(cnn.Config(**{**TINY_CNN, "channels": (4, 8, 32)}))
-  ckpts = checkpoints.Checkpoints(tmp_path, best_metric="val_accuracy", log=QUIET)
+  ckpts = checkpoints.Checkpoints(tmp_path, log=QUIET)
   try:
     with pytest.raises(UserError, match="holds arrays of another shape than this model's"):
       ckpts.restore(wider)

@@ -8,17 +8,18 @@ import chex
 import jax.numpy as jnp
 import pytest
 
-from helpers import checksums, new_cnn_state as new_state
+from helpers import checksums, fit_in, new_cnn_state as new_state
 from hw2jax.errors import UserError
-from hw2jax.train import checkpoints, fit as fit_lib, runlog
+from hw2jax import files
+from hw2jax.train import checkpoints, run as run_lib
 
 
 def run_fit(model, trainer, data, workdir, epochs, lr=0.05, log=lambda line: None):
   def evaluate(s):
     m = trainer.evaluate(s, data["val"])
     return {"val_loss": m["loss"], "val_accuracy": m["accuracy"]}
-  return fit_lib.fit(trainer, new_state(model, lr=lr), data["train"], epochs=epochs,
-                     evaluate=evaluate, workdir=workdir, best_metric="val_accuracy", log=log)
+  return fit_in(workdir, trainer, new_state(model, lr=lr), data["train"], epochs=epochs,
+                evaluate=evaluate, log=log)
 
 
 def test_a_rerun_says_in_one_line_whether_it_resumes_or_has_nothing_to_train(
@@ -46,7 +47,7 @@ def test_resume_is_bit_identical(model, trainer, data, tmp_path):
   chex.assert_trees_all_equal(straight.state.opt_state, resumed.state.opt_state)
   strip = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]
   assert strip(straight.history) == strip(resumed.history)
-  assert strip(runlog.read_metrics(tmp_path / "b")) == strip(straight.history)
+  assert strip(run_lib.read_metrics(tmp_path / "b")) == strip(straight.history)
   # A finished run resumed again trains nothing.
   again = run_fit(model, trainer, data, tmp_path / "b", epochs=3)
   assert again.resumed_from == 3
@@ -57,7 +58,7 @@ def test_a_resume_at_another_learning_rate_is_refused_not_trained_at_the_stored_
     model, trainer, data, tmp_path):
   run_fit(model, trainer, data, tmp_path, epochs=1, lr=0.05)
   before = checksums(tmp_path)
-  with pytest.raises(UserError, match="trained at learning rate 0.05.*asks for 0.1"):
+  with pytest.raises(UserError, match=r"learning_rate=0.05 \(now 0.1\)"):
     run_fit(model, trainer, data, tmp_path, epochs=2, lr=0.1)
   assert checksums(tmp_path) == before
 
@@ -66,8 +67,8 @@ def test_best_checkpoint_holds_the_best_epoch(model, trainer, data, tmp_path):
   result = run_fit(model, trainer, data, tmp_path, epochs=3)
   best = max(result.history, key=lambda r: r["val_accuracy"])
   assert result.best["epoch"] == best["epoch"]
-  restored = fit_lib.restore_best(tmp_path, new_state(model), best_metric="val_accuracy",
-                                  log=lambda line: None)
+  with run_lib.Run.read(tmp_path, log=lambda line: None) as run:
+    restored = run.best_state(new_state(model))
   m = trainer.evaluate(restored, data["val"])
   assert m["accuracy"] == pytest.approx(best["val_accuracy"])
   # The best epoch is kept (once) beside the two latest ones.
@@ -84,7 +85,7 @@ def test_unreadable_latest_checkpoint_is_set_aside_and_the_previous_used(model, 
       f.write_bytes(b"\x00garbage")
   logs = []
   template = new_state(model)
-  ck = checkpoints.Checkpoints(tmp_path, best_metric="val_accuracy", log=logs.append)
+  ck = checkpoints.Checkpoints(tmp_path, log=logs.append)
   state, meta = ck.restore(template)
   ck.close()
   assert meta["epoch"] == 2 and int(state.step) == 2 * 13
@@ -96,11 +97,11 @@ def test_unreadable_latest_checkpoint_is_set_aside_and_the_previous_used(model, 
 def test_divergence_stops_the_run_cleanly(model, trainer, data, tmp_path):
   result = run_fit(model, trainer, data, tmp_path, epochs=4, lr=1e6)
   assert result.diverged_at == 1 and len(result.history) == 1
-  record = runlog.read_metrics(tmp_path)[0]
+  record = run_lib.read_metrics(tmp_path)[0]
   assert record["diverged"] is True and record["train_loss"] is None
   again = run_fit(model, trainer, data, tmp_path, epochs=4, lr=1e6)
   assert again.diverged_at == 1 and len(again.history) == 1
-  json.dumps(runlog.finite(record), allow_nan=False)
+  json.dumps(files.finite(record), allow_nan=False)
 
 
 def test_all_checkpoints_unreadable_is_an_error_not_a_fresh_start(model, trainer, data,
@@ -113,7 +114,7 @@ def test_all_checkpoints_unreadable_is_an_error_not_a_fresh_start(model, trainer
     run_fit(model, trainer, data, tmp_path, epochs=3)
   # Both damaged steps are kept aside, the metrics untouched.
   assert len(list((tmp_path / "checkpoints/corrupt").iterdir())) == 2
-  assert [r["epoch"] for r in runlog.read_metrics(tmp_path)] == [1, 2]
+  assert [r["epoch"] for r in run_lib.read_metrics(tmp_path)] == [1, 2]
 
 
 def test_checkpoints_of_two_runs_in_two_threads(model, tmp_path):
@@ -124,12 +125,12 @@ def test_checkpoints_of_two_runs_in_two_threads(model, tmp_path):
 
   def run(i):
     try:
-      ck = checkpoints.Checkpoints(tmp_path / f"run{i}", best_metric="score",
-                                   log=lambda line: None)
+      ck = checkpoints.Checkpoints(tmp_path / f"run{i}", log=lambda line: None)
       barrier.wait()
       for epoch in range(1, 16):
         state = base.replace(step=jnp.asarray(100 * i + epoch, jnp.int32))
-        ck.save(epoch, state, {"epoch": epoch, "run": i}, {"score": epoch % 7})
+        best = {"epoch": 6 if epoch >= 6 else epoch}
+        ck.save(epoch, state, {"epoch": epoch, "run": i, "best": best}, {"run": i})
       ck.wait()
       for restore, epoch in ((ck.restore, 15), (ck.restore_best, 6)):
         state, meta = restore(base)

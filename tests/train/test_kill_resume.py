@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import pytest
 
 from helpers import cli_env, read_tensorboard, run_cli, write_npz
-from hw2jax.experiments import cnn
+from hw2jax.recipes import cnn
 from hw2jax.train import checkpoints, optimizer as optimizer_lib, trainer as trainer_lib
 
 pytestmark = pytest.mark.slow
@@ -105,8 +105,7 @@ def test_sigkill_and_rerun_equals_an_uninterrupted_run(tmp_path):
       optimizer_lib.make_optimizer("sgd", 0.01), config.seed, train=False)
   states = []
   for name in ("ref", "killed"):
-    ck = checkpoints.Checkpoints(tmp_path / name, best_metric="val_accuracy",
-                                 log=lambda line: None)
+    ck = checkpoints.Checkpoints(tmp_path / name, log=lambda line: None)
     states.append(ck.restore(template)[0])
     ck.close()
   chex.assert_trees_all_equal(states[0].params, states[1].params)

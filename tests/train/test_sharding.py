@@ -67,7 +67,7 @@ WORKER = textwrap.dedent("""
     except UserError as e:
       out["bad_batch"] = str(e)
     # --devices=N as experiments.cnn builds its trainer: a part of the machine, or a clear no.
-    from hw2jax.experiments import cnn as cnn_experiment
+    from hw2jax.recipes import cnn as cnn_experiment
     for devices in (2, 3, 9):
       try:
         trainer = cnn_experiment.make_trainer(cnn_experiment.Config(devices=devices))

@@ -21,27 +21,25 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from helpers import (assert_clean_failure, checksums, cli_env, new_cnn_state as new_state,
-                     p2g_summary, write_npz, write_p2g_folder)
+from helpers import (assert_clean_failure, best_epoch, checksums, cli_env, fit_in,
+                     new_cnn_state as new_state, p2g_summary, write_npz, write_p2g_folder)
 from hw2jax.data import sources
 from hw2jax.errors import UserError
-from hw2jax.experiments import cnn, p2g, spellings
+from hw2jax.recipes import cnn, p2g, p2g_evaluation
 from hw2jax.models import cnn as cnn_model
-from hw2jax.train import checkpoints, fit as fit_lib, runlog
+from hw2jax.train import run as run_lib
 from hw2jax.train import trainer as trainer_lib
 
 QUIET = lambda line: None
 
 
 def run_fit(trainer, model, data, workdir, epochs, *, lr=0.05, evaluate=None, log=QUIET,
-            extra_meta=None):
+            config=None):
   def real_evaluate(s):
     m = trainer.evaluate(s, data["val"])
     return {"val_loss": m["loss"], "val_accuracy": m["accuracy"]}
-  return fit_lib.fit(trainer, new_state(model, lr=lr), data["train"], epochs=epochs,
-                     evaluate=evaluate or real_evaluate, workdir=workdir,
-                     best_metric="val_accuracy", log=log, extra_meta=extra_meta,
-                     tensorboard=False)
+  return fit_in(workdir, trainer, new_state(model, lr=lr), data["train"], epochs=epochs,
+                evaluate=evaluate or real_evaluate, log=log, config=config)
 
 
 # -- 4. NaN weights are a diverged run, not a completed one -------------------------------------
@@ -63,15 +61,11 @@ def test_an_update_that_leaves_the_validation_loss_nan_ends_the_run_as_diverged(
   result = run_fit(one_step_trainer, model, data, tmp_path, epochs=3, lr=1e30, log=logs.append)
   assert result.diverged_at == 1 and result.status(3) == "diverged at epoch 1"
   assert len(result.history) == 1 and result.best is None
-  record = runlog.read_metrics(tmp_path)[0]
+  record = run_lib.read_metrics(tmp_path)[0]
   assert record["diverged"] is True and math.isfinite(record["train_loss"])
   assert record.get("val_accuracy") is None                  # no accuracy of NaN outputs
   assert any("diverged at epoch 1: val_loss is nan" in line for line in logs), logs
-  ckpts = checkpoints.Checkpoints(tmp_path, best_metric="val_accuracy", log=QUIET)
-  try:
-    assert ckpts.best_epoch() is None
-  finally:
-    ckpts.close()
+  assert best_epoch(tmp_path) is None
   again = run_fit(one_step_trainer, model, data, tmp_path, epochs=3, lr=1e30)
   assert again.diverged_at == 1 and len(again.history) == 1   # a rerun stays stopped
 
@@ -86,11 +80,7 @@ def test_a_non_finite_validation_loss_is_never_the_best_epoch(trainer, model, da
     return {"val_loss": loss, "val_accuracy": accuracy}
   result = run_fit(trainer, model, data, tmp_path, epochs=3, evaluate=evaluate)
   assert result.diverged_at == 2 and result.best["epoch"] == 1
-  ckpts = checkpoints.Checkpoints(tmp_path, best_metric="val_accuracy", log=QUIET)
-  try:
-    assert ckpts.best_epoch() == 1
-  finally:
-    ckpts.close()
+  assert best_epoch(tmp_path) == 1
 
 
 class NanAfterEpoch:
@@ -113,10 +103,9 @@ def test_non_finite_weights_end_the_run_even_when_every_number_looks_finite(
   """Checked once per epoch on the state itself: an evaluation that does not see the NaN
   weight (here one that returns fixed numbers) cannot make it a completed run."""
   logs = []
-  result = fit_lib.fit(NanAfterEpoch(trainer, 2), new_state(model), data["train"], epochs=3,
-                       evaluate=lambda s: {"val_loss": 1.0, "val_accuracy": 0.5},
-                       workdir=tmp_path, best_metric="val_accuracy", log=logs.append,
-                       tensorboard=False)
+  result = fit_in(tmp_path, NanAfterEpoch(trainer, 2), new_state(model), data["train"],
+                  epochs=3, evaluate=lambda s: {"val_loss": 1.0, "val_accuracy": 0.5},
+                  log=logs.append)
   assert result.diverged_at == 2 and result.best["epoch"] == 1
   assert any("diverged at epoch 2: its weights are not finite" in line for line in logs), logs
 
@@ -131,7 +120,7 @@ def test_the_cli_reports_an_update_to_nan_weights_as_diverged_not_completed(tmp_
   assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stdout + proc.stderr
   assert "diverged at epoch 1; final val acc —, test acc —" in proc.stdout, proc.stdout
   assert "completed" not in proc.stdout
-  summary = json.loads((tmp_path / "w" / runlog.SUMMARY).read_text())
+  summary = json.loads((tmp_path / "w" / run_lib.SUMMARY).read_text())
   assert summary["status"] == "diverged at epoch 1" and summary["diverged_at"] == 1
   assert summary["best_val"] is None
 
@@ -145,7 +134,7 @@ def test_a_p2g_run_whose_weights_overflow_ends_as_diverged(tmp_path):
   assert summary.status == "diverged at epoch 1" and summary.best_val is None
   # Its NaN weights spell nothing: no test scores, no predictions, dashes in its table.
   assert summary.test == {} and summary.evaluated_checkpoint == "none (diverged)"
-  assert not (tmp_path / "run" / spellings.PREDICTIONS).exists()
+  assert not (tmp_path / "run" / p2g_evaluation.PREDICTIONS).exists()
   assert "diverged at epoch 1; test CER — WER —" in "\n".join(logs)
   greedy_row = (tmp_path / "run" / p2g.TABLES).read_text().splitlines()[2]
   assert greedy_row.split("|")[4:6] == [" — ", " — "], greedy_row
@@ -182,40 +171,41 @@ def test_the_cli_refuses_lr_1e_300_in_one_line(tmp_path):
 # -- 6. the meta of a checkpoint is covered by its fingerprint -----------------------------------
 
 
-def edit_history(meta):
+def edit_history(meta, card):
   meta["history"][0]["val_accuracy"] = 0.99
 
 
-def edit_best(meta):
+def edit_best(meta, card):
   meta["best"] = {**meta["history"][-1], "val_accuracy": 0.99}
 
 
-def edit_diverged_at(meta):
+def edit_diverged_at(meta, card):
   meta["diverged_at"] = meta["epoch"]
 
 
-def edit_identity(meta):
-  meta["identity"]["config"]["dropout"] = 0.2
+def edit_the_card(meta, card):
+  card["config"]["dropout"] = 0.2
 
 
-def drop_the_dtype_setting(meta):
+def drop_the_dtype_setting(meta, card):
   meta.pop("jax_enable_x64", None)
 
 
-@pytest.mark.parametrize("edit", [edit_history, edit_best, edit_diverged_at, edit_identity,
+@pytest.mark.parametrize("edit", [edit_history, edit_best, edit_diverged_at, edit_the_card,
                                   drop_the_dtype_setting], ids=lambda f: f.__name__)
 def test_an_edited_meta_is_set_aside_and_the_run_resumes_from_the_previous_checkpoint(
     edit, trainer, model, data, tmp_path):
-  identity = {"identity": {"config": {"dropout": 0.1}, "data": "tiny"}}
-  straight = run_fit(trainer, model, data, tmp_path / "straight", epochs=3, extra_meta=identity)
+  config = {"dropout": 0.1}
+  straight = run_fit(trainer, model, data, tmp_path / "straight", epochs=3, config=config)
   run = tmp_path / "run"
-  run_fit(trainer, model, data, run, epochs=2, extra_meta=identity)
-  path = run / "checkpoints" / "2" / "meta" / "metadata"
-  meta = json.loads(path.read_text())
-  edit(meta)
-  path.write_text(json.dumps(meta))
+  run_fit(trainer, model, data, run, epochs=2, config=config)
+  paths = [run / "checkpoints" / "2" / item / "metadata" for item in ("meta", "card")]
+  meta, card = (json.loads(path.read_text()) for path in paths)
+  edit(meta, card)
+  for path, content in zip(paths, (meta, card)):
+    path.write_text(json.dumps(content))
   logs = []
-  resumed = run_fit(trainer, model, data, run, epochs=3, extra_meta=identity, log=logs.append)
+  resumed = run_fit(trainer, model, data, run, epochs=3, config=config, log=logs.append)
   said = [line for line in logs if "checkpoint of epoch 2 is unreadable" in line]
   assert len(said) == 1 and "corrupt/2-" in said[0], logs
   assert "its metadata does not match the fingerprint saved with it" in said[0], said
@@ -225,39 +215,23 @@ def test_an_edited_meta_is_set_aside_and_the_run_resumes_from_the_previous_check
   assert resumed.best["epoch"] == straight.best["epoch"]
 
 
-def test_an_edited_orbax_metrics_file_does_not_change_which_checkpoint_is_the_best(
+def test_the_best_kept_and_restored_is_the_one_the_fingerprinted_history_names(
     trainer, model, data, tmp_path):
-  """Orbax ranks steps by <step>/metrics/metrics, which no fingerprint covers: the best restored
-  (also by the commands that only read) is the epoch the newest (fingerprinted) meta names."""
-  scores = iter([0.9, 0.1, 0.2])
-  run_fit(trainer, model, data, tmp_path, epochs=3,
-          evaluate=lambda s: {"val_loss": 1.0, "val_accuracy": next(scores)})
-  (tmp_path / "checkpoints" / "3" / "metrics" / "metrics").write_text(
-      json.dumps({"score": 5.0, "epoch": 3}))
-  # read-only (--predict, --to_torch): the file stays as it is, Orbax believes it
-  kept = checkpoints.Checkpoints(tmp_path, best_metric="val_accuracy", log=QUIET, read_only=True)
-  try:
-    assert kept.epochs() == [1, 2, 3] and kept.best_epoch() == 3
-    assert kept.restore_best(new_state(model))[1]["epoch"] == 1
-  finally:
-    kept.close()
-
-
-def test_an_edited_orbax_metrics_file_does_not_get_the_real_best_deleted_on_resume(
-    trainer, model, data, tmp_path):
-  """Orbax's BestN keeps the step its metrics files rank best and deletes the others: on resume
-  the edited file is rewritten from the fingerprinted history, so epoch 1 (the best) is kept."""
+  """Orbax's BestN ranks steps by <step>/metrics/metrics, which no fingerprint covers (an edited
+  one picked the best and got the real best deleted): no step has one, and a planted one (as
+  runs before cards wrote) changes neither what is kept nor what is restored."""
   scores = iter([0.9, 0.1, 0.2, 0.3, 0.4])
   evaluate = lambda s: {"val_loss": 1.0, "val_accuracy": next(scores)}
   run_fit(trainer, model, data, tmp_path, epochs=3, evaluate=evaluate)
-  metrics = tmp_path / "checkpoints" / "3" / "metrics" / "metrics"
-  metrics.write_text(json.dumps({"score": 5.0, "epoch": 3}))
-  logs = []
-  result = run_fit(trainer, model, data, tmp_path, epochs=5, evaluate=evaluate, log=logs.append)
+  assert not list((tmp_path / "checkpoints").glob("*/metrics"))
+  (tmp_path / "checkpoints" / "3" / "metrics").mkdir()
+  (tmp_path / "checkpoints" / "3" / "metrics" / "metrics").write_text(
+      json.dumps({"score": 5.0, "epoch": 3}))
+  with run_lib.Run.read(tmp_path, log=QUIET) as run:
+    assert run.checkpoints.restore_best(new_state(model))[1]["epoch"] == 1
+  result = run_fit(trainer, model, data, tmp_path, epochs=5, evaluate=evaluate)
   assert result.best["epoch"] == 1
   assert sorted(int(p.name) for p in (tmp_path / "checkpoints").glob("[0-9]*")) == [1, 4, 5]
-  said = [line for line in logs if "Orbax's metrics file disagreed" in line]
-  assert len(said) == 1 and "epoch 3" in said[0], logs
 
 
 def test_an_identity_edited_in_the_newest_meta_does_not_let_other_settings_resume(tmp_path):
@@ -268,11 +242,11 @@ def test_an_identity_edited_in_the_newest_meta_does_not_let_other_settings_resum
   config = cnn.Config(epochs=2, channels=(4, 8, 16), tensorboard=False, epoch_mode="loop")
   run = tmp_path / "run"
   cnn.train_and_evaluate(config, data, run, log=QUIET)
-  path = run / "checkpoints" / "2" / "meta" / "metadata"
-  meta = json.loads(path.read_text())
-  meta["identity"]["config"]["dropout"] = 0.2
-  path.write_text(json.dumps(meta))
-  (run / "config.json").write_text(json.dumps(meta["identity"]))
+  path = run / "checkpoints" / "2" / "card" / "metadata"
+  card = json.loads(path.read_text())
+  card["config"]["dropout"] = 0.2
+  path.write_text(json.dumps(card))
+  (run / "config.json").write_text(json.dumps({k: card[k] for k in ("config", "data")}))
   with pytest.raises(UserError, match=r"\(the checkpoint of epoch 1\): dropout=0.1 \(now 0.2\)"):
     cnn.train_and_evaluate(dataclasses.replace(config, epochs=3, dropout=0.2), data, run,
                            log=QUIET)

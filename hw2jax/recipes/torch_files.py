@@ -1,5 +1,5 @@
 """Reading and writing PyTorch state_dict files (.pt): the files of `--from_torch` and
-`--to_torch` (hw2jax.experiments.torch_checkpoints).
+`--to_torch` (hw2jax.recipes.torch_checkpoints).
 
 This is the only module that imports torch, inside the functions that need it, so the rest of
 hw2jax runs without it. A bad file is a one-line `UserError` that names it: missing, not a
@@ -22,7 +22,7 @@ from typing import Mapping
 
 import numpy as np
 
-from hw2jax import cache
+from hw2jax import files
 from hw2jax.errors import UserError
 from hw2jax.models import torch_port
 
@@ -193,7 +193,7 @@ def write_state_dict(arrays: Mapping[str, np.ndarray], path: str | Path) -> Path
   try:
     # np.array copies (writable, C order) and keeps 0-d entries such as num_batches_tracked 0-d.
     state = {k: torch.from_numpy(np.array(v, order="C")) for k, v in arrays.items()}
-    with cache.create_new(tmp) as f:          # never through a link planted at the temp name
+    with files.create_new(tmp) as f:          # never through a link planted at the temp name
       torch.save(state, f)
     os.replace(tmp, path)
   except RuntimeError as e:     # how torch.save reports a full disk ("unexpected pos ...")
@@ -209,7 +209,7 @@ def _remove_stale_temps(path: Path) -> list[Path]:
   `.<name>.tmp<pid>` of older versions); a live process's is its write in progress."""
   pattern = re.compile(rf"\.{re.escape(path.name)}\.tmp-?(\d+)")
   stale = [p for p in path.parent.iterdir()
-           if (m := pattern.fullmatch(p.name)) and not cache.pid_running(int(m[1]))]
+           if (m := pattern.fullmatch(p.name)) and not files.pid_running(int(m[1]))]
   for p in stale:
     p.unlink(missing_ok=True)
   return stale

@@ -19,25 +19,25 @@ from typing import Callable, Sequence
 import jax
 import jax.numpy as jnp
 
-from hw2jax import cache, markdown, plots, records
+from hw2jax import files, markdown, plots, records
 from hw2jax.data import phonemes
+from hw2jax.data.fingerprint import fingerprint_splits
 from hw2jax.errors import UserError
-from hw2jax.experiments import spellings
-from hw2jax.experiments.spellings import TABLES, Decoding, Scores
 from hw2jax.models import seq2seq
-from hw2jax.train import fit as fit_lib
-from hw2jax.train import optimizer as optimizer_lib, runlog, sharding, tensorboard as tb
+from hw2jax.recipes import p2g_evaluation
+from hw2jax.recipes.p2g_evaluation import TABLES, Decoding, Scores
+from hw2jax.train import optimizer as optimizer_lib, run as run_lib, sharding
 from hw2jax.train import trainer as trainer_lib
-from hw2jax.train import checkpoints as ckpt_lib
-from hw2jax.train import workdir as workdir_lib
+from hw2jax.train.fit import fit
+from hw2jax.train.run import Card, Run
 
 COURSE_VOCAB = (107, 93)
 EXPECTED_PARAMS = {False: 256_093, True: 321_757}        # Flax, course vocabularies
 EXPECTED_TORCH_PARAMS = {False: 257_117, True: 322_781}  # PyTorch's convention
 VOCAB, CER_PLOT = "vocab.json", "cer.png"
-RUN_FILES = (runlog.METRICS, runlog.SUMMARY, workdir_lib.CONFIG, VOCAB, TABLES,
-             spellings.PREDICTIONS, CER_PLOT, spellings.ATTENTION_PLOT, "checkpoints",
-             tb.FOLDER)
+RUN_FILES = (run_lib.METRICS, run_lib.SUMMARY, run_lib.CONFIG, VOCAB, TABLES, CER_PLOT,
+             p2g_evaluation.PREDICTIONS, p2g_evaluation.ATTENTION_PLOT, run_lib.CHECKPOINTS,
+             run_lib.TB)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -212,9 +212,9 @@ def make_trainer(config: Config) -> trainer_lib.Trainer:
 def train_widths(config: Config, data: phonemes.P2GData, trainer: trainer_lib.Trainer
                  ) -> trainer_lib.Widths:
   """The training pairs at `config.widths` padded widths, on the trainer's device(s)."""
-  copies, need = phonemes.padded_widths(data.train, data.src_vocab, data.tgt_vocab,
-                                        config.widths, config.batch_size)
-  return trainer_lib.Widths([trainer.put(c) for c in copies], need)
+  copies, narrowest = phonemes.padded_widths(data.train, data.src_vocab, data.tgt_vocab,
+                                             config.widths, config.batch_size)
+  return trainer_lib.Widths([trainer.put(c) for c in copies], narrowest)
 
 
 def new_state(config: Config, model: seq2seq.Seq2Seq) -> trainer_lib.TrainState:
@@ -237,47 +237,42 @@ def train_and_evaluate(config: Config, data: phonemes.P2GData, workdir: str | Pa
   config.validate().check_data(data)
   decoding_options.validate()
   trainer = make_trainer(config)                # checks the batch against the devices
-  with workdir_lib.locked(workdir) as workdir:
-    return _train_and_evaluate(config, data, workdir, trainer, decoding_options=decoding_options,
-                               fresh=fresh, log=log)
-
-
-def _train_and_evaluate(config, data, workdir, trainer, *, decoding_options, fresh, log):
-  fingerprint = workdir_lib.fingerprint_splits({s: data.split(s) for s in phonemes.SPLITS})
-  sharding.same_everywhere({"config": config.to_json(), "data": fingerprint}, "settings or data")
-  workdir = workdir_lib.prepare(workdir, config.to_json(), data.source, fresh=fresh,
-                                run_files=RUN_FILES, log=log, fingerprint=fingerprint)
   vocab = {"source": list(data.src_vocab.symbols), "target": list(data.tgt_vocab.symbols)}
-  runlog.write_json(workdir / VOCAB, vocab)
+  card = Card(config.to_json(), data.source,
+              fingerprint_splits({s: data.split(s) for s in phonemes.SPLITS}), vocab)
+  with Run.train(workdir, card, fresh=fresh, run_files=RUN_FILES,
+                 tensorboard=config.tensorboard, log=log) as run:
+    return _train_and_evaluate(config, data, run, trainer, decoding_options=decoding_options)
+
+
+def _train_and_evaluate(config, data, run, trainer, *, decoding_options):
+  run.write(VOCAB, run.card.vocab)
   model = config.build_model(len(data.src_vocab), len(data.tgt_vocab))
   train = train_widths(config, data, trainer)
   val_tf = trainer.put(phonemes.encode(data.valid, data.src_vocab, data.tgt_vocab))
-  splits = spellings.evaluation_splits(data)
-  decoders = spellings.Decoders(model, data.tgt_vocab, config.eval_batch_size,
-                                decoding_options.max_len)
+  splits = p2g_evaluation.evaluation_splits(data)
+  decoders = p2g_evaluation.Decoders(model, data.tgt_vocab, config.eval_batch_size,
+                                     decoding_options.max_len)
   state = trainer.put(new_state(config, model))
   n_params = trainer_lib.count_params(state.params)
 
   def evaluate(s):
     val = splits["valid"]
     predictions, _ = decoders.greedy(s.params, val.src, val.src_len)
-    m = spellings.scores(predictions, val.golds)
+    m = p2g_evaluation.scores(predictions, val.golds)
     return {"val_loss": trainer.evaluate(s, val_tf)["loss"], "val_cer": m.cer,
             "val_wer": m.wer}
 
-  result = fit_lib.fit(trainer, state, train, epochs=config.epochs, evaluate=evaluate,
-                       workdir=workdir, best_metric="val_cer", best_mode="min",
-                       progress_keys=("train_loss", "val_loss", "val_cer", "val_wer"), log=log,
-                       tensorboard=config.tensorboard, extra_meta={
-                           "identity": workdir_lib.identity(config.to_json(), data.source,
-                                                            fingerprint), "vocab": vocab})
+  result = fit(trainer, state, train, run, epochs=config.epochs, evaluate=evaluate,
+               best_metric="val_cer", best_mode="min",
+               progress_keys=("train_loss", "val_loss", "val_cer", "val_wer"))
   best_state = None
   if result.best is not None:
-    best_state = fit_lib.restore_best(workdir, result.state, best_metric="val_cer",
-                                      best_mode="min", log=log)
+    best_state = run.best_state(result.state)
   evaluated = best_state if best_state is not None else result.state
-  test = {} if result.diverged_at else spellings.decode_test(   # a diverged run has no scores
-      decoding_options, decoders, evaluated.params, splits["test"], config.seed, workdir, log)
+  test = {} if result.diverged_at else p2g_evaluation.decode_test(   # a diverged run has no scores
+      decoding_options, decoders, evaluated.params, splits["test"], config.seed, run.workdir,
+      run.log)
   best = result.best
   summary = P2GRunSummary(
       config=config, decoding=decoding_options, trainable_params=n_params,
@@ -293,24 +288,22 @@ def _train_and_evaluate(config, data, workdir, trainer, *, decoding_options, fre
       test=test, seed_report=SEED_REPORT, train_seconds_total=result.train_seconds_total,
       train_seconds_this_call=result.train_seconds, device=sharding.device_name(trainer.mesh),
       jax_version=jax.__version__)
-  runlog.write_json(workdir / runlog.SUMMARY, summary.to_json())
-  tb.write_hparams(workdir, config.to_json(), {
-      f"test_{name}_{k}": v for name, m in test.items() for k, v in records.to_json(m).items()},
-      enabled=config.tensorboard)
+  run.finish(summary.to_json(), {f"test_{name}_{k}": v for name, m in test.items()
+                                 for k, v in records.to_json(m).items()})
   table = tables_3([TableRow(config.attention, [summary])]) + (
       f"\nCheckpoint: {summary.evaluated_checkpoint}. Seed numbers: the course data (this run: "
       f"{data.source}).\n")
-  cache.write_file(workdir / TABLES, table)
+  files.write_file(run.path(TABLES), table)
   if result.history:
     plots.plot_history(
-        result.history, workdir / CER_PLOT,
+        result.history, run.path(CER_PLOT),
         title=f"P2G {config.name()}: validation CER per epoch (greedy decoding)",
         panels=(("character error rate", ("val_cer",)),
                 ("loss", ("train_loss", "val_loss"))))
   greedy = test.get("greedy")
-  log(f"{config.name()}: {summary.status}; test CER {markdown.fmt(greedy and greedy.cer)} "
-      f"WER {markdown.fmt(greedy and greedy.wer)} ({summary.evaluated_checkpoint})")
-  log(table)
+  run.log(f"{config.name()}: {summary.status}; test CER {markdown.fmt(greedy and greedy.cer)} "
+          f"WER {markdown.fmt(greedy and greedy.wer)} ({summary.evaluated_checkpoint})")
+  run.log(table)
   return summary
 
 
@@ -375,36 +368,33 @@ class Prediction:
 
 
 def load_run(workdir: str | Path, log: Callable[[str], None] = print):
-  """(config, source vocab, target vocab, model, best params) of a trained workdir. Settings and
-  vocabularies come from its checkpoints (config.json and vocab.json are copies, read only for
-  runs older than that record); nothing in the workdir is written or moved."""
-  workdir = Path(workdir)
-  saved = ckpt_lib.newest_meta(workdir, "vocab")
-  if saved is not None and isinstance(saved[1].get("identity"), dict):
-    settings, vocab = saved[1]["identity"]["config"], saved[1]["vocab"]
-  else:
-    if not (workdir / workdir_lib.CONFIG).is_file() or not (workdir / VOCAB).is_file():
+  """(config, source vocab, target vocab, model, best params) of a trained workdir, settings and
+  vocabularies from its checkpoints (vocab.json for runs older than cards); reads only."""
+  if not Path(workdir).is_dir():
+    raise UserError(f"{workdir} holds no trained P2G model; train one first with the same "
+                    "--workdir (or --attention, which picks the default workdir)")
+  with Run.read(workdir, log=log) as run:
+    if run.card is None or not (run.card.vocab or (run.path(VOCAB)).is_file()):
       raise UserError(f"{workdir} holds no trained P2G model; train one first with the same "
                       "--workdir (or --attention, which picks the default workdir)")
-    settings, vocab = workdir_lib.stored_identity(workdir)[0]["config"], _vocab_file(workdir)
-  config = Config.from_json(settings)
-  src_vocab = phonemes.Vocab(tuple(vocab["source"]))
-  tgt_vocab = phonemes.Vocab(tuple(vocab["target"]))
-  model = config.build_model(len(src_vocab), len(tgt_vocab))
-  state = fit_lib.restore_best(workdir, new_state(config, model), best_metric="val_cer",
-                               best_mode="min", log=log, read_only=True)
+    config = Config.from_json(run.card.config)
+    vocab = run.card.vocab or _vocab_file(run.path(VOCAB))
+    src_vocab = phonemes.Vocab(tuple(vocab["source"]))
+    tgt_vocab = phonemes.Vocab(tuple(vocab["target"]))
+    model = config.build_model(len(src_vocab), len(tgt_vocab))
+    state = run.best_state(new_state(config, model))
   if state is None:
     raise UserError(f"{workdir} has no readable best checkpoint; train (on) in that --workdir")
   return config, src_vocab, tgt_vocab, model, state.params
 
 
-def _vocab_file(workdir: Path) -> dict:
+def _vocab_file(path: Path) -> dict:
   """vocab.json of a run older than vocabularies in checkpoints, checked to be one."""
-  vocab = runlog.read_json(workdir / VOCAB)
+  vocab = files.read_json(path)
   if not (isinstance(vocab, dict) and all(
       isinstance(vocab.get(k), list) and all(isinstance(x, str) for x in vocab[k])
       for k in ("source", "target"))):
-    raise UserError(f"{workdir / VOCAB} is damaged (not the run's vocabularies); restore it, "
+    raise UserError(f"{path} is damaged (not the run's vocabularies); restore it, "
                     "or use --fresh to archive the run and train again")
   return vocab
 
@@ -414,11 +404,7 @@ def predict(workdir: str | Path, words: Sequence[Sequence[str]], options: Decodi
   """Spells each pronunciation (a sequence of phoneme symbols) with the workdir's best
   checkpoint: greedy, the beams (with `options.beam`) and k samples (with `options.top_p`)."""
   options.validate()
-  if not Path(workdir).is_dir():
-    load_run(workdir, log=log)                 # says that there is no trained model
-  # A shared lock: not while a training writes checkpoints there; a read-only workdir works.
-  with workdir_lib.locked(workdir, read_only=True):
-    config, src_vocab, tgt_vocab, model, params = load_run(workdir, log=log)
+  config, src_vocab, tgt_vocab, model, params = load_run(workdir, log=log)
   for i, word in enumerate(words, 1):
     unknown = src_vocab.unknown(word)
     if unknown:
@@ -426,7 +412,7 @@ def predict(workdir: str | Path, words: Sequence[Sequence[str]], options: Decodi
           f"--predict word {i} ('{' '.join(word)}') has symbols this model never saw: "
           f"{', '.join(repr(s) for s in unknown)}; known: {' '.join(src_vocab.symbols[4:])}")
   arrays = phonemes.encode_sources(words, src_vocab)
-  decoders = spellings.Decoders(model, tgt_vocab, len(words), options.max_len)
+  decoders = p2g_evaluation.Decoders(model, tgt_vocab, len(words), options.max_len)
   greedy, out = decoders.greedy(params, arrays["src"], arrays["src_len"])
   beams = [()] * len(words)
   if options.beam:
@@ -435,7 +421,7 @@ def predict(workdir: str | Path, words: Sequence[Sequence[str]], options: Decodi
   samples = [()] * len(words)
   if options.top_p is not None:
     drawn, _ = decoders.nucleus(params, arrays["src"], arrays["src_len"],
-                                spellings.sampling_key(config.seed), options.top_p, options.k)
+                                p2g_evaluation.sampling_key(config.seed), options.top_p, options.k)
     samples = [tuple(ss) for ss in drawn]
   results = [Prediction(" ".join(w), g, float(s), b, ss)
              for w, g, s, b, ss in zip(words, greedy, out.scores, beams, samples)]

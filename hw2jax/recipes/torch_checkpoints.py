@@ -13,7 +13,7 @@ Vocabularies: the course numbers symbols in order of first appearance in train.t
 sorts them, so P2G conversions need the training pairs (`phonemes.course_vocabs`); embedding
 rows move by symbol.
 
-The files themselves are read and written by `hw2jax.experiments.torch_files`, the only module
+The files themselves are read and written by `hw2jax.recipes.torch_files`, the only module
 that imports torch. Bad files and mismatching checkpoints are one-line `UserError`s, raised
 before a workdir is created or touched.
 """
@@ -29,28 +29,27 @@ from typing import Callable, Mapping
 import jax
 import numpy as np
 
-from hw2jax import cache, markdown, records
+from hw2jax import files, markdown, records
 from hw2jax.data import intel, phonemes
 from hw2jax.data.images import ImageData
 from hw2jax.errors import UserError
-from hw2jax.experiments import cnn, cnn_tables, p2g, spellings, torch_files
-from hw2jax.experiments.spellings import Decoding, Scores
+from hw2jax.recipes import cnn, cnn_tables, p2g, p2g_evaluation, torch_files
+from hw2jax.recipes.p2g_evaluation import Decoding, Scores
 from hw2jax.models import registry, seq2seq, torch_port
 from hw2jax.models.cnn import as_dataset
-from hw2jax.train import fit as fit_lib
-from hw2jax.train import runlog, sharding, trainer as trainer_lib
-from hw2jax.train import workdir as workdir_lib
+from hw2jax.train import sharding, trainer as trainer_lib
+from hw2jax.train.run import SUMMARY, Card, Run
 
-TABLES = spellings.TABLES
-P2G_FILES = spellings.EVALUATION_FILES
-CNN_FILES = (runlog.SUMMARY, TABLES)
+TABLES = p2g_evaluation.TABLES
+P2G_FILES = p2g_evaluation.EVALUATION_FILES
+CNN_FILES = (SUMMARY, TABLES)
 TORCH_CNN_CHANNELS = (32, 64, 128)     # what benchmarks.torch_baselines.TorchCNN builds
 
 
 def default_workdir(task: str, path: str | Path) -> str:
   """runs/<task>/from_torch/<file stem>: where `--from_torch=<path>` writes without --workdir
   (a stem such as '..', of '...pt', is made one folder inside from_torch: `path_component`)."""
-  return f"runs/{task}/from_torch/{cache.path_component(Path(path).stem)}"
+  return f"runs/{task}/from_torch/{files.path_component(Path(path).stem)}"
 
 
 def one_mode(**given: str | None) -> None:
@@ -87,10 +86,10 @@ def _workdir_key(checkpoint: Checkpoint, task: str, **settings) -> dict:
   return {"from_torch": checkpoint.path, "sha256": checkpoint.sha256, "task": task, **settings}
 
 
-def _previous(workdir: Path, cls):
-  """The typed summary.json of the evaluation already in `workdir`, or None."""
-  path = workdir / runlog.SUMMARY
-  return runlog.read_record(path, cls) if path.is_file() else None
+def _previous(run: Run, cls):
+  """The typed summary.json of the evaluation already in the run's workdir, or None."""
+  path = run.path(SUMMARY)
+  return files.read_record(path, cls) if path.is_file() else None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -146,12 +145,11 @@ def evaluate_p2g(checkpoint: Checkpoint, state_dict: Mapping[str, np.ndarray],
   model, params = p2g_params(config, state_dict, data)   # any mismatch: before the workdir
   key = _workdir_key(checkpoint, "p2g", attention=config.attention,
                      hidden_size=config.hidden_size, decoding=records.to_json(decoding))
-  with workdir_lib.locked(workdir) as workdir:
-    workdir = workdir_lib.prepare(workdir, key, data.source, fresh=fresh, run_files=P2G_FILES,
-                                  resumable=("decoding",), log=log)
-    previous = _previous(workdir, P2GTorchSummary)
+  with Run.train(workdir, Card(key, data.source), fresh=fresh, run_files=P2G_FILES,
+                 resumable=("decoding",), tensorboard=False, log=log) as run:
+    previous = _previous(run, P2GTorchSummary)
     if previous is not None and previous.decoding == decoding:
-      log(f"{workdir} already holds this evaluation ({runlog.SUMMARY}); --fresh evaluates again")
+      log(f"{run.workdir} already holds this evaluation ({SUMMARY}); --fresh evaluates again")
       log(p2g_table(previous))
       return previous
     if previous is not None:
@@ -160,9 +158,9 @@ def evaluate_p2g(checkpoint: Checkpoint, state_dict: Mapping[str, np.ndarray],
     params = jax.device_put(params)
     log(f"evaluating {checkpoint.path} as hw2jax's {config.name()} model, hidden "
         f"{config.hidden_size}, on {data.source}")
-    splits = spellings.evaluation_splits(data)
-    decoders = spellings.Decoders(model, data.tgt_vocab, config.eval_batch_size,
-                                  decoding.max_len)
+    splits = p2g_evaluation.evaluation_splits(data)
+    decoders = p2g_evaluation.Decoders(model, data.tgt_vocab, config.eval_batch_size,
+                                       decoding.max_len)
     valid = splits["valid"]
     summary = P2GTorchSummary(
         checkpoint=checkpoint, attention=config.attention, hidden_size=config.hidden_size,
@@ -170,19 +168,19 @@ def evaluate_p2g(checkpoint: Checkpoint, state_dict: Mapping[str, np.ndarray],
         data=p2g.P2GDataSizes(data.source, **data.sizes(), source_vocab=len(data.src_vocab),
                               target_vocab=len(data.tgt_vocab)),
         trainable_params=trainer_lib.count_params(params),
-        valid=spellings.scores(decoders.greedy(params, valid.src, valid.src_len)[0],
+        valid=p2g_evaluation.scores(decoders.greedy(params, valid.src, valid.src_len)[0],
                                valid.golds),
-        test=spellings.decode_test(decoding, decoders, params, splits["test"], config.seed,
-                                   workdir, log),
+        test=p2g_evaluation.decode_test(decoding, decoders, params, splits["test"], config.seed,
+                                        run.workdir, log),
         seed=config.seed, device=sharding.device_name(None), jax_version=jax.__version__)
-    return _finish(workdir, summary, p2g_table(summary), log)
+    return _finish(run, summary, p2g_table(summary))
 
 
-def _finish(workdir: Path, summary, table: str, log: Callable[[str], None]):
+def _finish(run: Run, summary, table: str):
   """Writes summary.json and tables.md, prints the table, returns the summary."""
-  runlog.write_json(workdir / runlog.SUMMARY, records.to_json(summary))
-  cache.write_file(workdir / TABLES, table)
-  log(table)
+  run.write(SUMMARY, records.to_json(summary))
+  files.write_file(run.path(TABLES), table)
+  run.log(table)
   return summary
 
 
@@ -210,10 +208,7 @@ def export_p2g(workdir: str | Path, data: phonemes.P2GData, path: str | Path,
   in the course's order of the run's training pairs (`data`, limited as the run was)."""
   torch_files.check_new_file(path)
   torch_files.import_torch("--to_torch")
-  if not Path(workdir).is_dir():
-    p2g.load_run(workdir, log=log)                # says that there is no trained model
-  with workdir_lib.locked(workdir, read_only=True):
-    config, src_vocab, tgt_vocab, model, params = p2g.load_run(workdir, log=log)
+  config, src_vocab, tgt_vocab, model, params = p2g.load_run(workdir, log=log)
   data = data.limit_train(config.max_train_words)
   if (data.src_vocab, data.tgt_vocab) != (src_vocab, tgt_vocab):
     raise UserError(f"the training pairs of {data.source} give other vocabularies than "
@@ -269,7 +264,7 @@ def check_torch_cnn(config: cnn.Config) -> cnn.Config:
 def _trained_classes(workdir: Path) -> tuple[str, ...]:
   """The class names the run's summary.json records; none if it has no readable one."""
   try:
-    data = json.loads((workdir / runlog.SUMMARY).read_text()).get("data")
+    data = json.loads((workdir / SUMMARY).read_text()).get("data")
     return tuple(data.get("classes") or ()) if isinstance(data, dict) else ()
   except (OSError, ValueError, AttributeError):
     return ()
@@ -309,12 +304,11 @@ def evaluate_cnn(checkpoint: Checkpoint, state_dict: Mapping[str, np.ndarray],
   trainer = cnn.make_trainer(config)
   key = _workdir_key(checkpoint, "cnn", model=config.model, kernel_size=config.kernel_size,
                      pixels=config.pixels)
-  with workdir_lib.locked(workdir) as workdir:
-    workdir = workdir_lib.prepare(workdir, key, data.source, fresh=fresh, run_files=CNN_FILES,
-                                  log=log, added_settings=cnn.ADDED_SETTINGS)
-    previous = _previous(workdir, CnnTorchSummary)
+  with Run.train(workdir, Card(key, data.source), fresh=fresh, run_files=CNN_FILES,
+                 added_settings=cnn.ADDED_SETTINGS, tensorboard=False, log=log) as run:
+    previous = _previous(run, CnnTorchSummary)
     if previous is not None:
-      log(f"{workdir} already holds this evaluation ({runlog.SUMMARY}); --fresh evaluates again")
+      log(f"{run.workdir} already holds this evaluation ({SUMMARY}); --fresh evaluates again")
       log(cnn_table(previous))
       return previous
     log(f"evaluating {checkpoint.path} as hw2jax's {config.model} CNN on {data.source}")
@@ -332,7 +326,7 @@ def evaluate_cnn(checkpoint: Checkpoint, state_dict: Mapping[str, np.ndarray],
         trainable_params=trainer_lib.count_params(state.params), val=scores["val"],
         test=scores["test"], device=sharding.device_name(trainer.mesh),
         jax_version=jax.__version__, pixels=config.pixels)
-    return _finish(workdir, summary, cnn_table(summary), log)
+    return _finish(run, summary, cnn_table(summary))
 
 
 def cnn_table(summary: CnnTorchSummary) -> str:
@@ -353,19 +347,20 @@ def export_cnn(workdir: str | Path, path: str | Path,
   (every BatchNorm's num_batches_tracked = the optimizer steps taken, as PyTorch counts)."""
   torch_files.check_new_file(path)
   workdir = Path(workdir)
-  stored = workdir_lib.stored_identity(workdir) if workdir.is_dir() else None
-  saved = stored[0]["config"] if stored else {}
-  if "optimizer" not in saved or "from_torch" in saved:
-    raise UserError(f"{workdir} holds no trained CNN run (for a --lr sweep give one of its "
-                    "lr_<lr> folders); train one first with the same --workdir")
-  config = check_torch_cnn(records.from_json(cnn.Config, saved))
-  classes = _trained_classes(workdir)
-  if classes:                 # (none recorded: a summary from before datasets had names, Intel's)
-    _intel_only(str(workdir), None, len(classes), "--to_torch", classes)
-  torch_files.import_torch("--to_torch")
-  with workdir_lib.locked(workdir, read_only=True):
-    state = fit_lib.restore_best(workdir, cnn.new_state(config), best_metric="val_accuracy",
-                                 log=log, read_only=True)
+  if not workdir.is_dir():
+    raise UserError(f"{workdir} holds no trained CNN run; train one first with the same "
+                    "--workdir")
+  with Run.read(workdir, log=log) as run:
+    saved = run.card.config if run.card else {}
+    if "optimizer" not in saved or "from_torch" in saved:
+      raise UserError(f"{workdir} holds no trained CNN run (for a --lr sweep give one of its "
+                      "lr_<lr> folders); train one first with the same --workdir")
+    config = check_torch_cnn(records.from_json(cnn.Config, saved))
+    classes = _trained_classes(workdir)
+    if classes:               # (none recorded: a summary from before datasets had names, Intel's)
+      _intel_only(str(workdir), None, len(classes), "--to_torch", classes)
+    torch_files.import_torch("--to_torch")
+    state = run.best_state(cnn.new_state(config))
   if state is None:
     raise UserError(f"{workdir} has no readable best checkpoint; train first with the same "
                     "--workdir")

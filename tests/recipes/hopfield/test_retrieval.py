@@ -7,7 +7,7 @@ import pytest
 
 from helpers import write_npz
 from hw2jax.errors import UserError
-from hw2jax.experiments.hopfield import retrieval
+from hw2jax.recipes.hopfield import retrieval
 
 
 def test_patterns_fall_back_to_random_and_use_intel_when_found(tmp_path, monkeypatch):

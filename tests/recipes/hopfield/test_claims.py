@@ -4,7 +4,7 @@ from wrong."""
 
 import pytest
 
-from hw2jax.experiments.hopfield import claims as claims_lib
+from hw2jax.recipes.hopfield import claims as claims_lib
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""--from_torch and --to_torch (hw2jax.experiments.torch_checkpoints; the .pt files:
+"""--from_torch and --to_torch (hw2jax.recipes.torch_checkpoints; the .pt files:
 torch_files): a PyTorch state_dict of the course's design, scored by hw2jax's CLIs, gets the
 numbers PyTorch itself gets on the same data; a workdir's best checkpoint exported with
 --to_torch loads strictly into the PyTorch models and scores what the run scored; bad files and
@@ -19,8 +19,8 @@ from helpers import (assert_clean_failure, checksums, numpy_state, run_cli, writ
 from hw2jax import metrics
 from hw2jax.data import intel, phonemes
 from hw2jax.errors import UserError
-from hw2jax.experiments import cnn, p2g, spellings, torch_files
-from hw2jax.experiments import torch_checkpoints as tc
+from hw2jax.recipes import cnn, p2g, p2g_evaluation, torch_files
+from hw2jax.recipes import torch_checkpoints as tc
 
 torch = pytest.importorskip("torch")
 from benchmarks import torch_baselines as tb  # noqa: E402  (needs torch)
@@ -428,7 +428,7 @@ def test_an_evaluation_workdir_is_reused_only_by_the_same_checkpoint(tmp_path, p
   first_pt = save(torch_seq2seq(p2g_data, attention=True, steps=5), tmp_path / "a.pt")
   second_pt = save(torch_seq2seq(p2g_data, attention=True, steps=5, seed=1), tmp_path / "b.pt")
   workdir, logs = tmp_path / "w", []
-  evaluate = lambda path, fresh=False, decoding=spellings.Decoding(): tc.evaluate_p2g(
+  evaluate = lambda path, fresh=False, decoding=p2g_evaluation.Decoding(): tc.evaluate_p2g(
       *tc.read_checkpoint(path), config, p2g_data, workdir, decoding=decoding, fresh=fresh,
       log=logs.append)
   first = evaluate(first_pt)
@@ -443,7 +443,7 @@ def test_an_evaluation_workdir_is_reused_only_by_the_same_checkpoint(tmp_path, p
     tc.evaluate_p2g(*tc.read_checkpoint(first_pt), plain, p2g_data, workdir)
   assert checksums(workdir) == before
 
-  beam = evaluate(first_pt, decoding=spellings.Decoding(beam=2))
+  beam = evaluate(first_pt, decoding=p2g_evaluation.Decoding(beam=2))
   assert set(beam.test) == {"greedy", "beam2"} and beam.test["greedy"] == first.test["greedy"]
   assert "| test | beam 2 (best beam) |" in (workdir / "tables.md").read_text()
   (greedy_only,) = (workdir / "archive").iterdir()        # the first evaluation, kept

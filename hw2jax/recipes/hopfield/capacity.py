@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hw2jax import markdown, plots, records
-from hw2jax.experiments.hopfield import retrieval as retrieval_lib
+from hw2jax.recipes.hopfield import retrieval as retrieval_lib
 from hw2jax.models import hopfield as hf
 
 FIGURE = "capacity.png"

@@ -11,31 +11,31 @@ import pytest
 
 from helpers import (assert_clean_failure, checksums, cli_env, run_cli, run_read_only,
                      write_npz, write_p2g_folder)
-from hw2jax.train import workdir
+from hw2jax.train import run as run_lib
 from hw2jax.errors import UserError
 
 
 def test_a_second_lock_on_the_same_workdir_names_the_first_ones_pid(tmp_path):
-  with workdir.locked(tmp_path / "run"):
+  with run_lib.locked(tmp_path / "run"):
     with pytest.raises(UserError, match=rf"in use by another run \(pid {os.getpid()}\)"):
-      with workdir.locked(tmp_path / "run"):
+      with run_lib.locked(tmp_path / "run"):
         pass
-  with workdir.locked(tmp_path / "run"):        # released on exit
+  with run_lib.locked(tmp_path / "run"):        # released on exit
     pass
 
 
 def test_a_killed_run_leaves_no_stale_lock(tmp_path):
   holder = subprocess.Popen(
-      [sys.executable, "-c", "import sys, time; from hw2jax.train import workdir\n"
-       f"with workdir.locked({str(tmp_path / 'run')!r}):\n  print('locked', flush=True)\n"
+      [sys.executable, "-c", "import sys, time; from hw2jax.train import run as run_lib\n"
+       f"with run_lib.locked({str(tmp_path / 'run')!r}):\n  print('locked', flush=True)\n"
        "  time.sleep(600)"], env=cli_env(tmp_path), stdout=subprocess.PIPE, text=True)
   assert holder.stdout.readline().strip() == "locked"
   with pytest.raises(UserError, match=f"pid {holder.pid}"):
-    with workdir.locked(tmp_path / "run"):
+    with run_lib.locked(tmp_path / "run"):
       pass
   holder.send_signal(signal.SIGKILL)
   holder.wait()
-  with workdir.locked(tmp_path / "run"):
+  with run_lib.locked(tmp_path / "run"):
     pass
 
 
@@ -66,11 +66,11 @@ def test_a_second_run_in_a_busy_workdir_is_refused_with_the_first_ones_pid(write
                                                                             tmp_path):
   cli, extra = WRITERS[writer]
   run = tmp_path / "run"
-  with workdir.locked(run):
+  with run_lib.locked(run):
     proc = run_cli(f"experiments.{cli}", *cli_args(cli, inputs), *extra, "--workdir=run",
                    cwd=tmp_path)
   assert_clean_failure(proc, f"in use by another run (pid {os.getpid()})")
-  assert [p.name for p in run.iterdir()] == [workdir.LOCK]          # nothing written in it
+  assert [p.name for p in run.iterdir()] == [run_lib.LOCK]          # nothing written in it
   assert sorted(p.name for p in tmp_path.iterdir() if p.name != "cache") == ["run"]
 
 
@@ -110,19 +110,19 @@ def test_a_read_only_command_is_refused_while_a_run_holds_the_workdir_and_makes_
   cli, args = reader(command, trained, inputs)
   run = trained / cli
   before = checksums(run)
-  with workdir.locked(run):
+  with run_lib.locked(run):
     proc = run_cli(f"experiments.{cli}", *args, cwd=tmp_path)
   assert_clean_failure(proc, f"in use by another run (pid {os.getpid()})")
   assert checksums(run) == before and not (tmp_path / "out.pt").exists()
 
-  (run / workdir.LOCK).unlink()
+  (run / run_lib.LOCK).unlink()
   proc = run_cli(f"experiments.{cli}", *args, cwd=tmp_path)
   assert proc.returncode == 0, proc.stdout + proc.stderr
   if command == "p2g --predict":
     assert "greedy" in proc.stdout, proc.stdout
   else:
     assert (tmp_path / "out.pt").is_file()
-  assert checksums(run) == before and not (run / workdir.LOCK).exists()
+  assert checksums(run) == before and not (run / run_lib.LOCK).exists()
 
 
 @pytest.mark.slow
@@ -170,4 +170,4 @@ def test_unwritable_workdir_says_so(tmp_path):
   locked = tmp_path / "locked"
   locked.mkdir(mode=0o500)
   with pytest.raises(UserError, match="not writable"):
-    workdir.ensure(locked)
+    run_lib.ensure(locked)

@@ -5,12 +5,11 @@ import shutil
 
 import pytest
 
-from helpers import (REPO, assert_clean_failure, p2g_pairs, p2g_summary, run_cli,
+from helpers import (REPO, assert_clean_failure, open_run, p2g_pairs, p2g_summary, run_cli,
                      write_p2g_folder)
 from hw2jax.data import sources
 from hw2jax.errors import UserError
-from hw2jax.experiments import p2g
-from hw2jax.train import workdir
+from hw2jax.recipes import p2g
 
 pytestmark = pytest.mark.slow
 TINY = ["--hidden_size=8", "--batch_size=16", "--widths=2"]
@@ -80,7 +79,7 @@ def test_predict_spells_each_word_with_every_decoder_and_writes_nothing(life):
   for decoder in ("greedy", "beam 2", "sample 2"):
     assert sum(decoder in line for line in out) == 2, decoder
   # (Unknown symbols in --predict, other settings and changed data on this workdir:
-  # tests/experiments/test_identity.py, library-level; one line at the CLI: tests/test_cli.py.)
+  # tests/recipes/test_identity.py, library-level; one line at the CLI: tests/test_cli.py.)
 
 
 def test_tables_put_our_numbers_beside_the_seed_report():
@@ -136,7 +135,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, args, fragments):
 
 
 def test_workdir_reuse_and_fresh_archive(tmp_path):
-  prepare = lambda config, data, fresh, log=print: workdir.prepare(
+  prepare = lambda config, data, fresh, log=print: open_run(
       tmp_path, config.to_json(), data, fresh=fresh, run_files=p2g.RUN_FILES, log=log)
   config = p2g.Config(hidden_size=8)
   prepare(config, "tsv:a", False, log=lambda s: None)

@@ -9,7 +9,7 @@ import pytest
 from helpers import (assert_clean_failure, checksums, cnn_summary, learnable_images, run_cli,
                       trained_files, write_kaggle_folder, write_npz)
 from hw2jax.errors import UserError
-from hw2jax.experiments import cnn, cnn_tables, sweep
+from hw2jax.recipes import cnn, cnn_tables, sweep
 
 pytestmark = pytest.mark.slow
 

@@ -8,12 +8,11 @@ import os
 from pathlib import Path
 from typing import Callable, Sequence
 
-from hw2jax import cache
-from hw2jax.data.images import SPLITS, ImageData
+from hw2jax import files
+from hw2jax.data.images import ImageData
 from hw2jax.errors import UserError
-from hw2jax.experiments import cnn, cnn_tables
-from hw2jax.train import runlog
-from hw2jax.train import workdir as workdir_lib
+from hw2jax.recipes import cnn, cnn_tables
+from hw2jax.train import run as run_lib
 
 
 def run_configs(config: cnn.Config, learning_rates: Sequence[float]) -> dict[float, cnn.Config]:
@@ -34,7 +33,7 @@ def run_dirs(config: cnn.Config, learning_rates: Sequence[float], workdir: str |
   dirs: dict[float, Path] = {}
   for lr, run in run_configs(config, learning_rates).items():
     path = (Path(root) / run.run_name() if workdir is None else
-            Path(workdir) / cache.path_component(f"lr_{lr:g}"))
+            Path(workdir) / files.path_component(f"lr_{lr:g}"))
     same = [other for other, p in dirs.items() if p == path]
     if same:
       raise UserError(f"--lr rates {same[0]!r} and {lr!r} both name the folder {path} (a "
@@ -59,20 +58,18 @@ def sweep(config: cnn.Config, learning_rates: Sequence[float], data: ImageData,
     raise UserError(f"{workdir} holds a single run (its checkpoints/); a sweep writes a folder "
                     "per rate and Table 2.1 into its --workdir: give another folder")
   if not fresh:                                   # every rate's folder, before the first trains
-    fingerprint = workdir_lib.fingerprint_splits({s: data.split(s) for s in SPLITS})
     for lr, config_lr in run_configs(config, learning_rates).items():
       if dirs[lr].is_dir():
-        workdir_lib.check_same_run(
-            dirs[lr], workdir_lib.identity(config_lr.to_json(), data.source, fingerprint),
-            added_settings=cnn.ADDED_SETTINGS)
-  with workdir_lib.locked(workdir) as workdir:
+        run_lib.check_same_run(dirs[lr], cnn.card(config_lr, data),
+                               added_settings=cnn.ADDED_SETTINGS)
+  with run_lib.locked(workdir) as workdir:
     return _sweep(config, learning_rates, data, workdir, dirs, fresh=fresh, log=log)
 
 
 def _sweep(config, learning_rates, data, workdir, dirs, *, fresh, log
            ) -> list[cnn.CnnRunSummary]:
   if fresh:
-    archived = workdir_lib.archive(workdir, (cnn.TABLE, cnn.SWEEP, workdir_lib.CONFIG))
+    archived = run_lib.archive(workdir, (cnn.TABLE, cnn.SWEEP, run_lib.CONFIG))
     if archived:
       log(f"--fresh: moved the previous sweep's table to {archived}")
   trainer = cnn.make_trainer(config)
@@ -88,7 +85,7 @@ def _sweep(config, learning_rates, data, workdir, dirs, *, fresh, log
             for lr, d in dirs.items()}
   table = cnn_tables.table_2_1([cnn_tables.TableRow(s.config.model, s.config.learning_rate, [s],
                                       curves[s.config.learning_rate]) for s in summaries])
-  cache.write_file(workdir / cnn.TABLE, table)
-  runlog.write_json(workdir / cnn.SWEEP, [s.to_json() for s in summaries])
+  files.write_file(workdir / cnn.TABLE, table)
+  files.write_json(workdir / cnn.SWEEP, [s.to_json() for s in summaries])
   log(table)
   return summaries

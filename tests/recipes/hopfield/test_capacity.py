@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from hw2jax.experiments.hopfield import capacity
+from hw2jax.recipes.hopfield import capacity
 
 
 def test_theorem3_reproduces_the_papers_numbers():

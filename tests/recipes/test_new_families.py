@@ -13,7 +13,7 @@ from PIL import Image
 from helpers import REPO, assert_clean_failure, cli_env, run_cli, write_npz
 from hw2jax.data.images import ImageData
 from hw2jax.errors import UserError
-from hw2jax.experiments import cnn
+from hw2jax.recipes import cnn
 
 QUIET = lambda line: None
 

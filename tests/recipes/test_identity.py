@@ -8,16 +8,17 @@ import dataclasses
 import json
 import shutil
 import sys
+from pathlib import Path
 
 import pytest
 
-from helpers import (assert_clean_failure, checksums, run_cli, run_read_only, write_npz,
+from helpers import (assert_clean_failure, checksums, open_run, run_cli, run_read_only, write_npz,
                      write_p2g_folder)
 from hw2jax.data import sources
 from hw2jax.errors import UserError
-from hw2jax.experiments import cnn, p2g
+from hw2jax.recipes import cnn, p2g
 from hw2jax.train import checkpoints as ckpt_lib
-from hw2jax.train import workdir as workdir_lib
+from hw2jax.train import run as run_lib
 
 pytestmark = pytest.mark.slow
 quiet = lambda line: None
@@ -37,9 +38,9 @@ def test_every_checkpoint_carries_the_settings_and_data_it_was_made_from(tmp_pat
   data = sources.load_intel(write_npz(tmp_path / "a.npz", n_train=24, n_val=12, n_test=12),
                             log=quiet)
   cnn.train_and_evaluate(cnn_config(1), data, tmp_path / "run", log=quiet)
-  epoch, meta = ckpt_lib.newest_meta(tmp_path / "run", "identity")
-  assert epoch == 1 and meta["identity"]["config"]["learning_rate"] == 0.01
-  assert {s: f["count"] for s, f in meta["identity"]["fingerprint"].items()} == {
+  stored = ckpt_lib.newest(tmp_path / "run" / ckpt_lib.FOLDER, with_card=True)
+  assert stored.epoch == 1 and stored.card["config"]["learning_rate"] == 0.01
+  assert {s: f["count"] for s, f in stored.card["fingerprint"].items()} == {
       "train": 24, "val": 12, "test": 12}
 
 
@@ -47,15 +48,14 @@ def test_a_run_from_before_a_setting_existed_resumes_with_that_settings_old_valu
   """--pixels came after runs were written: their identity lacks it and meant 'correct'."""
   now = cnn.Config().to_json()
   older = {k: v for k, v in now.items() if k != "pixels"}
-  run = workdir_lib.ensure(tmp_path / "run")
-  (run / workdir_lib.CONFIG).write_text(json.dumps(workdir_lib.identity(older, "npz a.npz")))
-  prepare = lambda config: workdir_lib.prepare(run, config, "npz a.npz", fresh=False,
-                                               run_files=cnn.RUN_FILES, log=quiet,
-                                               added_settings=cnn.ADDED_SETTINGS)
+  run = run_lib.ensure(tmp_path / "run")
+  (run / run_lib.CONFIG).write_text(json.dumps(run_lib.Card(older, "npz a.npz").identity()))
+  prepare = lambda config: open_run(run, config, "npz a.npz", run_files=cnn.RUN_FILES,
+                                    added_settings=cnn.ADDED_SETTINGS)
   with pytest.raises(UserError, match=r"pixels='correct' \(now 'course'\)"):
     prepare({**now, "pixels": "course"})
   prepare(now)
-  assert json.loads((run / workdir_lib.CONFIG).read_text())["config"]["pixels"] == "correct"
+  assert json.loads((run / run_lib.CONFIG).read_text())["config"]["pixels"] == "correct"
 
 
 def test_replaced_cnn_data_is_refused_untouched_and_the_restored_data_resumes_bit_identically(
@@ -76,7 +76,7 @@ def test_replaced_cnn_data_is_refused_untouched_and_the_restored_data_resumes_bi
   assert checksums(run) == before
 
   path.write_bytes(original)
-  (run / workdir_lib.CONFIG).unlink()                 # and the settings' copy is lost too
+  (run / run_lib.CONFIG).unlink()                 # and the settings' copy is lost too
   with pytest.raises(UserError, match=r"learning_rate=0.01 \(now 0.5\)"):
     cnn.train_and_evaluate(dataclasses.replace(cnn_config(3), learning_rate=0.5), load(),
                            run, log=quiet)
@@ -167,7 +167,7 @@ def fixed_settings(config_class):
 
 
 def test_the_library_lets_a_resumed_run_change_exactly_the_resumable_settings():
-  assert sorted(workdir_lib.RESUMABLE) == sorted(RESUMABLE)
+  assert sorted(run_lib.RESUMABLE) == sorted(RESUMABLE)
   for config_class in (cnn.Config, p2g.Config):
     assert set(RESUMABLE) <= {f.name for f in dataclasses.fields(config_class)}
 
@@ -175,7 +175,7 @@ def test_the_library_lets_a_resumed_run_change_exactly_the_resumable_settings():
 @dataclasses.dataclass(frozen=True)
 class Trained:
   """A tiny run trained once for this module: copy `workdir` (shutil.copytree) before use."""
-  module: object               # hw2jax.experiments.cnn or .p2g
+  module: object               # hw2jax.recipes.cnn or .p2g
   config: object
   data: object
   data_path: object
@@ -302,7 +302,7 @@ def test_predict_on_a_damaged_best_checkpoint_says_it_left_it_in_place_and_moves
 def test_to_torch_on_a_damaged_best_cnn_checkpoint_says_it_left_it_in_place_and_moves_nothing(
     cnn_run, tmp_path):
   pytest.importorskip("torch")
-  from hw2jax.experiments import torch_checkpoints
+  from hw2jax.recipes import torch_checkpoints
   run = shutil.copytree(cnn_run.workdir, tmp_path / "run")
   killed_save_leftover(run / "checkpoints")
   cut_short(run / "checkpoints" / "1")
@@ -315,12 +315,17 @@ def test_to_torch_on_a_damaged_best_cnn_checkpoint_says_it_left_it_in_place_and_
   assert checksums(run) == before and not (tmp_path / "out.pt").exists()
 
 
+OLD_RUN = Path(__file__).parents[1] / "fixtures" / "p2g_workdir_1cb5fe3"
+
+
 @pytest.mark.parametrize("damaged", ["metrics/metrics", "_CHECKPOINT_METADATA"])
 def test_predict_beside_a_step_orbax_cannot_list_is_one_line_and_moves_nothing(
     damaged, p2g_run, tmp_path):
-  """Orbax reads every step's metrics and metadata when it opens the folder: a reader cannot
-  set a damaged one aside, so it stops with one line saying what to do (training moves it)."""
-  run = shutil.copytree(p2g_run.workdir, tmp_path / "run")
+  """Orbax reads every step's metadata (and metrics, which runs before cards wrote: the
+  fixture of commit 1cb5fe3) when it opens the folder: a reader cannot set a damaged one aside,
+  so it stops with one line saying what to do (training moves it)."""
+  old = damaged.startswith("metrics")
+  run = shutil.copytree(OLD_RUN if old else p2g_run.workdir, tmp_path / "run")
   (run / "checkpoints" / "1" / damaged).write_text("{not json")
   before = checksums(run)
   with pytest.raises(UserError, match=rf"epoch 1 in .* is damaged \({damaged}: JSONDecodeError\) "

@@ -2,7 +2,7 @@
 training (the end-to-end tests are in test_cnn.py)."""
 
 from helpers import cnn_summary
-from hw2jax.experiments import cnn, cnn_tables
+from hw2jax.recipes import cnn, cnn_tables
 
 
 def test_the_label_names_every_network_setting_that_differs_from_the_course():

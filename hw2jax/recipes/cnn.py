@@ -12,15 +12,16 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from hw2jax import cache, markdown, plots, records
+from hw2jax import files, markdown, plots, records
 from hw2jax.data import intel
+from hw2jax.data.fingerprint import fingerprint_splits
 from hw2jax.data.images import ImageData
 from hw2jax.errors import UserError
-from hw2jax.models import cnn, dropout, registry
-from hw2jax.train import fit as fit_lib
-from hw2jax.train import optimizer as optimizer_lib, runlog, sharding, tensorboard as tb
+from hw2jax.models import cnn as cnn_model, dropout, registry
+from hw2jax.train import optimizer as optimizer_lib, run as run_lib, sharding
 from hw2jax.train import trainer as trainer_lib
-from hw2jax.train import workdir as workdir_lib
+from hw2jax.train.fit import fit
+from hw2jax.train.run import Card, Run
 
 # The CLI's data, and what a model's size is computed for before any data is read (Table 2.3).
 IMAGE_SIZE = intel.IMAGE_SIZE
@@ -30,7 +31,8 @@ CURVES = "curves.png"
 TABLE = "table_2_1.md"
 SWEEP = "sweep.json"
 # What a run leaves in its workdir; --fresh moves these aside (nothing else is touched).
-RUN_FILES = (runlog.METRICS, runlog.SUMMARY, CURVES, "checkpoints", TABLE, SWEEP, tb.FOLDER)
+RUN_FILES = (run_lib.METRICS, run_lib.SUMMARY, CURVES, run_lib.CHECKPOINTS, TABLE, SWEEP,
+             run_lib.TB)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,14 +140,14 @@ class Config:
   def run_name(self, sweep: bool = False) -> str:
     """The default workdir's name: the model, the learning rate (or 'sweep') and every other
     setting that differs from the course's, e.g. 'bn_gap-lr0.01-k5-nopool'. Settings a run may
-    change when resumed (workdir.RESUMABLE) are left out."""
+    change when resumed (run.RESUMABLE) are left out."""
     default = Config()
     parts = [self.model, "sweep" if sweep else f"lr{self.learning_rate:g}"]
     for field, fmt in _NAME_PARTS:
       value = getattr(self, field)
       if value != getattr(default, field):
         parts.append(fmt(value))
-    return cache.path_component("-".join(parts))      # one folder, whatever a family is named
+    return files.path_component("-".join(parts))      # one folder, whatever a family is named
 
 
 def pooling_label(maxpool: bool) -> str:
@@ -279,13 +281,13 @@ def device_data(data: ImageData, trainer: trainer_lib.Trainer, pixels: str = "co
                 ) -> dict:
   """Every split onto the trainer's device(s) once, its pixels read as `pixels` says
   (intel.PIXELS): {'train'|'val'|'test': {'image', 'label'}}."""
-  return {split: trainer.put(cnn.as_dataset(intel.model_pixels(images, pixels), labels))
+  return {split: trainer.put(cnn_model.as_dataset(intel.model_pixels(images, pixels), labels))
           for split, (images, labels) in ((s, data.split(s)) for s in intel.SPLITS)}
 
 
 def make_trainer(config: Config) -> trainer_lib.Trainer:
   """The config's trainer; data-parallel over the chosen devices when there are several."""
-  return trainer_lib.trainer_for(cnn.loss_fn, cnn.eval_fn, config)
+  return trainer_lib.trainer_for(cnn_model.loss_fn, cnn_model.eval_fn, config)
 
 
 def new_state(config: Config, image_shape: tuple[int, ...] = INTEL_SHAPE,
@@ -308,17 +310,19 @@ def train_and_evaluate(config: Config, data: ImageData, workdir: str | Path, *,
   """
   config.validate().check_data(data)
   trainer = trainer or make_trainer(config)     # checks the batch against the devices
-  with workdir_lib.locked(workdir) as workdir:
-    return _train_and_evaluate(config, data, workdir, fresh=fresh, arrays=arrays,
-                               trainer=trainer, log=log, prefix=prefix)
+  with Run.train(workdir, card(config, data), fresh=fresh, run_files=RUN_FILES,
+                 added_settings=ADDED_SETTINGS, tensorboard=config.tensorboard, log=log,
+                 prefix=prefix) as run:
+    return _train_and_evaluate(config, data, run, arrays=arrays, trainer=trainer)
 
 
-def _train_and_evaluate(config, data, workdir, *, fresh, arrays, trainer, log, prefix):
-  fingerprint = workdir_lib.fingerprint_splits({s: data.split(s) for s in intel.SPLITS})
-  sharding.same_everywhere({"config": config.to_json(), "data": fingerprint}, "settings or data")
-  workdir = workdir_lib.prepare(workdir, config.to_json(), data.source, fresh=fresh,
-                                run_files=RUN_FILES, log=log, fingerprint=fingerprint,
-                                added_settings=ADDED_SETTINGS)
+def card(config: Config, data: ImageData) -> Card:
+  """What a run of `config` on `data` is made from (its workdir holds no other run)."""
+  return Card(config.to_json(), data.source,
+              fingerprint_splits({s: data.split(s) for s in intel.SPLITS}))
+
+
+def _train_and_evaluate(config, data, run, *, arrays, trainer):
   arrays = arrays or device_data(data, trainer, config.pixels)
   state = trainer.put(new_state(config, data.image_shape, data.num_classes))
 
@@ -326,20 +330,16 @@ def _train_and_evaluate(config, data, workdir, *, fresh, arrays, trainer, log, p
     m = trainer.evaluate(s, arrays["val"])
     return {"val_loss": m["loss"], "val_accuracy": m["accuracy"]}
 
-  result = fit_lib.fit(trainer, state, arrays["train"], epochs=config.epochs, evaluate=evaluate,
-                       workdir=workdir, best_metric="val_accuracy", best_mode="max",
-                       progress_keys=("train_loss", "val_loss", "val_accuracy"), log=log,
-                       prefix=prefix, tensorboard=config.tensorboard, extra_meta={
-                           "identity": workdir_lib.identity(config.to_json(), data.source,
-                                                            fingerprint)})
+  result = fit(trainer, state, arrays["train"], run, epochs=config.epochs, evaluate=evaluate,
+               best_metric="val_accuracy",
+               progress_keys=("train_loss", "val_loss", "val_accuracy"))
   last = dict(result.history[-1]) if result.history else {}
   # Diverged weights are NaN: their "accuracy" would be the share of one class.
   test = ({"loss": None, "accuracy": None} if result.diverged_at else
           trainer.evaluate(result.state, arrays["test"]))
   best = None
   if result.best is not None and not result.diverged_at:
-    best_state = fit_lib.restore_best(workdir, result.state, best_metric="val_accuracy",
-                                      log=log)
+    best_state = run.best_state(result.state)
     best_test = trainer.evaluate(best_state, arrays["test"]) if best_state is not None else None
     best = CnnBestEpoch(epoch=result.best["epoch"], val_accuracy=result.best["val_accuracy"],
                         test_accuracy=best_test and best_test["accuracy"])
@@ -354,13 +354,11 @@ def _train_and_evaluate(config, data, workdir, *, fresh, arrays, trainer, log, p
       jax_version=jax.__version__,
       seed_report=(SEED_REPORT.get((config.model, config.learning_rate))
                    if data.name == "intel" else None))     # the seed's numbers are Intel's
-  runlog.write_json(workdir / runlog.SUMMARY, summary.to_json())
-  tb.write_hparams(workdir, config.to_json(), {
-      **records.to_json(summary.final),
-      "best_val_test_accuracy": best and best.test_accuracy}, enabled=config.tensorboard)
+  run.finish(summary.to_json(), {**records.to_json(summary.final),
+                                 "best_val_test_accuracy": best and best.test_accuracy})
   if result.history:
     plots.plot_history(
-        result.history, workdir / CURVES,
+        result.history, run.path(CURVES),
         title=f"{config.label()}{'' if data.name == 'intel' else f' on {data.name} data'}: "
               f"{config.init} init, batch {config.batch_size}, {config.optimizer}"
               + (f" (diverged at epoch {result.diverged_at})" if result.diverged_at else ""),
@@ -369,7 +367,7 @@ def _train_and_evaluate(config, data, workdir, *, fresh, arrays, trainer, log, p
         running_mean_of="train_loss",
         note="solid training loss: true mean over each epoch; dashed (a ring for one epoch): "
              "running mean since epoch 1, which is what the course skeleton plotted")
-  log(f"{prefix}{config.label()}: {summary.status}; final val acc "
+  run.log(f"{run.prefix}{config.label()}: {summary.status}; final val acc "
       f"{markdown.fmt(summary.final.val_accuracy)}, test acc "
       f"{markdown.fmt(summary.final.test_accuracy)}")
   return summary

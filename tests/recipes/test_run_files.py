@@ -11,8 +11,8 @@ import pytest
 from helpers import checksums, write_npz
 from hw2jax.data import sources
 from hw2jax.errors import UserError
-from hw2jax.experiments import cnn, cnn_tables, p2g
-from hw2jax.train import workdir as workdir_lib
+from hw2jax.recipes import cnn, cnn_tables, p2g
+from hw2jax.train import run as run_lib
 
 pytestmark = pytest.mark.slow
 quiet = lambda line: None
@@ -46,18 +46,18 @@ def trained(train, tmp_path_factory):
 def test_a_damaged_config_json_is_rebuilt_from_the_checkpoint(text, train, trained, tmp_path):
   run = tmp_path / "run"
   shutil.copytree(trained, run)
-  (run / workdir_lib.CONFIG).write_text(text)
+  (run / run_lib.CONFIG).write_text(text)
   logs = []
   summary = train(cnn.Config(epochs=1, **TINY), run, logs.append)
   assert summary.epochs_done == 1 and any("rebuilt it from the checkpoint of epoch 1" in line
                                           for line in logs)
-  assert json.loads((run / workdir_lib.CONFIG).read_text())["config"]["channels"] == [4, 8]
+  assert json.loads((run / run_lib.CONFIG).read_text())["config"]["channels"] == [4, 8]
 
 
 @pytest.mark.parametrize("text", ["[1, 2, 3]", '{"config": null}', '{"data": "x"}'])
 def test_a_damaged_config_json_with_no_checkpoint_to_rebuild_it_is_one_line(text, train,
                                                                             tmp_path):
-  (tmp_path / workdir_lib.CONFIG).write_text(text)
+  (tmp_path / run_lib.CONFIG).write_text(text)
   before = checksums(tmp_path)
   with pytest.raises(UserError, match=r"config.json is damaged \(not a run's settings\)"):
     train(cnn.Config(epochs=1, **TINY), tmp_path)

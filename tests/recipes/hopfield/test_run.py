@@ -6,8 +6,8 @@ import dataclasses
 import pytest
 
 from hw2jax.errors import UserError
-from hw2jax.experiments.hopfield import run as hopfield
-from hw2jax.train import workdir
+from hw2jax.recipes.hopfield import run as hopfield
+from hw2jax.train import run as run_lib
 
 
 @pytest.mark.parametrize("field, value, message", [
@@ -26,10 +26,10 @@ def test_a_new_run_moves_the_previous_outputs_aside(tmp_path):
   (tmp_path / "summary.json").write_text("{}")
   (tmp_path / "capacity.png").write_bytes(b"png")
   (tmp_path / "notes.txt").write_text("mine")
-  archived = workdir.archive(tmp_path, hopfield.RUN_FILES)
+  archived = run_lib.archive(tmp_path, hopfield.RUN_FILES)
   assert sorted(p.name for p in archived.iterdir()) == ["capacity.png", "summary.json"]
   assert (tmp_path / "notes.txt").read_text() == "mine" and not (tmp_path / "summary.json").exists()
-  assert workdir.archive(tmp_path, hopfield.RUN_FILES) is None
+  assert run_lib.archive(tmp_path, hopfield.RUN_FILES) is None
 
 
 

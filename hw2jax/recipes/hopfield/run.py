@@ -15,16 +15,16 @@ from typing import Callable
 
 import jax
 
-from hw2jax import cache, records
+from hw2jax import files, records
 from hw2jax.data.images import ImageData
-from hw2jax.experiments.hopfield import capacity as capacity_lib
-from hw2jax.experiments.hopfield import claims as claims_lib
-from hw2jax.experiments.hopfield import retrieval as retrieval_lib
-from hw2jax.train import runlog, sharding, workdir as workdir_lib
+from hw2jax.recipes.hopfield import capacity as capacity_lib
+from hw2jax.recipes.hopfield import claims as claims_lib
+from hw2jax.recipes.hopfield import retrieval as retrieval_lib
+from hw2jax.train import run as run_lib, sharding
 
 PARTS = ("check", "retrieval", "capacity")
 # What a run leaves in its workdir; a new run moves these to <workdir>/archive/<time>/ first.
-RUN_FILES = (runlog.SUMMARY, claims_lib.TABLE, *retrieval_lib.FIGURES, capacity_lib.FIGURE)
+RUN_FILES = (run_lib.SUMMARY, claims_lib.TABLE, *retrieval_lib.FIGURES, capacity_lib.FIGURE)
 
 
 class _Parts:
@@ -103,19 +103,19 @@ def run(config: Config, workdir: str | Path, data_path: str | None = None,
   if "retrieval" in config.parts:
     patterns = retrieval_lib.load_patterns(config.retrieval(), data_path, log=log,
                                            download=download, data=data)
-  with workdir_lib.locked(workdir) as workdir:
-    workdir_lib.refuse_training_run(workdir, "experiments.hopfield")
+  with run_lib.locked(workdir) as workdir:
+    run_lib.refuse_training_run(workdir, "experiments.hopfield")
     return _run(config, patterns, workdir, log)
 
 
 def _run(config: Config, patterns, workdir: Path, log) -> HopfieldSummary:
-  archived = workdir_lib.archive(workdir, RUN_FILES)
+  archived = run_lib.archive(workdir, RUN_FILES)
   if archived:
     log(f"moved the previous run's outputs to {archived}")
   check = retrieval = capacity = None
   if "check" in config.parts:
     check, table = claims_lib.check(config.claims(), log=log)
-    cache.write_file(workdir / claims_lib.TABLE, table)
+    files.write_file(workdir / claims_lib.TABLE, table)
   if "retrieval" in config.parts:
     retrieval = retrieval_lib.retrieval(config.retrieval(), patterns, workdir, log=log)
   if "capacity" in config.parts:
@@ -123,5 +123,5 @@ def _run(config: Config, patterns, workdir: Path, log) -> HopfieldSummary:
   summary = HopfieldSummary(config=config, device=sharding.device_name(sharding.data_mesh()),
                             jax_version=jax.__version__, check=check, retrieval=retrieval,
                             capacity=capacity)
-  runlog.write_json(workdir / runlog.SUMMARY, summary.to_json())
+  files.write_json(workdir / run_lib.SUMMARY, summary.to_json())
   return summary

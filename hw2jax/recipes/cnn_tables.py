@@ -7,7 +7,7 @@ import dataclasses
 from typing import Sequence
 
 from hw2jax import markdown
-from hw2jax.experiments.cnn import SEED_REPORT, CnnRunSummary, Config
+from hw2jax.recipes.cnn import SEED_REPORT, CnnRunSummary, Config
 from hw2jax.models import registry
 
 

@@ -1,6 +1,6 @@
 """Spelling whole splits with a trained P2G model: the batched decoders over a split, how the test
 set is decoded (`Decoding`), its scores (CER, WER, WER@k) and the files they leave
-(test_predictions.tsv, attention.png). Used by `hw2jax.experiments.p2g` for training runs,
+(test_predictions.tsv, attention.png). Used by `hw2jax.recipes.p2g` for training runs,
 `--predict` and models loaded from PyTorch."""
 
 from __future__ import annotations
@@ -13,19 +13,19 @@ from typing import Callable, Sequence
 import jax
 import numpy as np
 
-from hw2jax import cache, metrics, plots, records
+from hw2jax import files, metrics, plots, records
 from hw2jax.data import phonemes
 from hw2jax.errors import UserError
 from hw2jax.models import decoding, seq2seq
-from hw2jax.train import runlog, trainer as trainer_lib
-from hw2jax.train import workdir as workdir_lib
+from hw2jax.train import trainer as trainer_lib
+from hw2jax.train import run as run_lib
 
 PREDICTIONS = "test_predictions.tsv"
 ATTENTION_PLOT = "attention.png"
 ATTENTION_WORDS = 4
 # What an evaluation of the test set writes (a training run's and a PyTorch model's).
 TABLES = "tables.md"             # a run's tables, beside its summary
-EVALUATION_FILES = (runlog.SUMMARY, TABLES, PREDICTIONS, ATTENTION_PLOT)
+EVALUATION_FILES = (run_lib.SUMMARY, TABLES, PREDICTIONS, ATTENTION_PLOT)
 MAX_BEAM = MAX_SAMPLES = 64      # bounds the decoders' memory and time per word
 
 
@@ -147,7 +147,7 @@ def decode_test(options: Decoding, decoders: Decoders, params, test: Split, seed
   header = "\t".join(["phonemes", "gold", *columns])
   rows = ["\t".join([" ".join(p), g, *(c[i] for c in columns.values())])
           for i, (p, g) in enumerate(test.pairs)]
-  cache.write_file(workdir / PREDICTIONS, "\n".join([header, *rows]) + "\n")
+  files.write_file(workdir / PREDICTIONS, "\n".join([header, *rows]) + "\n")
   if out.attention is not None:
     plot_attention(test.pairs[:ATTENTION_WORDS], greedy[:ATTENTION_WORDS],
                    out.attention[:ATTENTION_WORDS], workdir / ATTENTION_PLOT)
@@ -159,11 +159,11 @@ def set_aside_other_decoding(options: Decoding, workdir: Path,
   """An evaluation made with other decoding options (--beam, --topp, --k) is moved to
   archive/<time>/ before this one is written: a rerun never silently replaces results."""
   try:
-    before = runlog.read_json(workdir / runlog.SUMMARY)["decoding"]
+    before = files.read_json(workdir / run_lib.SUMMARY)["decoding"]
   except (OSError, UserError, KeyError, TypeError):
     return
   if before != records.to_json(options):
-    archived = workdir_lib.archive(workdir, EVALUATION_FILES)
+    archived = run_lib.archive(workdir, EVALUATION_FILES)
     if archived:
       log(f"the test set was decoded with other options before ({before}); that evaluation "
           f"moved to {archived}")
