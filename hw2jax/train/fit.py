@@ -9,46 +9,19 @@ k"; such an epoch is never the best), and a resumed diverged run stays stopped.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import numbers
 import time
 from typing import Any, Callable, Sequence
 
 from hw2jax.train import trainer as trainer_lib
-from hw2jax.train.run import Run
+from hw2jax.train.run import Progress, Run
 from hw2jax.train.trainer import Trainer, TrainState
-
-
-@dataclasses.dataclass
-class FitResult:
-  state: TrainState                  # the final state (the last epoch trained)
-  history: list[dict]                # one record per epoch, as in metrics.jsonl
-  best: dict | None                  # the record of the best epoch by `best_metric`
-  diverged_at: int | None            # 1-based epoch whose loss or weights were not finite
-  resumed_from: int                  # epochs already done when this call started
-
-  @property
-  def train_seconds(self) -> float:
-    """Seconds of the epochs trained (and evaluated) in this call."""
-    return sum(r.get("seconds", 0.0) for r in self.history[self.resumed_from:])
-
-  @property
-  def train_seconds_total(self) -> float:
-    """Seconds of every epoch of the run, over all calls (>= `train_seconds`)."""
-    return sum(r.get("seconds", 0.0) for r in self.history)
-
-  def status(self, epochs: int) -> str:
-    """'completed', 'diverged at epoch k' or 'stopped at epoch k of n'."""
-    if self.diverged_at:
-      return f"diverged at epoch {self.diverged_at}"
-    done = len(self.history)
-    return "completed" if done >= epochs else f"stopped at epoch {done} of {epochs}"
 
 
 def fit(trainer: Trainer, state: TrainState, train_data, run: Run, *, epochs: int,
         evaluate: Callable[[TrainState], dict], best_metric: str, best_mode: str = "max",
-        progress_keys: Sequence[str] = ()) -> FitResult:
+        progress_keys: Sequence[str] = ()) -> Progress:
   """Trains `state` for `epochs` epochs in total (counting epochs already checkpointed).
 
   `evaluate(state)` returns validation metrics (e.g. {'val_loss', 'val_accuracy'}); the epoch
@@ -57,7 +30,7 @@ def fit(trainer: Trainer, state: TrainState, train_data, run: Run, *, epochs: in
   if best_mode not in ("max", "min"):
     raise ValueError(f"best_mode must be 'max' or 'min', got {best_mode!r}")
   at = run.resume(state)
-  start, say = len(at.history), lambda text: run.log(f"{run.prefix}{text}")
+  start, say = at.resumed_from, lambda text: run.log(f"{run.prefix}{text}")
   if at.diverged_at is not None:
     say(f"this run diverged at epoch {at.diverged_at}; nothing more to train (use --fresh to "
         "start over)")
@@ -94,8 +67,7 @@ def fit(trainer: Trainer, state: TrainState, train_data, run: Run, *, epochs: in
     if why:
       say(f"diverged at epoch {at.diverged_at}: {why}; stopping this run")
       break
-  return FitResult(state=at.state, history=at.history, best=at.best,
-                   diverged_at=at.diverged_at, resumed_from=start)
+  return at
 
 
 def _is_better(value: float, best: float | None, mode: str) -> bool:

@@ -45,17 +45,33 @@ class Card:
 
 
 @dataclasses.dataclass
-class Resumed:
-  """Where a run stands after `Run.resume`: its state and what its newest checkpoint says."""
+class Progress:
+  """Where a run stands: its state, one record per epoch (as in metrics.jsonl), the best epoch's
+  record, the 1-based epoch that diverged, and how many epochs this call resumed from."""
   state: Any
   history: list[dict]
   best: dict | None
   diverged_at: int | None
+  resumed_from: int
+
+  @property
+  def train_seconds(self) -> float:          # of the epochs trained (and evaluated) in this call
+    return sum(r.get("seconds", 0.0) for r in self.history[self.resumed_from:])
+
+  @property
+  def train_seconds_total(self) -> float:    # of every epoch of the run, over all calls
+    return sum(r.get("seconds", 0.0) for r in self.history)
+
+  def status(self, epochs: int) -> str:
+    """'completed', 'diverged at epoch k' or 'stopped at epoch k of n'."""
+    if self.diverged_at:
+      return f"diverged at epoch {self.diverged_at}"
+    done = len(self.history)
+    return "completed" if done >= epochs else f"stopped at epoch {done} of {epochs}"
 
 
 class Run:
-  """An open workdir: `resume`, `save` and `log_epoch` for `fit`; `best_state`, `write` and
-  `finish` for the experiment."""
+  """An open workdir: `resume`, `save`, `log_epoch` for `fit`; `best_state`, `write`, `finish`."""
 
   def __init__(self, workdir: Path, card: Card | None, *, read_only: bool, tensorboard: bool,
                log: Callable[[str], None], prefix: str):
@@ -125,13 +141,13 @@ class Run:
   def path(self, name: str) -> Path:
     return self.workdir / name
 
-  def resume(self, template) -> Resumed:
+  def resume(self, template) -> Progress:
     """The newest readable checkpoint onto `template` (or `template`); metrics.jsonl and
     TensorBoard are rewritten to the epochs it holds."""
     restored = self.checkpoints.restore(template)
     state, meta = restored if restored is not None else (template, {})
-    resumed = Resumed(state, list(meta.get("history", [])), meta.get("best"),
-                      meta.get("diverged_at"))
+    history = list(meta.get("history", []))
+    resumed = Progress(state, history, meta.get("best"), meta.get("diverged_at"), len(history))
     _check_nothing_lost(self.workdir, len(resumed.history), self.checkpoints.root)
     runlog.rewrite_metrics(self.workdir, resumed.history)
     rate = optimizer.learning_rate(template)
@@ -139,7 +155,7 @@ class Run:
     self.board.start([{**r, **self._scalars} for r in resumed.history])
     return resumed
 
-  def save(self, state, resumed: Resumed) -> None:
+  def save(self, state, resumed: Progress) -> None:
     """Checkpoints `state` as epoch len(history) with the run's card, asynchronously."""
     epoch = len(resumed.history)
     meta = {"epoch": epoch, "history": resumed.history, "best": resumed.best,
@@ -299,14 +315,6 @@ def _refuse_links(workdir: Path) -> None:
                         "the link (and put back what it stood for), or use another --workdir")
       if entry.is_dir(follow_symlinks=False) and entry.name != ARCHIVE:
         folders.append(Path(entry.path))
-
-
-def refuse_training_run(workdir: Path, command: str) -> None:
-  """A command without checkpoints (experiments.hopfield) keeps out of a training run's folder."""
-  found = [name for name in (CHECKPOINTS, CONFIG) if (workdir / name).exists()]
-  if found:
-    raise UserError(f"{workdir} holds a training run ({', '.join(found)}); {command} writes "
-                    "into a folder of its own: use another --workdir")
 
 
 def stored_card(workdir: str | Path) -> Card | None:

@@ -17,6 +17,7 @@ import jax
 
 from hw2jax import files, records
 from hw2jax.data.images import ImageData
+from hw2jax.errors import UserError
 from hw2jax.recipes.hopfield import capacity as capacity_lib
 from hw2jax.recipes.hopfield import claims as claims_lib
 from hw2jax.recipes.hopfield import retrieval as retrieval_lib
@@ -104,7 +105,10 @@ def run(config: Config, workdir: str | Path, data_path: str | None = None,
     patterns = retrieval_lib.load_patterns(config.retrieval(), data_path, log=log,
                                            download=download, data=data)
   with run_lib.locked(workdir) as workdir:
-    run_lib.refuse_training_run(workdir, "experiments.hopfield")
+    found = [name for name in (run_lib.CHECKPOINTS, run_lib.CONFIG) if (workdir / name).exists()]
+    if found:             # archiving would move that run's summary, and figures mix in
+      raise UserError(f"{workdir} holds a training run ({', '.join(found)}); "
+                      "experiments.hopfield writes into a folder of its own: use another --workdir")
     return _run(config, patterns, workdir, log)
 
 
