@@ -19,6 +19,7 @@ from absl import flags
 
 from hw2jax import cli
 from hw2jax.data import intel, sources
+from hw2jax.errors import UserError
 from hw2jax.recipes import cnn, sweep, torch_checkpoints
 from hw2jax.models import registry
 
@@ -31,6 +32,10 @@ flags.DEFINE_list("lr", [f"{CONFIG.learning_rate:g}"],
                   "Learning rate, or a comma-separated list for a sweep.")
 flags.DEFINE_integer("epochs", CONFIG.epochs, "Training epochs (in total, counting resumed ones).")
 flags.DEFINE_integer("batch_size", CONFIG.batch_size, "Training batch size.")
+flags.DEFINE_integer("max_train_images", CONFIG.max_train_images,
+                     "Train on N images of the training split (0: all): a seeded draw that keeps "
+                     "each class's share, for a quick run on real data. Validation and test stay "
+                     "whole. Part of the run's settings (and of its default workdir's name).")
 flags.DEFINE_enum("optimizer", CONFIG.optimizer, ["sgd", "adam"], "sgd (no momentum) or adam.")
 flags.DEFINE_float("l2_decay", CONFIG.l2_decay,
                    "L2 penalty added to the gradient (PyTorch weight_decay).")
@@ -93,8 +98,11 @@ def main(argv):
       channels=tuple(cli.parse_ints(FLAGS.channels, "channels")), init=FLAGS.init,
       pixels=FLAGS.pixels,
       epoch_mode=FLAGS.epoch_mode, tensorboard=FLAGS.tensorboard,
-      devices=cli.parse_devices(FLAGS.devices))
+      devices=cli.parse_devices(FLAGS.devices), max_train_images=FLAGS.max_train_images)
   run_dirs = sweep.run_dirs(config, lrs, FLAGS.workdir)      # validates every rate's settings
+  if config.max_train_images and (FLAGS.to_torch or FLAGS.from_torch):
+    raise UserError("--max_train_images chooses the images a run trains on; --from_torch and "
+                    "--to_torch train nothing: leave it out")
   if FLAGS.to_torch is not None:
     torch_checkpoints.export_cnn(FLAGS.workdir or f"runs/cnn/{config.run_name()}",
                                  FLAGS.to_torch)

@@ -66,6 +66,24 @@ class ImageData:
                                source=f"{self.source}; random subset {sizes} (seed {seed})")
 
 
+  def limit_train(self, n: int, seed: int) -> "ImageData":
+    """The data with `n` training images (0, or n at least the split's size: all of them), a
+    seeded draw that keeps each class's share (largest remainders) and the split's order;
+    validation and test are kept whole, so that scores stay comparable."""
+    images, labels = self.split("train")
+    if not 0 < n < len(labels):
+      return self
+    classes, counts = np.unique(labels, return_counts=True)
+    share = counts * n / len(labels)
+    take = np.floor(share).astype(int)
+    take[np.argsort(take - share, kind="stable")[:n - take.sum()]] += 1
+    rng = np.random.default_rng(seed)
+    idx = np.sort(np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:k]
+                                  for c, k in zip(classes, take)]))
+    return dataclasses.replace(self, train_images=images[idx], train_labels=labels[idx],
+                               source=f"{self.source}; {n} training images (seed {seed})")
+
+
 def from_arrays(arrays: Mapping[str, np.ndarray], source: str, name: str) -> ImageData:
   """The course's npz layout for any dataset: `<split>_images` (N, H, W, C) with C = 1 or 3, or
   (N, H, W) grey, uint8; `<split>_labels` class ids 0..K-1; an optional `class_names` array of K

@@ -55,6 +55,7 @@ class Config:
   eval_batch_size: int = 1000
   tensorboard: bool = True           # event files in <workdir>/tb/ (metrics.jsonl regardless)
   devices: int = 0                   # data parallelism over the first N devices (0: all)
+  max_train_images: int = 0          # a seeded class-stratified subset of the training split
 
   def validate(self) -> "Config":
     """Checks every setting; the ones that depend on the image size against Intel's 48x48
@@ -85,6 +86,8 @@ class Config:
         (self.epoch_mode in trainer_lib.EPOCH_MODES,
          f"--epoch_mode={self.epoch_mode!r} is not one of {', '.join(trainer_lib.EPOCH_MODES)}"),
         (self.devices >= 0, f"--devices={self.devices} must be all or a positive number"),
+        (self.max_train_images >= 0,
+         f"--max_train_images={self.max_train_images} must be >= 0 (0: all)"),
     ])
     return self
 
@@ -106,6 +109,10 @@ class Config:
          f"convolves ({smallest}x{smallest}"
          f"{' after max-pooling' if self.maxpool and len(self.channels) > 1 else ''}); use at "
          f"most {smallest if smallest % 2 else smallest - 1}")]
+
+  def training_data(self, data: ImageData) -> ImageData:
+    """`data` with the training images this config trains on (`max_train_images`)."""
+    return data.limit_train(self.max_train_images, self.seed)
 
   def check_data(self, data: ImageData) -> "Config":
     """Settings that depend on the data: a batch no larger than the training set, the course's
@@ -161,7 +168,8 @@ _LABEL_PARTS = (("kernel_size", lambda v: f"{v}x{v} kernels"),
                 ("channels", lambda v: "channels " + "-".join(map(str, v))),
                 ("dropout", lambda v: f"dropout {v:g}"), ("l2_decay", lambda v: f"L2 {v:g}"),
                 ("seed", lambda v: f"seed {v}"),
-                ("pixels", lambda v: f"{v} pixels"))
+                ("pixels", lambda v: f"{v} pixels"),
+                ("max_train_images", lambda v: f"{v} training images"))
 _DEFAULTS = {f: getattr(Config(), f) for f, _ in _LABEL_PARTS}
 # How a setting that differs from the default shows in a run's default workdir name.
 _NAME_PARTS = (
@@ -169,10 +177,10 @@ _NAME_PARTS = (
     ("channels", lambda v: "ch" + "_".join(map(str, v))), ("batch_size", lambda v: f"bs{v}"),
     ("optimizer", str), ("l2_decay", lambda v: f"l2_{v:g}"), ("dropout", lambda v: f"drop{v:g}"),
     ("seed", lambda v: f"seed{v}"), ("init", lambda v: f"init_{v}"),
-    ("pixels", lambda v: f"pixels_{v}"),
+    ("pixels", lambda v: f"pixels_{v}"), ("max_train_images", lambda v: f"train{v}"),
 )
 # Settings added after runs were written: a stored identity without one used this value.
-ADDED_SETTINGS = {"pixels": "correct"}
+ADDED_SETTINGS = {"pixels": "correct", "max_train_images": 0}
 
 
 @functools.lru_cache(maxsize=None)
@@ -308,7 +316,8 @@ def train_and_evaluate(config: Config, data: ImageData, workdir: str | Path, *,
 
   `arrays` (from `device_data`) and `trainer` can be shared between runs of a sweep.
   """
-  config.validate().check_data(data)
+  data = config.validate().training_data(data)
+  config.check_data(data)
   trainer = trainer or make_trainer(config)     # checks the batch against the devices
   with Run.train(workdir, card(config, data), fresh=fresh, run_files=RUN_FILES,
                  added_settings=ADDED_SETTINGS, tensorboard=config.tensorboard, log=log,

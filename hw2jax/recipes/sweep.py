@@ -53,6 +53,7 @@ def sweep(config: cnn.Config, learning_rates: Sequence[float], data: ImageData,
     dirs = run_dirs(config, learning_rates, workdir)      # (which checks every rate)
   else:
     run_configs(config, learning_rates)
+  data = config.training_data(data)               # (the same images for every rate)
   config.check_data(data)                         # (the batch size, the same for every rate)
   if (Path(workdir) / "checkpoints").is_dir():
     raise UserError(f"{workdir} holds a single run (its checkpoints/); a sweep writes a folder "

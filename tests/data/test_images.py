@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from helpers import write_npz
-from hw2jax.data import intel
+from hw2jax.data import images as images_lib, intel
 from hw2jax.errors import UserError
 
 
@@ -55,3 +55,35 @@ def test_a_bad_dataset_is_one_line_naming_what_is_wrong(tmp_path, extra, message
   with pytest.raises(UserError) as e:
     intel.load_npz(path)
   assert message in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
+def _labelled(counts, seed=0):
+  """An ImageData whose training split holds counts[c] images of class c, shuffled."""
+  labels = np.random.default_rng(seed).permutation(np.repeat(np.arange(len(counts)), counts))
+  images = np.arange(len(labels), dtype=np.uint8)[:, None, None, None] * np.ones((1, 2, 2, 3),
+                                                                                 np.uint8)
+  small = (np.zeros((3, 2, 2, 3), np.uint8), np.arange(3) % len(counts))
+  return images_lib.ImageData(images, labels.astype(np.int64), *small, *small, source="npz x",
+                              classes=tuple(f"c{i}" for i in range(len(counts))), name="x")
+
+
+@pytest.mark.parametrize("counts, n, expected", [((50, 30, 20), 10, [5, 3, 2]),
+                                                 ((7, 7, 6), 5, [2, 2, 1]),
+                                                 ((90, 9, 1), 20, [18, 2, 0])])
+def test_a_training_subset_keeps_each_classs_share_the_splits_order_and_the_rest_whole(
+    counts, n, expected):
+  data = _labelled(counts)
+  cut = data.limit_train(n, seed=42)
+  images, labels = cut.split("train")
+  assert np.bincount(labels, minlength=len(counts)).tolist() == expected
+  order = images[:, 0, 0, 0].astype(int)                  # each image's index in the split
+  assert (np.diff(order) > 0).all() and (data.train_labels[order] == labels).all()
+  assert cut.val_images is data.val_images and cut.test_labels is data.test_labels
+  assert cut.source == f"npz x; {n} training images (seed 42)"
+  again, other = data.limit_train(n, seed=42), data.limit_train(n, seed=7)
+  assert (again.train_images == images).all() and not (other.train_images == images).all()
+
+
+def test_no_subset_or_one_as_large_as_the_split_is_the_data_itself():
+  data = _labelled((5, 5))
+  assert data.limit_train(0, seed=1) is data and data.limit_train(10, seed=1) is data

@@ -212,6 +212,10 @@ def _bad_data(root):
     (["--data_path=nokeys.npz", "--kernel_size=99"], ["--kernel_size=99"]),
     (["--data_path=tiny.npz", "--batch_size=100000"],
      ["--batch_size=100000 is larger than the training set (12 images)"]),
+    (["--data_path=tiny.npz", "--batch_size=8", "--max_train_images=6"],
+     ["--batch_size=8 is larger than the training set (6 images)"]),
+    (["--max_train_images=-1"], ["--max_train_images=-1 must be >= 0 (0: all)"]),
+    (["--max_train_images=6", "--to_torch=x.pt"], ["--from_torch and --to_torch train nothing"]),
     ([], ["no Intel image data found", "download it by hand", "--download=auto"]),
     (["stray"], ["unexpected arguments stray"]),
 ])
@@ -231,9 +235,29 @@ def test_default_workdirs_name_every_changed_setting_so_the_readme_runs_in_order
            cnn.Config(model="bn_gap", kernel_size=5, maxpool=False).run_name(),
            cnn.Config(epochs=3, epoch_mode="loop").run_name(),
            cnn.Config(channels=(16, 32)).run_name(sweep=True),
-           cnn.Config(pixels="course").run_name()]
+           cnn.Config(pixels="course").run_name(),
+           cnn.Config(max_train_images=2000).run_name()]
   assert names == ["bn_gap-lr0.01", "bn_gap-lr0.01-k5", "bn_gap-lr0.01-k5-nopool",
-                   "vanilla-lr0.01", "vanilla-sweep-ch16_32", "vanilla-lr0.01-pixels_course"]
+                   "vanilla-lr0.01", "vanilla-sweep-ch16_32", "vanilla-lr0.01-pixels_course",
+                   "vanilla-lr0.01-train2000"]
+
+
+def test_a_quick_run_on_part_of_the_training_split_is_its_own_run(tmp_path):
+  """--max_train_images: the run trains on that many images (each class's share kept), says so
+  in its summary and default workdir, and a rerun without it is another run: refused."""
+  write_npz(tmp_path / "tiny.npz", n_train=96, n_val=12, n_test=12)
+  args = ["--data_path=tiny.npz", "--epochs=1", "--channels=4,8,16", "--notensorboard"]
+  quick = run_cli("experiments.cnn", *args, "--max_train_images=30", cwd=tmp_path)
+  assert quick.returncode == 0, quick.stderr[-2000:]
+  run = tmp_path / "runs/cnn/vanilla-lr0.01-ch4_8_16-train30"
+  summary = json.loads((run / "summary.json").read_text())
+  assert summary["config"]["max_train_images"] == 30
+  assert (summary["data"]["train"], summary["data"]["val"], summary["data"]["test"]) == \
+      (30, 12, 12)
+  before = checksums(run)
+  whole = run_cli("experiments.cnn", *args, f"--workdir={run}", cwd=tmp_path)
+  assert_clean_failure(whole, "max_train_images=30 (now 0)", "train split of 30 items (now 96)")
+  assert checksums(run) == before
 
 
 def test_the_parameter_line_names_table_2_3_only_for_the_course_architectures():
