@@ -62,7 +62,7 @@ def fit(trainer: Trainer, state: TrainState, train_data, run: Run, *, epochs: in
     at.history.append(record)
     # Saving first surfaces a failed (asynchronous) save of the previous epoch before this
     # epoch is logged: metrics.jsonl never runs more than one epoch ahead of the checkpoints.
-    run.save(at.state, at)
+    run.save(at)
     run.log_epoch(record, progress_keys, epochs)
     if why:
       say(f"diverged at epoch {at.diverged_at}: {why}; stopping this run")

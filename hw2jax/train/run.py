@@ -147,20 +147,20 @@ class Run:
     restored = self.checkpoints.restore(template)
     state, meta = restored if restored is not None else (template, {})
     history = list(meta.get("history", []))
-    resumed = Progress(state, history, meta.get("best"), meta.get("diverged_at"), len(history))
-    _check_nothing_lost(self.workdir, len(resumed.history), self.checkpoints.root)
-    runlog.rewrite_metrics(self.workdir, resumed.history)
+    progress = Progress(state, history, meta.get("best"), meta.get("diverged_at"), len(history))
+    _check_nothing_lost(self.workdir, len(progress.history), self.checkpoints.root)
+    runlog.rewrite_metrics(self.workdir, progress.history)
     rate = optimizer.learning_rate(template)
     self._scalars = {} if rate is None else {"learning_rate": rate}
-    self.board.start([{**r, **self._scalars} for r in resumed.history])
-    return resumed
+    self.board.start([{**r, **self._scalars} for r in progress.history])
+    return progress
 
-  def save(self, state, resumed: Progress) -> None:
-    """Checkpoints `state` as epoch len(history) with the run's card, asynchronously."""
-    epoch = len(resumed.history)
-    meta = {"epoch": epoch, "history": resumed.history, "best": resumed.best,
-            "diverged_at": resumed.diverged_at}
-    self.checkpoints.save(epoch, state, meta, dataclasses.asdict(self.card))
+  def save(self, progress: Progress) -> None:
+    """Checkpoints the state as epoch len(history) with the run's card, asynchronously."""
+    epoch = len(progress.history)
+    meta = {"epoch": epoch, "history": progress.history, "best": progress.best,
+            "diverged_at": progress.diverged_at}
+    self.checkpoints.save(epoch, progress.state, meta, dataclasses.asdict(self.card))
 
   def log_epoch(self, record: dict, keys: Sequence[str], total_epochs: int) -> None:
     """metrics.jsonl, TensorBoard and the progress line (a diverged epoch: the file only)."""
