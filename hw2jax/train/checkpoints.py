@@ -276,10 +276,11 @@ class Checkpoints:
       if ((CHECKSUM in meta and checksum(state) != meta[CHECKSUM])
               or ("fingerprint" in meta and fingerprint(state) != meta["fingerprint"])):
         raise ValueError("its arrays do not match the fingerprint saved with them")
-      card = _json_file(self.root / str(epoch) / "card" / "metadata")
-      if not meta_intact(meta) or (CARD_DIGEST in meta
-                                   and records.json_digest(card) != meta[CARD_DIGEST]):
+      if not meta_intact(meta):
         raise ValueError("its metadata does not match the fingerprint saved with it")
+      card = _json_file(self.root / str(epoch) / "card" / "metadata")
+      if CARD_DIGEST in meta and records.json_digest(card) != meta[CARD_DIGEST]:
+        raise ValueError("its card is missing or does not match its metadata")
       if meta.get("epoch") != epoch:
         raise ValueError(f"its metadata is of epoch {meta.get('epoch')}")
     except Exception as e:  # a damaged checkpoint must not end or wedge the run: set it aside

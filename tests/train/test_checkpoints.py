@@ -53,6 +53,7 @@ DAMAGE = {
     "empty the meta file": (empty_meta, "set aside"),
     "garbage card": (lambda step: (step / "card" / "metadata").write_text("{not json"),
                      "set aside"),
+    "delete the card": (lambda step: shutil.rmtree(step / "card"), "set aside"),
     "flip bytes": (flip_bytes, "set aside"),
     "delete the step's directory": (shutil.rmtree, "gone"),
     "delete _CHECKPOINT_METADATA": (lambda step: (step / "_CHECKPOINT_METADATA").unlink(),
