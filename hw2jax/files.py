@@ -144,8 +144,12 @@ def write_json(path: str | Path, obj: Any) -> None:
     return
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  write_file(path, json.dumps(finite(obj), indent=2, sort_keys=True, default=_jsonable)
-                   + "\n")
+  write_file(path, json_text(obj, indent=2) + "\n")
+
+
+def json_text(obj: Any, **kwargs) -> str:
+  """`obj` as JSON with sorted keys, NaN/inf as null and numpy/JAX values as numbers."""
+  return json.dumps(finite(obj), sort_keys=True, default=_jsonable, **kwargs)
 
 
 def finite(obj: Any) -> Any:

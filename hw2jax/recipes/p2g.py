@@ -370,13 +370,13 @@ class Prediction:
 def load_run(workdir: str | Path, log: Callable[[str], None] = print):
   """(config, source vocab, target vocab, model, best params) of a trained workdir, settings and
   vocabularies from its checkpoints (vocab.json for runs older than cards); reads only."""
+  untrained = UserError(f"{workdir} holds no trained P2G model; train one first with the same "
+                        "--workdir (or --attention, which picks the default workdir)")
   if not Path(workdir).is_dir():
-    raise UserError(f"{workdir} holds no trained P2G model; train one first with the same "
-                    "--workdir (or --attention, which picks the default workdir)")
+    raise untrained
   with Run.read(workdir, log=log) as run:
-    if run.card is None or not (run.card.vocab or (run.path(VOCAB)).is_file()):
-      raise UserError(f"{workdir} holds no trained P2G model; train one first with the same "
-                      "--workdir (or --attention, which picks the default workdir)")
+    if run.card is None or not (run.card.vocab or run.path(VOCAB).is_file()):
+      raise untrained
     config = Config.from_json(run.card.config)
     vocab = run.card.vocab or _vocab_file(run.path(VOCAB))
     src_vocab = phonemes.Vocab(tuple(vocab["source"]))

@@ -347,14 +347,14 @@ def export_cnn(workdir: str | Path, path: str | Path,
   (every BatchNorm's num_batches_tracked = the optimizer steps taken, as PyTorch counts)."""
   torch_files.check_new_file(path)
   workdir = Path(workdir)
+  untrained = UserError(f"{workdir} holds no trained CNN run (for a --lr sweep give one of its "
+                        "lr_<lr> folders); train one first with the same --workdir")
   if not workdir.is_dir():
-    raise UserError(f"{workdir} holds no trained CNN run; train one first with the same "
-                    "--workdir")
+    raise untrained
   with Run.read(workdir, log=log) as run:
     saved = run.card.config if run.card else {}
     if "optimizer" not in saved or "from_torch" in saved:
-      raise UserError(f"{workdir} holds no trained CNN run (for a --lr sweep give one of its "
-                      "lr_<lr> folders); train one first with the same --workdir")
+      raise untrained
     config = check_torch_cnn(records.from_json(cnn.Config, saved))
     classes = _trained_classes(workdir)
     if classes:               # (none recorded: a summary from before datasets had names, Intel's)

@@ -153,11 +153,16 @@ def newest(root: Path, with_card: bool = False) -> Stored | None:
       continue
     if card is None and isinstance(meta.get("identity"), dict):    # a run older than cards
       card = {**meta["identity"], "vocab": meta.get("vocab")}
-    elif card is not None and meta.get(CARD_DIGEST) != records.json_digest(card):
+    elif card is not None and not _card_intact(meta, card):
       continue
     if card is not None or not with_card:
       return Stored(epoch, meta, card)
   return None
+
+
+def _card_intact(meta: dict, card: Any) -> bool:
+  """Whether `card` is the one `meta` names (a meta older than cards names none)."""
+  return CARD_DIGEST not in meta or records.json_digest(card) == meta[CARD_DIGEST]
 
 
 def _steps(root: Path) -> list[Path]:
@@ -279,7 +284,7 @@ class Checkpoints:
       if not meta_intact(meta):
         raise ValueError("its metadata does not match the fingerprint saved with it")
       card = _json_file(self.root / str(epoch) / "card" / "metadata")
-      if CARD_DIGEST in meta and records.json_digest(card) != meta[CARD_DIGEST]:
+      if not _card_intact(meta, card):
         raise ValueError("its card is missing or does not match its metadata")
       if meta.get("epoch") != epoch:
         raise ValueError(f"its metadata is of epoch {meta.get('epoch')}")

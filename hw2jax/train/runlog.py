@@ -26,13 +26,13 @@ def rewrite_metrics(workdir: Path, history: Sequence[dict]) -> None:
   """metrics.jsonl holding `history` (the epochs a resumed checkpoint holds): epochs trained
   after the last checkpoint, about to be redone, are not shown twice."""
   if primary():
-    text = "".join(json.dumps(files.finite(r), sort_keys=True) + "\n" for r in history)
+    text = "".join(files.json_text(r) + "\n" for r in history)
     files.write_file(workdir / METRICS, text)
 
 
 def append_metrics(workdir: Path, record: dict) -> None:
   if primary():
-    line = json.dumps(files.finite(record), sort_keys=True, default=float) + "\n"
+    line = files.json_text(record) + "\n"
     # Never through a link planted at the name (ELOOP); `rewrite_metrics` wrote the file.
     flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
     with os.fdopen(os.open(workdir / METRICS, flags, 0o666), "a") as f:
