@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Every check that needs a GPU, in one run: tests on the GPU, benchmarks, full training runs.
 #   OUT=gpu_results bash benchmarks/gpu_checks.sh [tests] [cnn_bench] [p2g_bench] [hopfield]
-#       [report] [cnn_runs] [p2g_runs]
+#       [report] [cnn_runs] [p2g_runs] [progress_bench]
 # (no argument = the first five; cnn_runs and p2g_runs are the CLIs' own runs, which the report
-# also trains). Results land in $OUT as few files: log.txt (everything printed),
+# also trains; progress_bench: what progress inside an epoch costs the scan path). Results land in $OUT as few files: log.txt (everything printed),
 # *.jsonl / *.md results and runs.tar.gz (summaries, metrics and plots; no checkpoints).
 # Data (../shared does not travel to a GPU machine): the Intel zip from $INTEL_ZIP (default
 # .device_data/intel48_kaggle_layout.zip) and the course P2G TSVs from $P2G_DIR (default
@@ -62,6 +62,11 @@ EOF
       run "$PY" -m benchmarks.p2g_speed --data_path="$P2G_DIR" --out="$OUT/p2g_speed.json"
       run "$PY" -m benchmarks.p2g_speed --data_path="$P2G_DIR" --torch=false --widths=1
       run "$PY" -m benchmarks.p2g_speed --data_path="$P2G_DIR" --torch=false --unroll=4
+      ;;
+    progress_bench)
+      [[ -d "$P2G_DIR" ]] || { log "missing $P2G_DIR: copy ../shared/data/p2g there"; continue; }
+      run "$PY" -m benchmarks.progress_cost --workloads=cnn_scan,p2g --cnn_scan_images=12630 \
+          --p2g_data_path="$P2G_DIR" --p2g_words=0 --repeats=5
       ;;
     p2g_runs)
       [[ -d "$P2G_DIR" ]] || { log "missing $P2G_DIR: copy ../shared/data/p2g there"; continue; }

@@ -13,14 +13,21 @@ of the course's CNN instead of training, --to_torch exports the workdir's best c
 
   python -m experiments.cnn --model=bn_gap --from_torch=bn_gap.pt     # val/test accuracy
   python -m experiments.cnn --model=bn_gap --lr=0.01 --to_torch=bn_gap_lr0.01.pt
+
+--predict classifies your own images (files, a folder or a glob) with a trained run's best
+checkpoint, printing the top classes and writing predictions.csv (or --out):
+
+  python -m experiments.cnn --predict=photos/ --workdir=runs/cnn/vanilla-lr0.01
 """
+
+import sys
 
 from absl import flags
 
 from hw2jax import cli
 from hw2jax.data import intel, sources
 from hw2jax.errors import UserError
-from hw2jax.recipes import cnn, sweep, torch_checkpoints
+from hw2jax.recipes import cnn, cnn_predict, sweep, torch_checkpoints
 from hw2jax.models import registry
 
 CONFIG = cnn.Config()  # the flags' defaults
@@ -80,6 +87,13 @@ flags.DEFINE_string("from_torch", None,
 flags.DEFINE_string("to_torch", None,
                     "Export the workdir's best-validation checkpoint to this new file as a "
                     "PyTorch state_dict of the course's TorchCNN (never overwrites).")
+flags.DEFINE_string("predict", None,
+                    "Classify these images (JPEG, PNG, ... of any size; image files, a folder, a "
+                    "glob, or several separated by commas) with the best checkpoint of the run "
+                    "in --workdir (default: the one the other flags name); prints each image's "
+                    "top classes and writes predictions.csv in the current folder "
+                    "(predictions_2.csv, ... if taken) or --out. Changes nothing in the workdir.")
+flags.DEFINE_string("out", None, "With --predict: the new CSV file to write (never overwrites).")
 cli.define_run_flags(CONFIG.epoch_mode)
 cli.define_download_flag()
 cli.define_training_flags()
@@ -89,7 +103,10 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
-  torch_checkpoints.one_mode(from_torch=FLAGS.from_torch, to_torch=FLAGS.to_torch)
+  torch_checkpoints.one_mode(from_torch=FLAGS.from_torch, to_torch=FLAGS.to_torch,
+                             predict=FLAGS.predict)
+  if FLAGS.out is not None and FLAGS.predict is None:
+    raise UserError("--out names the CSV of --predict; give --predict too, or leave --out out")
   lrs = cli.parse_floats(FLAGS.lr, "lr")
   config = cnn.Config(
       model=FLAGS.model, learning_rate=lrs[0], epochs=FLAGS.epochs, batch_size=FLAGS.batch_size,
@@ -103,6 +120,9 @@ def main(argv):
   if config.max_train_images and (FLAGS.to_torch or FLAGS.from_torch):
     raise UserError("--max_train_images chooses the images a run trains on; --from_torch and "
                     "--to_torch train nothing: leave it out")
+  if FLAGS.predict is not None:
+    predict(FLAGS.workdir or f"runs/cnn/{config.run_name()}")
+    return
   if FLAGS.to_torch is not None:
     torch_checkpoints.export_cnn(FLAGS.workdir or f"runs/cnn/{config.run_name()}",
                                  FLAGS.to_torch)
@@ -120,10 +140,31 @@ def main(argv):
   print(cnn.describe_params(config, data.image_shape, data.num_classes), flush=True)
   workdir = FLAGS.workdir or f"runs/cnn/{config.run_name(sweep=len(lrs) > 1)}"
   if len(lrs) == 1:
-    cnn.train_and_evaluate(config, data, workdir, fresh=FLAGS.fresh)
+    cnn.train_and_evaluate(config, data, workdir, fresh=FLAGS.fresh, progress=FLAGS.progress)
   else:
-    sweep.sweep(config, lrs, data, workdir, dirs=run_dirs, fresh=FLAGS.fresh)
+    sweep.sweep(config, lrs, data, workdir, dirs=run_dirs, fresh=FLAGS.fresh,
+                progress=FLAGS.progress)
   print(f"outputs in {workdir}", flush=True)
+
+
+def predict(workdir: str) -> None:
+  """--predict: every file it could not classify is an error line of its own (exit 2)."""
+  if FLAGS.fresh:            # it only reads the workdir; --fresh would archive the run
+    raise UserError("--predict classifies with the run trained in --workdir and changes nothing "
+                    "there; --fresh does not apply to it")
+  if len(cli.parse_floats(FLAGS.lr, "lr")) > 1:
+    raise UserError("--predict classifies with one run; give one --lr (or its --workdir)")
+  target = cnn_predict.output_path(FLAGS.out)          # before anything is read
+  result = cnn_predict.predict(workdir, FLAGS.predict)
+  for problem in result.problems:
+    print(cli.error_line(problem), file=sys.stderr, flush=True)
+  if result.images:
+    written = cnn_predict.write_csv(result, target, chosen=FLAGS.out is not None)
+    print(f"{len(result.images)} image{'s' if len(result.images) != 1 else ''} classified with "
+          f"the best checkpoint of {intel.printable(workdir)}; predictions in "
+          f"{intel.printable(written)}", flush=True)
+  if result.problems:
+    sys.exit(cli.EXIT_USAGE)
 
 
 def load_data():

@@ -107,7 +107,8 @@ def main(argv):
     print(p2g.describe_data_params(config, sizes), flush=True)
   print(f"data: {data.source}; {data.sizes()['train']:,} / {data.sizes()['valid']:,} / "
         f"{data.sizes()['test']:,} pairs", flush=True)
-  p2g.train_and_evaluate(config, data, workdir, decoding_options=options, fresh=FLAGS.fresh)
+  p2g.train_and_evaluate(config, data, workdir, decoding_options=options, fresh=FLAGS.fresh,
+                         progress=FLAGS.progress)
   print(f"outputs in {workdir}", flush=True)
 
 

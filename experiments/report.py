@@ -67,7 +67,7 @@ def main(argv):
       q3_beam=FLAGS.q3_beam, overlap=FLAGS.overlap).validate()
   results = report.run(config, FLAGS.workdir, intel_data_path=FLAGS.intel_data_path,
                        p2g_data_path=FLAGS.p2g_data_path, fresh=FLAGS.fresh,
-                       download=FLAGS.download,
+                       download=FLAGS.download, progress=FLAGS.progress,
                        command=" ".join(["python -m experiments.report", *sys.argv[1:]]))
   print(f"report: {FLAGS.workdir}/{report.REPORT} ({'quick, ' if config.quick else ''}"
         f"{results.meta.wall_seconds:.0f} s)", flush=True)

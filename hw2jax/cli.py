@@ -83,11 +83,15 @@ def _parse_flags(argv: Sequence[str]) -> list[str]:
 
 
 def define_run_flags(epoch_mode: str) -> None:
-  """--epoch_mode (default: the experiment Config's), --fresh and --distributed, for the CLIs
-  that train."""
+  """--epoch_mode (default: the experiment Config's), --progress, --fresh and --distributed,
+  for the CLIs that train."""
   flags.DEFINE_enum("epoch_mode", epoch_mode, list(EPOCH_MODES),
                     "auto: one lax.scan per epoch on GPU/TPU, a Python loop of jitted steps on "
                     "CPU.")
+  flags.DEFINE_bool("progress", True,
+                    "Show the steps inside each epoch: on a terminal one line updated in place "
+                    "(steps, examples per second, the ETA of the epoch and of the run), "
+                    "elsewhere (a log file, a notebook) a plain line at most every 10 s.")
   flags.DEFINE_bool("fresh", False,
                     "Start over: move the previous run's files to <workdir>/archive/<time>/.")
   flags.DEFINE_bool("distributed", False,
@@ -209,7 +213,8 @@ def run(main: Callable[[Sequence[str]], None], *, memory_flags: str = "--batch_s
         raise
       fail(describe_out_of_memory(e, memory_flags))
     except KeyboardInterrupt:
-      print("interrupted; rerun the same command to resume from the last checkpoint",
+      print("interrupted; rerun the same command to go on (training resumes from the last "
+            "checkpoint)",
             file=sys.stderr, flush=True)
       sys.exit(130)
 

@@ -5,6 +5,7 @@ replaced); and its JSON files (NaN as null, damage named in one line)."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
@@ -69,6 +70,32 @@ def write_file(path: str | Path, content: str | bytes | Callable[[BinaryIO], Non
     content = lambda f: f.write(data)
   remove_stale_temps(path.parent, f"{path.stem}.tmp-")
   write_atomically(path, content)
+
+
+def write_new(path: str | Path, data: bytes) -> None:
+  """`data` as the new file `path`, whole or not at all, never replacing one: written to a
+  temp file, then hard-linked to `path` (FileExistsError if something is there by then, even
+  one made since the caller looked). A file system without hard links gets the file created
+  exclusively and written in place."""
+  path = Path(path)
+  tmp = temp_path(path)
+  try:
+    with create_new(tmp) as f:
+      f.write(data)
+      f.flush()
+      os.fsync(f.fileno())
+    try:
+      os.link(tmp, path, follow_symlinks=False)
+    except FileExistsError:
+      raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path)) from None
+    except OSError as e:
+      if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+        raise
+      with open(path, "xb") as f:
+        f.write(data)
+  finally:
+    with contextlib.suppress(OSError):
+      tmp.unlink(missing_ok=True)
 
 
 def create_new(path: Path) -> BinaryIO:

@@ -348,3 +348,29 @@ def best_epoch(workdir) -> int | None:
   from hw2jax.train import checkpoints
   stored = checkpoints.newest(Path(workdir) / checkpoints.FOLDER)
   return stored and (stored.meta.get("best") or {}).get("epoch")
+
+
+# -- photos for --predict: the Intel sample's JPEGs when ../shared is beside the checkout -------
+
+INTEL_SAMPLE = REPO.parent / "shared" / "data" / "intel_kaggle_sample"
+TINTS = {"cool": (0.55, 0.8, 1.0), "warm": (1.0, 0.8, 0.55)}
+
+
+def photos(n: int) -> list[np.ndarray]:
+  """`n` photos (H, W, 3) uint8: the Intel sample's real 150x150 JPEGs decoded, else (no
+  ../shared) learnable images at 150x150."""
+  paths = sorted(INTEL_SAMPLE.rglob("*.jpg"))[:n]
+  if len(paths) == n:
+    return [np.asarray(Image.open(p).convert("RGB")) for p in paths]
+  return list(learnable_images(n, seed=7, size=150)[0])
+
+
+def write_tinted(root: Path, arrays: list[np.ndarray]) -> Path:
+  """An easy two-class fixture of real photos: <root>/<tint>/<i>.jpg, every photo once tinted
+  warm and once cool (a tiny CNN tells them apart in a few epochs)."""
+  for name, tint in TINTS.items():
+    (root / name).mkdir(parents=True, exist_ok=True)
+    for i, array in enumerate(arrays):
+      tinted = np.clip(array.astype(np.float32) * np.array(tint, np.float32), 0, 255)
+      (root / name / f"{i}.jpg").write_bytes(jpeg_bytes(tinted.astype(np.uint8)))
+  return root

@@ -14,6 +14,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import io
 import json
@@ -167,10 +168,11 @@ class TooLarge(Exception):
   """An image whose header declares more than MAX_PIXELS; the message says how many."""
 
 
-def decode_image(data: bytes) -> np.ndarray | None:
-  """Image bytes (JPEG, PNG, ...) -> (48, 48, 3) uint8, resized with PIL bilinear; None if
-  unreadable. 16-bit, 32-bit integer and float pixels are scaled to 0..255, not clipped (see
-  `_eight_bits`). Raises TooLarge, before decoding, for an image over MAX_PIXELS."""
+def decode_image(data: bytes, size: tuple[int, int] = (IMAGE_SIZE, IMAGE_SIZE)
+                 ) -> np.ndarray | None:
+  """Image bytes (JPEG, PNG, ...) -> (*size, 3) uint8 (height, width), resized with PIL
+  bilinear; None if unreadable. 16-bit, 32-bit integer and float pixels are scaled to 0..255,
+  not clipped (see `_eight_bits`). Raises TooLarge, before decoding, for an image over MAX_PIXELS."""
   try:
     with Image.open(io.BytesIO(data)) as im:
       width, height = im.size
@@ -181,8 +183,8 @@ def decode_image(data: bytes) -> np.ndarray | None:
         if im is None:
           return None
         im = im.convert("RGB")
-        if im.size != (IMAGE_SIZE, IMAGE_SIZE):
-          im = im.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BILINEAR)
+        if im.size != size[::-1]:
+          im = im.resize(size[::-1], Image.BILINEAR)
         return np.asarray(im, dtype=np.uint8)
   except Image.DecompressionBombError:
     raise TooLarge("over PIL's decompression-bomb limit") from None
@@ -237,14 +239,15 @@ class Decoded:
     return lines
 
 
-def decode_files(sizes: Sequence[int], read: Callable[[int], bytes]) -> Decoded:
+def decode_files(sizes: Sequence[int], read: Callable[[int], bytes],
+                 size: tuple[int, int] = (IMAGE_SIZE, IMAGE_SIZE)) -> Decoded:
   """Decodes files 0..n-1 (`decode_image`, in threads: PIL releases the GIL). File i, of
   `sizes[i]` bytes (a zip member's declared size), is read by `read(i)`: at most
   MAX_FILE_BYTES + 1 bytes, b"" if it cannot be. Memory stays bounded whatever the files hold: a
   file over MAX_FILE_BYTES is not read, one chunk holds files of at most _CHUNK_BYTES (and one
   file more), and an image over MAX_PIXELS is not decoded."""
   n = len(sizes)
-  images = np.zeros((n, IMAGE_SIZE, IMAGE_SIZE, CHANNELS), np.uint8)
+  images = np.zeros((n, *size, CHANNELS), np.uint8)
   ok = np.zeros(n, bool)
   too_large = {}
   # PIL warns (two lines on stderr) on opening 89 to 179 megapixels; decode_image refuses them
@@ -265,7 +268,8 @@ def decode_files(sizes: Sequence[int], read: Callable[[int], bytes]) -> Decoded:
           chunk.append((i, data))
           held += len(data)
         i += 1
-      for (j, _), image in zip(chunk, pool.map(_attempt, [data for _, data in chunk])):
+      attempts = pool.map(functools.partial(_attempt, size=size), [data for _, data in chunk])
+      for (j, _), image in zip(chunk, attempts):
         if isinstance(image, str):
           too_large[j] = image
         elif image is not None:
@@ -273,15 +277,16 @@ def decode_files(sizes: Sequence[int], read: Callable[[int], bytes]) -> Decoded:
   return Decoded(images, ok, too_large)
 
 
-def decode_paths(paths: Sequence[Path]) -> Decoded:
-  """`decode_files` of files on disk."""
+def decode_paths(paths: Sequence[Path], size: tuple[int, int] = (IMAGE_SIZE, IMAGE_SIZE)
+                 ) -> Decoded:
+  """`decode_files` of files on disk, at `size` (height, width)."""
   def read(i: int) -> bytes:
     try:
       with open(paths[i], "rb") as f:
         return f.read(MAX_FILE_BYTES + 1)
     except OSError:
       return b""
-  return decode_files([_size(p) for p in paths], read)
+  return decode_files([_size(p) for p in paths], read, size)
 
 
 def decode_members(zf: zipfile.ZipFile, infos: Sequence[zipfile.ZipInfo]) -> Decoded:
@@ -302,10 +307,10 @@ def decode_members(zf: zipfile.ZipFile, infos: Sequence[zipfile.ZipInfo]) -> Dec
   return decode_files([i.file_size for i in infos], read)
 
 
-def _attempt(data: bytes) -> np.ndarray | str | None:
+def _attempt(data: bytes, size: tuple[int, int]) -> np.ndarray | str | None:
   """decode_image's image, None if unreadable, or how much too large it is."""
   try:
-    return decode_image(data)
+    return decode_image(data, size)
   except TooLarge as e:
     return str(e)
 

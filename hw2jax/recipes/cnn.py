@@ -14,6 +14,7 @@ import jax.numpy as jnp
 
 from hw2jax import files, markdown, plots, records
 from hw2jax.data import intel
+from hw2jax.data.intel import printable
 from hw2jax.data.fingerprint import fingerprint_splits
 from hw2jax.data.images import ImageData
 from hw2jax.errors import UserError
@@ -311,10 +312,12 @@ def new_state(config: Config, image_shape: tuple[int, ...] = INTEL_SHAPE,
 def train_and_evaluate(config: Config, data: ImageData, workdir: str | Path, *,
                        fresh: bool = False, arrays: dict | None = None,
                        trainer: trainer_lib.Trainer | None = None,
-                       log: Callable[[str], None] = print, prefix: str = "") -> CnnRunSummary:
+                       log: Callable[[str], None] = print, prefix: str = "",
+                       progress: bool = True) -> CnnRunSummary:
   """One run: trains (resuming from `workdir`), evaluates val/test, writes summary and plot.
 
-  `arrays` (from `device_data`) and `trainer` can be shared between runs of a sweep.
+  `arrays` (from `device_data`) and `trainer` can be shared between runs of a sweep;
+  `progress` shows the steps inside each epoch.
   """
   data = config.validate().training_data(data)
   config.check_data(data)
@@ -322,16 +325,18 @@ def train_and_evaluate(config: Config, data: ImageData, workdir: str | Path, *,
   with Run.train(workdir, card(config, data), fresh=fresh, run_files=RUN_FILES,
                  added_settings=ADDED_SETTINGS, tensorboard=config.tensorboard, log=log,
                  prefix=prefix) as run:
-    return _train_and_evaluate(config, data, run, arrays=arrays, trainer=trainer)
+    return _train_and_evaluate(config, data, run, arrays=arrays, trainer=trainer,
+                               progress=progress)
 
 
 def card(config: Config, data: ImageData) -> Card:
   """What a run of `config` on `data` is made from (its workdir holds no other run)."""
   return Card(config.to_json(), data.source,
-              fingerprint_splits({s: data.split(s) for s in intel.SPLITS}))
+              fingerprint_splits({s: data.split(s) for s in intel.SPLITS}),
+              images={"shape": list(data.image_shape), "classes": list(data.classes)})
 
 
-def _train_and_evaluate(config, data, run, *, arrays, trainer):
+def _train_and_evaluate(config, data, run, *, arrays, trainer, progress):
   arrays = arrays or device_data(data, trainer, config.pixels)
   state = trainer.put(new_state(config, data.image_shape, data.num_classes))
 
@@ -341,7 +346,8 @@ def _train_and_evaluate(config, data, run, *, arrays, trainer):
 
   result = fit(trainer, state, arrays["train"], run, epochs=config.epochs, evaluate=evaluate,
                best_metric="val_accuracy",
-               progress_keys=("train_loss", "val_loss", "val_accuracy"))
+               progress_keys=("train_loss", "val_loss", "val_accuracy"), unit="images",
+               progress=progress)
   last = dict(result.history[-1]) if result.history else {}
   # Diverged weights are NaN: their "accuracy" would be the share of one class.
   test = ({"loss": None, "accuracy": None} if result.diverged_at else
@@ -380,3 +386,52 @@ def _train_and_evaluate(config, data, run, *, arrays, trainer):
       f"{markdown.fmt(summary.final.val_accuracy)}, test acc "
       f"{markdown.fmt(summary.final.test_accuracy)}")
   return summary
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedCnn:
+  """A trained run, read back: its settings, image shape (H, W, C), class names, and its best
+  checkpoint's variables and optimizer steps."""
+  config: Config
+  image_shape: tuple[int, int, int]
+  classes: tuple[str, ...]
+  variables: dict
+  step: int
+
+
+def trained_run(workdir: str | Path, log: Callable[[str], None] = print) -> TrainedCnn:
+  """The run trained in `workdir`, read only; a UserError if it holds none."""
+  workdir = Path(workdir)
+  untrained = UserError(f"{printable(workdir)} holds no trained CNN run (for a --lr sweep give "
+                        "one of its lr_<lr> folders); train one first with the same --workdir")
+  if not workdir.is_dir():
+    raise untrained
+  with Run.read(workdir, log=log) as run:
+    saved = run.card.config if run.card else {}
+    if "optimizer" not in saved or "from_torch" in saved:
+      raise untrained
+    config = records.from_json(Config, saved)
+    shape, classes = images_of(run.card.images, workdir)
+    state = run.best_state(new_state(config, shape, len(classes)))
+  if state is None:
+    raise UserError(f"{printable(workdir)} has no readable best checkpoint; train (on) in that "
+                    "--workdir")
+  return TrainedCnn(config, shape, classes, jax.device_get(state.variables()), int(state.step))
+
+
+def images_of(images: dict | None, workdir: Path
+              ) -> tuple[tuple[int, int, int], tuple[str, ...]]:
+  """The image shape and class names of the run in `workdir`, whose card recorded `images`; a
+  run older than that is Intel's if its summary.json names Intel's classes or none (older
+  summaries named none), else a UserError."""
+  if images is not None:
+    return tuple(images["shape"]), tuple(images["classes"])
+  path = workdir / run_lib.SUMMARY
+  summary = files.read_json(path) if path.is_file() else {}
+  data = summary.get("data") if isinstance(summary, dict) else None
+  named = tuple((data.get("classes") if isinstance(data, dict) else None) or intel.CLASSES)
+  if named != intel.CLASSES:
+    raise UserError(f"{printable(workdir)} was trained on {len(named)}-class data before runs "
+                    "recorded their image shape, which this command needs; train it again "
+                    "with --fresh")
+  return INTEL_SHAPE, intel.CLASSES

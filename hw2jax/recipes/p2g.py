@@ -231,9 +231,11 @@ def new_state(config: Config, model: seq2seq.Seq2Seq) -> trainer_lib.TrainState:
 
 def train_and_evaluate(config: Config, data: phonemes.P2GData, workdir: str | Path, *,
                        decoding_options: Decoding = Decoding(), fresh: bool = False,
-                       log: Callable[[str], None] = print) -> P2GRunSummary:
+                       log: Callable[[str], None] = print, progress: bool = True
+                       ) -> P2GRunSummary:
   """One run: trains (resuming from `workdir`), decodes valid/test with the best checkpoint,
-  writes summary.json, tables.md, test_predictions.tsv and the plots."""
+  writes summary.json, tables.md, test_predictions.tsv and the plots; `progress` shows the
+  steps inside each epoch."""
   config.validate().check_data(data)
   decoding_options.validate()
   trainer = make_trainer(config)                # checks the batch against the devices
@@ -242,10 +244,11 @@ def train_and_evaluate(config: Config, data: phonemes.P2GData, workdir: str | Pa
               fingerprint_splits({s: data.split(s) for s in phonemes.SPLITS}), vocab)
   with Run.train(workdir, card, fresh=fresh, run_files=RUN_FILES,
                  tensorboard=config.tensorboard, log=log) as run:
-    return _train_and_evaluate(config, data, run, trainer, decoding_options=decoding_options)
+    return _train_and_evaluate(config, data, run, trainer, decoding_options=decoding_options,
+                               progress=progress)
 
 
-def _train_and_evaluate(config, data, run, trainer, *, decoding_options):
+def _train_and_evaluate(config, data, run, trainer, *, decoding_options, progress):
   run.write(VOCAB, run.card.vocab)
   model = config.build_model(len(data.src_vocab), len(data.tgt_vocab))
   train = train_widths(config, data, trainer)
@@ -265,7 +268,8 @@ def _train_and_evaluate(config, data, run, trainer, *, decoding_options):
 
   result = fit(trainer, state, train, run, epochs=config.epochs, evaluate=evaluate,
                best_metric="val_cer", best_mode="min",
-               progress_keys=("train_loss", "val_loss", "val_cer", "val_wer"))
+               progress_keys=("train_loss", "val_loss", "val_cer", "val_wer"), unit="words",
+               progress=progress)
   best_state = None
   if result.best is not None:
     best_state = run.best_state(result.state)

@@ -44,7 +44,8 @@ def run_dirs(config: cnn.Config, learning_rates: Sequence[float], workdir: str |
 
 def sweep(config: cnn.Config, learning_rates: Sequence[float], data: ImageData,
           workdir: str | Path, *, dirs: dict[float, Path] | None = None, fresh: bool = False,
-          log: Callable[[str], None] = print) -> list[cnn.CnnRunSummary]:
+          log: Callable[[str], None] = print, progress: bool = True
+          ) -> list[cnn.CnnRunSummary]:
   """One run per learning rate (one compiled program for all) in `dirs` (default
   <workdir>/lr_<lr>, see `run_dirs`), then Table 2.1 as markdown in <workdir>/table_2_1.md and
   the summaries in <workdir>/sweep.json. A run already finished (by this sweep or by a single
@@ -64,10 +65,11 @@ def sweep(config: cnn.Config, learning_rates: Sequence[float], data: ImageData,
         run_lib.check_same_run(dirs[lr], cnn.card(config_lr, data),
                                added_settings=cnn.ADDED_SETTINGS)
   with run_lib.locked(workdir) as workdir:
-    return _sweep(config, learning_rates, data, workdir, dirs, fresh=fresh, log=log)
+    return _sweep(config, learning_rates, data, workdir, dirs, fresh=fresh, log=log,
+                  progress=progress)
 
 
-def _sweep(config, learning_rates, data, workdir, dirs, *, fresh, log
+def _sweep(config, learning_rates, data, workdir, dirs, *, fresh, log, progress
            ) -> list[cnn.CnnRunSummary]:
   if fresh:
     archived = run_lib.archive(workdir, (cnn.TABLE, cnn.SWEEP, run_lib.CONFIG))
@@ -81,7 +83,7 @@ def _sweep(config, learning_rates, data, workdir, dirs, *, fresh, log
     log(f"== {run_config.label()}: {dirs[lr]} ==")
     summaries.append(cnn.train_and_evaluate(run_config, data, dirs[lr], fresh=fresh,
                                             arrays=arrays, trainer=trainer, log=log,
-                                            prefix=f"[lr {lr:g}] "))
+                                            prefix=f"[lr {lr:g}] ", progress=progress))
   curves = {lr: Path(os.path.relpath(d / cnn.CURVES, workdir)).as_posix()
             for lr, d in dirs.items()}
   table = cnn_tables.table_2_1([cnn_tables.TableRow(s.config.model, s.config.learning_rate, [s],

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -261,15 +260,6 @@ def check_torch_cnn(config: cnn.Config) -> cnn.Config:
   return config
 
 
-def _trained_classes(workdir: Path) -> tuple[str, ...]:
-  """The class names the run's summary.json records; none if it has no readable one."""
-  try:
-    data = json.loads((workdir / SUMMARY).read_text()).get("data")
-    return tuple(data.get("classes") or ()) if isinstance(data, dict) else ()
-  except (OSError, ValueError, AttributeError):
-    return ()
-
-
 def check_torch_data(data: ImageData) -> ImageData:
   """`data` if the course's TorchCNN reads it (--from_torch): the Intel data's shape and classes."""
   _intel_only(data.name, data.image_shape, data.num_classes, "--from_torch")
@@ -346,27 +336,14 @@ def export_cnn(workdir: str | Path, path: str | Path,
   """The best-validation checkpoint of a CNN run's workdir -> a TorchCNN state_dict at `path`
   (every BatchNorm's num_batches_tracked = the optimizer steps taken, as PyTorch counts)."""
   torch_files.check_new_file(path)
-  workdir = Path(workdir)
-  untrained = UserError(f"{workdir} holds no trained CNN run (for a --lr sweep give one of its "
-                        "lr_<lr> folders); train one first with the same --workdir")
-  if not workdir.is_dir():
-    raise untrained
-  with Run.read(workdir, log=log) as run:
-    saved = run.card.config if run.card else {}
-    if "optimizer" not in saved or "from_torch" in saved:
-      raise untrained
-    config = check_torch_cnn(records.from_json(cnn.Config, saved))
-    classes = _trained_classes(workdir)
-    if classes:               # (none recorded: a summary from before datasets had names, Intel's)
-      _intel_only(str(workdir), None, len(classes), "--to_torch", classes)
-    torch_files.import_torch("--to_torch")
-    state = run.best_state(cnn.new_state(config))
-  if state is None:
-    raise UserError(f"{workdir} has no readable best checkpoint; train first with the same "
-                    "--workdir")
+  trained = cnn.trained_run(workdir, log=log)
+  config = check_torch_cnn(trained.config)
+  _intel_only(str(workdir), trained.image_shape, len(trained.classes), "--to_torch",
+              trained.classes)
+  torch_files.import_torch("--to_torch")
   model = config.build_model()
-  arrays = torch_port.cnn_to_torch(model, jax.device_get(state.variables()),
-                                   cnn.IMAGE_SIZE, num_batches_tracked=int(state.step))
+  arrays = torch_port.cnn_to_torch(model, trained.variables, cnn.IMAGE_SIZE,
+                                   num_batches_tracked=trained.step)
   torch_files.write_state_dict(arrays, path)
   log(f"wrote {path}: the best checkpoint of {workdir} (epoch of the best validation accuracy) "
       f"as a TorchCNN(batch_norm={model.batch_norm}, kernel_size={config.kernel_size}) "

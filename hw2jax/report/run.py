@@ -30,7 +30,7 @@ from hw2jax.report.inputs import REPORT_CONFIG, RESULTS
 from hw2jax.report import results as R
 from hw2jax.report.config import (ABLATION_LR, PART_TITLES, PARTS, POOLING, Q2_RUNS, Q3_K,
                                   Q3_TOP_P, SEED_PARTS, Config)
-from hw2jax.train import run as run_lib, sharding
+from hw2jax.train import meter, run as run_lib, sharding
 
 REPORT = "REPORT.md"
 FIGURES = "figures"
@@ -65,9 +65,11 @@ def load_p2g(data_path: str | None, max_train_words: int
 
 def run(config: Config, workdir: str | Path, *, intel_data_path: str | None = None,
         p2g_data_path: str | None = None, fresh: bool = False, command: str = "",
-        download: str = "never", log: Callable[[str], None] = print) -> R.Results:
+        download: str = "never", log: Callable[[str], None] = print,
+        progress: bool = True) -> R.Results:
   """Runs (or resumes) the parts of `config`, writes report.json and REPORT.md into `workdir`;
-  the results' `missing` lists what REPORT.md lacks (empty when it is complete)."""
+  the results' `missing` lists what REPORT.md lacks (empty when it is complete). `progress`
+  shows the steps inside each training epoch (Q3 beside the others, --overlap: its lines only)."""
   config.validate()
   clock = time.perf_counter()
   overlap = "q3" in config.parts and overlap_q3(config)
@@ -89,7 +91,7 @@ def run(config: Config, workdir: str | Path, *, intel_data_path: str | None = No
     inputs_lib.check_nothing_replaced(workdir, earlier, inputs)
     inputs_lib.check_same_report(workdir, config)
     runner = _Runner(config, workdir, intel_path, intel_reason, p2g_data, p2g_reason,
-                     p2g_data_path is not None, clock, log, intel)
+                     p2g_data_path is not None, clock, log, progress, intel)
     parts = runner.run_parts(overlap, earlier, inputs)
     meta = R.Meta(command=command, device=R.DeviceInfo.here(), quick=config.quick,
                   seeds=list(config.seeds), parts=list(config.parts), date=R.Meta.now(),
@@ -183,6 +185,7 @@ class _Runner:
   course_p2g: bool
   clock: float
   log: Callable[[str], None]
+  progress: bool
   _intel: ImageData | None = None
 
   def intel_data(self) -> ImageData:
@@ -196,8 +199,9 @@ class _Runner:
     if overlap:
       self.log("Q3 runs in a second thread beside the other parts (--overlap): its compilation "
                "and host work overlap their device time; its lines start with [Q3]")
-      q3_log = lambda line: self.log("\n".join(f"[Q3] {x}" for x in str(line).split("\n")))
-      background = Background(lambda: self.timed("q3", lambda: self.q3(q3_log), q3_log))
+      q3_log = lambda line: self._log_beside("\n".join(f"[Q3] {x}" for x in str(line).split("\n")))
+      background = Background(lambda: self.timed("q3", lambda: self.q3(q3_log, progress=False),
+                                                 q3_log))
     parts: dict[str, R.Part] = {}
     for part in PARTS:
       if part not in self.config.parts:
@@ -217,6 +221,12 @@ class _Runner:
     self.log(f"{PART_TITLES[part]}: not in --parts; REPORT.md keeps its finished results")
     return dataclasses.replace(before, earlier=True, wall_seconds=None, started_seconds=None,
                                finished_seconds=None)
+
+  def _log_beside(self, line: str) -> None:
+    """A line of the part in the second thread: the other thread's live progress line, if any,
+    is cleared first (it is redrawn at its next step)."""
+    meter.clear_live()
+    self.log(line)
 
   def timed(self, part: str, fn: Callable[[], R.Part], log) -> R.Part:
     """Runs one part; adds its wall time and its start/finish (seconds since the start)."""
@@ -272,7 +282,7 @@ class _Runner:
   def _train(self, c: cnn.Config, data, run_dir: Path, arrays, trainer, prefix: str):
     start = time.perf_counter()
     summary = cnn.train_and_evaluate(c, data, run_dir, arrays=arrays, trainer=trainer,
-                                     log=self.log, prefix=prefix)
+                                     log=self.log, prefix=prefix, progress=self.progress)
     return summary, time.perf_counter() - start
 
   def q2(self) -> R.Q2:
@@ -342,7 +352,7 @@ class _Runner:
 
   # -- Q3 -----------------------------------------------------------------------------------------
 
-  def q3(self, log: Callable[[str], None] | None = None) -> R.Q3:
+  def q3(self, log: Callable[[str], None] | None = None, progress: bool | None = None) -> R.Q3:
     """Without and with attention (greedy, + beam), the attention model also by nucleus
     sampling (p=0.8, 3 samples: WER@3), for every seed."""
     log = log or self.log
@@ -362,7 +372,9 @@ class _Runner:
                            k=Q3_K)
         run_dir = self.workdir / "q3" / c.name() / f"seed{seed}"
         start = time.perf_counter()
-        summary = p2g.train_and_evaluate(c, data, run_dir, decoding_options=options, log=log)
+        summary = p2g.train_and_evaluate(
+            c, data, run_dir, decoding_options=options, log=log,
+            progress=self.progress if progress is None else progress)
         runs.append(R.P2GRun(attention=attention, seed=seed, dir=self._rel(run_dir),
                              summary=summary, wall_seconds=time.perf_counter() - start))
     course_params = {name: p2g.param_counts(

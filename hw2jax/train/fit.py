@@ -15,17 +15,20 @@ import time
 from typing import Any, Callable, Sequence
 
 from hw2jax.train import trainer as trainer_lib
+from hw2jax.train.meter import Meter
 from hw2jax.train.run import Progress, Run
 from hw2jax.train.trainer import Trainer, TrainState
 
 
 def fit(trainer: Trainer, state: TrainState, train_data, run: Run, *, epochs: int,
         evaluate: Callable[[TrainState], dict], best_metric: str, best_mode: str = "max",
-        progress_keys: Sequence[str] = ()) -> Progress:
+        progress_keys: Sequence[str] = (), unit: str = "examples",
+        progress: bool = True) -> Progress:
   """Trains `state` for `epochs` epochs in total (counting epochs already checkpointed).
 
   `evaluate(state)` returns validation metrics (e.g. {'val_loss', 'val_accuracy'}); the epoch
   with the best `best_metric` ('max' or 'min' `best_mode`) is kept as the best checkpoint.
+  `progress`: show the steps inside each epoch (`meter.Meter`; `unit` names the examples).
   """
   if best_mode not in ("max", "min"):
     raise ValueError(f"best_mode must be 'max' or 'min', got {best_mode!r}")
@@ -41,32 +44,40 @@ def fit(trainer: Trainer, state: TrainState, train_data, run: Run, *, epochs: in
     say(f"{start} of {epochs} epochs already trained in {run.workdir}; nothing more to train")
   elif start:
     say(f"resuming from the checkpoint of epoch {start} in {run.checkpoints.root}")
-  for epoch in range(start, epochs if at.diverged_at is None else start):
-    t0 = time.perf_counter()
-    at.state, train_metrics = trainer.train_epoch(at.state, train_data, epoch)
-    record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": train_metrics["loss"]}
-    if "accuracy" in train_metrics:
-      record["train_accuracy"] = train_metrics["accuracy"]
-    why = _divergence(train_metrics["loss"], at.state)
-    evaluated = {} if why else evaluate(at.state)
-    why = why or _non_finite(evaluated)
-    if why:
-      at.diverged_at = epoch + 1
-      if not math.isfinite(record["train_loss"]):
-        record["train_loss"] = None      # JSON has no NaN; "diverged" says why
-      record["diverged"] = True          # no validation numbers: none is the best, or reported
-    record.update({} if why else evaluated, seconds=time.perf_counter() - t0)
-    if not why and _is_better(record[best_metric], at.best and at.best[best_metric],
-                              best_mode):
-      at.best = dict(record)
-    at.history.append(record)
-    # Saving first surfaces a failed (asynchronous) save of the previous epoch before this
-    # epoch is logged: metrics.jsonl never runs more than one epoch ahead of the checkpoints.
-    run.save(at)
-    run.log_epoch(record, progress_keys, epochs)
-    if why:
-      say(f"diverged at epoch {at.diverged_at}: {why}; stopping this run")
-      break
+  meter = Meter(unit=unit, batch_size=trainer.batch_size, enabled=progress, prefix=run.prefix)
+  try:
+    for epoch in range(start, epochs if at.diverged_at is None else start):
+      t0 = time.perf_counter()
+      meter.start(epoch, epochs)
+      at.state, train_metrics = trainer.train_epoch(at.state, train_data, epoch, meter)
+      record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": train_metrics["loss"]}
+      if "accuracy" in train_metrics:
+        record["train_accuracy"] = train_metrics["accuracy"]
+      why = _divergence(train_metrics["loss"], at.state)
+      if not why:
+        meter.phase("validating")
+      evaluated = {} if why else evaluate(at.state)
+      why = why or _non_finite(evaluated)
+      if why:
+        at.diverged_at = epoch + 1
+        if not math.isfinite(record["train_loss"]):
+          record["train_loss"] = None      # JSON has no NaN; "diverged" says why
+        record["diverged"] = True          # no validation numbers: none is the best, or reported
+      record.update({} if why else evaluated, seconds=time.perf_counter() - t0)
+      if not why and _is_better(record[best_metric], at.best and at.best[best_metric],
+                                best_mode):
+        at.best = dict(record)
+      at.history.append(record)
+      # Saving first surfaces a failed (asynchronous) save of the previous epoch before this
+      # epoch is logged: metrics.jsonl never runs more than one epoch ahead of the checkpoints.
+      run.save(at)
+      meter.clear()
+      run.log_epoch(record, progress_keys, epochs)
+      if why:
+        say(f"diverged at epoch {at.diverged_at}: {why}; stopping this run")
+        break
+  finally:
+    meter.clear()        # an interrupted epoch leaves no half line before the error
   return at
 
 

@@ -32,15 +32,17 @@ RESUMABLE = ("epochs", "epoch_mode", "eval_batch_size", "tensorboard", "devices"
 
 @dataclasses.dataclass(frozen=True)
 class Card:
-  """What a run is made from: its settings, its data's source and fingerprint, and (P2G) its
-  vocabularies. Every checkpoint carries it as an item of its own; config.json is a copy."""
+  """What a run is made from: its settings, its data's source and fingerprint, and what a
+  reader needs to use the model: (P2G) its vocabularies, (CNN) its images' shape and class
+  names. Every checkpoint carries it as an item of its own; config.json is a copy."""
   config: dict
   data: str
   fingerprint: dict | None = None
   vocab: dict | None = None
+  images: dict | None = None         # {'shape': [H, W, C], 'classes': [...]}
 
   def identity(self) -> dict:
-    """config.json's content (the card without the vocabularies, which have vocab.json)."""
+    """config.json's content (the card without what follows from the data it fingerprints)."""
     return {"config": self.config, "data": self.data, "fingerprint": self.fingerprint}
 
 

@@ -1,8 +1,9 @@
 """Model-agnostic training: TrainState with BatchNorm statistics, jitted steps, epoch runners.
 
 The dataset lives on the device; an epoch is a device-side permutation cut into fixed-size
-batches (the last padded and masked), one `lax.scan` on GPU/TPU and a loop of jitted steps on
-CPU (where a scanned CNN epoch was 7x slower, BUILD.md). A task plugs in two pure functions:
+batches (the last padded and masked), one `lax.scan` on GPU/TPU (a few, `scan_chunks`, when a
+`Meter` shows the steps) and a loop of jitted steps on CPU (where a scanned CNN epoch was 7x
+slower, BUILD.md). A task plugs in two pure functions:
   loss_fn(apply_fn, params, model_state, batch, mask, rng)
       -> (mean loss, (new model_state, sums))
   eval_fn(apply_fn, variables, batch, mask) -> sums
@@ -26,6 +27,7 @@ from flax.training import train_state
 from jax.sharding import Mesh
 
 from hw2jax.train import sharding
+from hw2jax.train.meter import Meter
 from hw2jax.train.optimizer import Optimizer
 
 EPOCH_MODES = ("auto", "scan", "loop")
@@ -117,6 +119,23 @@ def _cpu_options_known() -> bool:
   except Exception:                         # noqa: BLE001 - an unknown option or value
     return False
   return True
+
+
+# An epoch on the scan path with progress shown: about this many scans (see `scan_chunks`).
+SCAN_CHUNKS = 8
+
+
+def scan_chunks(steps: int, chunks: int = SCAN_CHUNKS) -> list[tuple[int, int]]:
+  """(first row, rows) of the scans an epoch of `steps` runs as: one, or about `chunks`. Each
+  length compiles its own program, so the chunks are equal where a count from chunks/2 to
+  2*chunks divides `steps` (the nearest to `chunks`), else of two lengths at most."""
+  if chunks <= 1 or steps < chunks // 2 or steps < 2:
+    return [(0, steps)]
+  divisors = [c for c in range(max(2, chunks // 2), 2 * chunks + 1) if steps % c == 0]
+  count = min(divisors, key=lambda c: abs(c - chunks)) if divisors else min(chunks, steps)
+  sizes = [len(part) for part in np.array_split(np.arange(steps), count)]
+  starts = np.cumsum([0, *sizes[:-1]]).tolist()
+  return list(zip(starts, sizes))
 
 
 def num_batches(n: int, batch_size: int) -> int:
@@ -236,7 +255,7 @@ class Trainer:
     jit = functools.partial(jax.jit, compiler_options=compiler_options())
     self._loop_step = jit(self._loop_step_fn, donate_argnums=(0, 1) if donate else ())
     self._loop_eval_step = jit(self._loop_eval_step_fn)
-    self._scan_epoch = jit(self._scan_epoch_fn, donate_argnums=(0,) if donate else ())
+    self._scan_epoch = jit(self._scan_epoch_fn, donate_argnums=(0, 1) if donate else ())
     self._scan_eval = jit(self._scan_eval_fn)
     self._plan = jax.jit(batch_plan, static_argnums=(1, 2))
     self._zero_train_sums = jax.jit(self._zero_train_sums_fn)
@@ -249,18 +268,32 @@ class Trainer:
 
   # -- drivers ----------------------------------------------------------------------------------
 
-  def train_epoch(self, state: TrainState, data, epoch: int) -> tuple[TrainState, dict]:
+  def train_epoch(self, state: TrainState, data, epoch: int, meter: Meter | None = None
+                  ) -> tuple[TrainState, dict]:
     """One pass over every example of `data` (a dataset or `Widths`) in a random order seeded
-    by (state.key, epoch): random batches, each on the narrowest copy that holds it."""
+    by (state.key, epoch): random batches, each on the narrowest copy that holds it. `meter`
+    sees the steps finish (the scan path then runs an epoch as a few scans, `scan_chunks`)."""
     widths = Widths.of(data)
     copies = tuple(widths)
     plan = self.plan_epoch(state, widths, epoch)
-    if self.mode == "scan":
-      state, acc = self._scan_epoch(state, copies, plan.idx, plan.mask, plan.width)
-      return state, summarize(acc)
+    steps = len(plan.width)
+    meter = meter if meter is not None and meter.enabled else None
+    if meter is not None:
+      meter.begin(steps)
     acc, pos = self._zero_train_sums(state, copies[0]), jnp.zeros((), jnp.int32)
-    for k in plan.width.tolist():
-      state, acc, pos = self._loop_step(state, acc, pos, copies[k], plan.idx, plan.mask)
+    if self.mode == "scan":
+      for start, length in scan_chunks(steps, chunks=1 if meter is None else SCAN_CHUNKS):
+        state, acc, pos = self._scan_epoch(state, acc, pos, copies, plan.idx, plan.mask,
+                                           plan.width[start:start + length])
+        if meter is not None:
+          meter.step(start + length, pos)
+    else:
+      for count, k in enumerate(plan.width.tolist(), 1):
+        state, acc, pos = self._loop_step(state, acc, pos, copies[k], plan.idx, plan.mask)
+        if meter is not None:
+          meter.step(count, pos)
+    if meter is not None:
+      meter.wait()
     return state, summarize(acc)
 
   def plan_epoch(self, state: TrainState, widths: Widths, epoch: int) -> BatchPlan:
@@ -302,12 +335,14 @@ class Trainer:
     state, acc = self._step(state, acc, data, idx[pos], mask[pos])
     return state, acc, pos + 1
 
-  def _scan_epoch_fn(self, state, copies: tuple, idx, mask, width):
-    """A whole epoch as one scan; with several copies batch i trains on copy width[i] through
-    `lax.switch` (one branch per copy, each with its own shapes)."""
-    acc = self._zero_train_sums_fn(state, copies[0])
+  def _scan_epoch_fn(self, state, acc, pos, copies: tuple, idx, mask, width):
+    """Rows pos .. pos + len(width) of the epoch's plan as one scan (a whole epoch, or a chunk
+    of it); with several copies batch i trains on copy width[i] through `lax.switch` (one
+    branch per copy, each with its own shapes)."""
     branches = [functools.partial(lambda data, carry, i, m: self._step(*carry, data, i, m), data)
                 for data in copies]
+    rows = len(width)
+    idx, mask = (jax.lax.dynamic_slice_in_dim(a, pos, rows) for a in (idx, mask))
 
     def body(carry, xs):
       k, i, m = xs
@@ -316,7 +351,7 @@ class Trainer:
       return jax.lax.switch(k, branches, carry, i, m), None
 
     (state, acc), _ = jax.lax.scan(body, (state, acc), (jnp.asarray(width), idx, mask))
-    return state, acc
+    return state, acc, pos + rows
 
   def _eval_step(self, state, acc, data, idx, mask):
     idx, mask = _split(self.mesh, (idx, mask))

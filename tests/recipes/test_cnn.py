@@ -216,6 +216,12 @@ def _bad_data(root):
      ["--batch_size=8 is larger than the training set (6 images)"]),
     (["--max_train_images=-1"], ["--max_train_images=-1 must be >= 0 (0: all)"]),
     (["--max_train_images=6", "--to_torch=x.pt"], ["--from_torch and --to_torch train nothing"]),
+    (["--out=x.csv"], ["--out names the CSV of --predict"]),
+    (["--predict="], ["--predict is empty"]),
+    (["--predict=a.jpg", "--to_torch=x.pt"], ["--to_torch and --predict cannot be combined"]),
+    (["--predict=a.jpg", "--fresh"], ["--fresh does not apply to it"]),
+    (["--predict=a.jpg", "--lr=0.1,0.01"], ["--predict classifies with one run"]),
+    (["--predict=a.jpg", "--workdir=runs"], ["runs holds no trained CNN run"]),
     ([], ["no Intel image data found", "download it by hand", "--download=auto"]),
     (["stray"], ["unexpected arguments stray"]),
 ])

@@ -87,10 +87,10 @@ class NanAfterEpoch:
   """A trainer whose epoch `epoch` leaves one weight NaN and reports a finite loss."""
 
   def __init__(self, trainer, epoch):
-    self.trainer, self.epoch = trainer, epoch
+    self.trainer, self.epoch, self.batch_size = trainer, epoch, trainer.batch_size
 
-  def train_epoch(self, state, data, epoch):
-    state, metrics = self.trainer.train_epoch(state, data, epoch)
+  def train_epoch(self, state, data, epoch, meter=None):
+    state, metrics = self.trainer.train_epoch(state, data, epoch, meter)
     if epoch + 1 == self.epoch:
       leaves, tree = jax.tree_util.tree_flatten(state.params)
       leaves[0] = leaves[0].at[(0,) * leaves[0].ndim].set(jnp.nan)
