@@ -8,8 +8,10 @@ r"""One training epoch of the course CNN: JAX (this project) against the course'
 Both run on the same device in the same process (JAX's default device; PyTorch on CUDA when
 available), each with the threads it takes by default (printed). Times exclude compilation/
 warm-up (the first epoch of each); the median of --repeats timed epochs is reported with the
-PyTorch/JAX ratio. --out appends one JSON line per model; --profile writes
-<folder>/<model>_{jax,torch}_ops.txt from one more epoch of each (benchmarks/profiling.py).
+PyTorch/JAX ratio, and each framework's achieved GFLOP/s beside what a 2048x2048 float32
+matmul reaches in it in the same run (benchmarks/flops.py). --out appends one JSON line per
+model; --profile writes <folder>/<model>_{jax,torch}_ops.txt from one more epoch of each
+(benchmarks/profiling.py).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
-from benchmarks import profiling, ratios
+from benchmarks import flops, profiling, ratios
 from hw2jax import cli
 from hw2jax.data import sources
 from hw2jax.errors import UserError
@@ -58,15 +60,17 @@ def images_and_labels(n: int, data_path: str | None) -> tuple[np.ndarray, np.nda
 
 def jax_epoch_seconds(images, labels, *, batch_norm: bool, batch_size: int, epochs: int,
                       epoch_mode: str, profile: Path | None = None
-                      ) -> tuple[list[float], float, str]:
-  """(timed epoch seconds, first-epoch seconds incl. compilation, epoch mode used); with
-  `profile`, one more epoch runs under the profiler into <profile>/<model>_jax_ops.txt."""
+                      ) -> tuple[list[float], float, str, float]:
+  """(timed epoch seconds, first-epoch seconds incl. compilation, epoch mode used, the epoch's
+  floating-point operations as XLA counts them); with `profile`, one more epoch runs under the
+  profiler into <profile>/<model>_jax_ops.txt."""
   model = cnn.CNN(batch_norm=batch_norm)
   trainer = trainer_lib.Trainer(cnn.loss_fn, cnn.eval_fn, batch_size=batch_size,
                                 epoch_mode=epoch_mode)
   state = trainer_lib.create_train_state(model, (jnp.zeros((1, 48, 48, 3), jnp.uint8),),
                                       optimizer_lib.make_optimizer("sgd", 0.01), 42, train=False)
   data = trainer.put(cnn.as_dataset(images, labels.astype(np.int32)))
+  epoch_flops = flops.epoch_flops(trainer, state, data)
   start = time.perf_counter()
   state, _ = trainer.train_epoch(state, data, 0)       # host floats: the epoch has finished
   first = time.perf_counter() - start
@@ -79,7 +83,7 @@ def jax_epoch_seconds(images, labels, *, batch_norm: bool, batch_size: int, epoc
     table = profiling.jax_table(lambda: trainer.train_epoch(state, data, epochs + 1),
                                 trainer_lib.num_batches(len(labels), batch_size), profile / "hlo")
     (profile / f"{_name(batch_norm)}_jax_ops.txt").write_text(table)
-  return times, first, trainer.mode
+  return times, first, trainer.mode, epoch_flops
 
 
 def _name(batch_norm: bool) -> str:
@@ -119,16 +123,25 @@ def main(argv):
         f"images, batch {FLAGS.batch_size}, SGD; median of {FLAGS.repeats} epochs", flush=True)
   if FLAGS.torch:
     print(profiling.threads(), flush=True)
+  ceilings = {"jax": flops.jax_matmul_gflops()}
+  if FLAGS.torch:
+    ceilings["torch"] = flops.torch_matmul_gflops()
+  print(f"ceiling: a {flops.MATMUL_N}x{flops.MATMUL_N} float32 matmul at "
+        + ", ".join(f"{v:.0f} GFLOP/s in {'JAX' if k == 'jax' else 'PyTorch'}"
+                    for k, v in ceilings.items()) + "; GFLOP/s below count the epoch's "
+        "arithmetic as XLA does (the same work for both)", flush=True)
   for name in FLAGS.models:
-    times, first, mode = jax_epoch_seconds(images, labels, batch_norm=name == "bn_gap",
+    times, first, mode, epoch_flops = jax_epoch_seconds(images, labels, batch_norm=name == "bn_gap",
                                            batch_size=FLAGS.batch_size, epochs=FLAGS.repeats,
                                            epoch_mode=FLAGS.epoch_mode, profile=profile)
     result = {"model": name, "n_images": FLAGS.n_images, "batch_size": FLAGS.batch_size,
               "device": f"{device.platform}:{device.device_kind}", "jax_version": jax.__version__,
               "jax_epoch_mode": mode, "jax_epoch_s": statistics.median(times),
-              "jax_epochs_s": times, "jax_first_epoch_s": first}
+              "jax_epochs_s": times, "jax_first_epoch_s": first, "epoch_flops": epoch_flops,
+              "jax_matmul_gflops": ceilings["jax"]}
     line = (f"{name:8s} JAX ({mode}) {result['jax_epoch_s']:.3f} s/epoch "
             f"(first epoch with compilation {first:.1f} s)")
+    rates = [flops.achieved("JAX", epoch_flops, result["jax_epoch_s"], ceilings["jax"])]
     if FLAGS.torch:
       import torch
       t = torch_epoch_seconds(images, labels, batch_norm=name == "bn_gap",
@@ -139,7 +152,11 @@ def main(argv):
       result["speedup"] = result["torch_epoch_s"] / result["jax_epoch_s"]
       line += (f" | PyTorch {result['torch_epoch_s']:.3f} s/epoch | "
                + ratios.jax_versus(result["jax_epoch_s"], result["torch_epoch_s"]))
+      result["torch_matmul_gflops"] = ceilings["torch"]
+      rates.append(flops.achieved("PyTorch", epoch_flops, result["torch_epoch_s"],
+                                  ceilings["torch"]))
     print(line, flush=True)
+    print(f"{'':8s} {'; '.join(rates)}", flush=True)
     if FLAGS.out:
       with open(FLAGS.out, "a") as f:
         f.write(json.dumps(result) + "\n")

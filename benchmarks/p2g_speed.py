@@ -8,8 +8,11 @@ Training: one epoch of the same model (attention by default), batch 64, Adam 0.0
   names): a DataLoader-style loop padding each batch to its longest word, nn.LSTM(bidirectional)
   over pack_padded_sequence, the decoder LSTM over the whole target, zero_grad / backward / step
   per batch.
-  JAX: hw2jax's Trainer over random batches padded to a few widths (one lax.scan per epoch on GPU/TPU, a loop of
-  jitted steps on CPU).
+  JAX: hw2jax's Trainer over random batches padded to a few widths (one lax.scan per epoch on
+  GPU/TPU, a loop of jitted steps on CPU).
+  Both frameworks' achieved GFLOP/s: the epoch's arithmetic as XLA counts the JAX step at its
+  padded widths, over each one's epoch time, beside a 2048x2048 float32 matmul timed in each in
+  the same run (benchmarks/flops.py).
   Both report the median of --repeats timed epochs after one untimed warm-up epoch
   (compilation), each framework with the threads it takes by default (printed). --profile=DIR
   writes per-op tables of one more epoch of each (DIR/p2g_{jax,torch}_ops.txt).
@@ -32,7 +35,7 @@ import jax
 import numpy as np
 from absl import flags
 
-from benchmarks import profiling, ratios
+from benchmarks import flops, profiling, ratios
 from hw2jax import cli
 from hw2jax.data import phonemes, sources
 from hw2jax.recipes import p2g, p2g_evaluation
@@ -74,6 +77,7 @@ def jax_side(data: phonemes.P2GData, words: list) -> dict:
   trainer = p2g.make_trainer(config)
   train = p2g.train_widths(config, data, trainer)
   state = trainer.put(p2g.new_state(config, model))
+  epoch_flops = flops.epoch_flops(trainer, state, train)
   t0 = time.perf_counter()
   state, _ = trainer.train_epoch(state, train, 0)
   warmup = time.perf_counter() - t0
@@ -108,7 +112,7 @@ def jax_side(data: phonemes.P2GData, words: list) -> dict:
           "first_epoch_seconds_with_compile": warmup, "last_loss": m["loss"],
           "mode": trainer.mode, "decode_seconds": float(np.median(decode_times)),
           "decode_first_call_seconds_with_compile": decode_warmup,
-          "params": trainer_lib.count_params(state.params)}
+          "params": trainer_lib.count_params(state.params), "epoch_flops": epoch_flops}
 
 
 # -- PyTorch, as the course wrote it ------------------------------------------------------------
@@ -221,6 +225,9 @@ def main(argv):
         flush=True)
   if FLAGS.torch:
     print(profiling.threads(), flush=True)
+  ceilings = {"jax": flops.jax_matmul_gflops()}
+  if FLAGS.torch:
+    ceilings["torch"] = flops.torch_matmul_gflops()
   results = {"data": data.source, "train_pairs": len(data.train), "decode_words": len(words),
              "attention": FLAGS.attention, "jax_device": f"{dev.platform}:{dev.device_kind}",
              "jax_version": jax.__version__, "jax": jax_side(data, words)}
@@ -228,6 +235,8 @@ def main(argv):
   print(f"JAX ({j['mode']}): epoch {j['epoch_seconds']:.3f} s (first, with compilation, "
         f"{j['first_epoch_seconds_with_compile']:.1f} s); decoding greedy + {FLAGS.k} samples "
         f"of {len(words)} words {j['decode_seconds']:.3f} s", flush=True)
+  results["jax_matmul_gflops"] = ceilings["jax"]
+  rates = [flops.achieved("JAX", j["epoch_flops"], j["epoch_seconds"], ceilings["jax"])]
   if FLAGS.torch:
     t = results["torch"] = torch_side(data, words)
     print(f"PyTorch ({t['device']}, {t['threads']} threads): epoch {t['epoch_seconds']:.3f} s; "
@@ -237,9 +246,15 @@ def main(argv):
     results["decode_speedup"] = t["decode_seconds"] / j["decode_seconds"]
     print(f"parameters: JAX {j['params']:,} (one bias per LSTM gate), PyTorch {t['params']:,}",
           flush=True)
+    results["torch_matmul_gflops"] = ceilings["torch"]
+    rates.append(flops.achieved("PyTorch", j["epoch_flops"], t["epoch_seconds"],
+                                ceilings["torch"]))
     print(f"training epoch: {ratios.jax_versus(j['epoch_seconds'], t['epoch_seconds'])}; "
           f"decoding: {ratios.jax_versus(j['decode_seconds'], t['decode_seconds'], digits=1)}",
           flush=True)
+  print(f"training epoch, the same arithmetic (XLA's count of the JAX step at its padded widths; "
+        f"the ceiling a {flops.MATMUL_N}x{flops.MATMUL_N} float32 matmul): {'; '.join(rates)}",
+        flush=True)
   if FLAGS.out:
     with open(FLAGS.out, "w") as f:
       json.dump(results, f, indent=2)

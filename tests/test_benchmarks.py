@@ -36,6 +36,9 @@ def test_cnn_speed_benchmark_runs_and_reports_a_ratio(tmp_path):
   assert result["model"] == "bn_gap" and result["n_images"] == 24
   assert result["jax_epoch_s"] > 0 and result["torch_epoch_s"] > 0
   assert result["speedup"] == pytest.approx(result["torch_epoch_s"] / result["jax_epoch_s"])
+  assert result["epoch_flops"] > 0 and result["jax_matmul_gflops"] > 0
+  assert re.search(r"JAX \d+\.\d GFLOP/s \(\d+% of its \d+ GFLOP/s matmul\); PyTorch "
+                   r"\d+\.\d GFLOP/s", proc.stdout), proc.stdout
   if said:
     ratio = result["speedup"] if said.group(2) == "faster" else 1 / result["speedup"]
     assert float(said.group(1)) == pytest.approx(ratio, abs=0.006) and ratio > 1
