@@ -123,9 +123,7 @@ def main(argv):
         f"images, batch {FLAGS.batch_size}, SGD; median of {FLAGS.repeats} epochs", flush=True)
   if FLAGS.torch:
     print(profiling.threads(), flush=True)
-  ceilings = {"jax": flops.jax_matmul_gflops()}
-  if FLAGS.torch:
-    ceilings["torch"] = flops.torch_matmul_gflops()
+  ceilings = flops.ceilings(with_torch=FLAGS.torch)
   print(f"ceiling: a {flops.MATMUL_N}x{flops.MATMUL_N} float32 matmul at "
         + ", ".join(f"{v:.0f} GFLOP/s in {'JAX' if k == 'jax' else 'PyTorch'}"
                     for k, v in ceilings.items()) + "; GFLOP/s below count the epoch's "

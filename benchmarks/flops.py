@@ -42,6 +42,14 @@ def epoch_flops(trainer: trainer_lib.Trainer, state, data) -> float:
              for n, copy in zip(counts, widths) if n)
 
 
+def ceilings(with_torch: bool) -> dict[str, float]:
+  """{'jax': GFLOP/s, and 'torch' with `with_torch`} of the matmul, measured now."""
+  out = {"jax": jax_matmul_gflops()}
+  if with_torch:
+    out["torch"] = torch_matmul_gflops()
+  return out
+
+
 def jax_matmul_gflops(n: int = MATMUL_N, repeats: int = 10) -> float:
   """GFLOP/s of an n x n float32 matmul in JAX on its default device (median of `repeats`)."""
   a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)

@@ -225,9 +225,7 @@ def main(argv):
         flush=True)
   if FLAGS.torch:
     print(profiling.threads(), flush=True)
-  ceilings = {"jax": flops.jax_matmul_gflops()}
-  if FLAGS.torch:
-    ceilings["torch"] = flops.torch_matmul_gflops()
+  ceilings = flops.ceilings(with_torch=FLAGS.torch)
   results = {"data": data.source, "train_pairs": len(data.train), "decode_words": len(words),
              "attention": FLAGS.attention, "jax_device": f"{dev.platform}:{dev.device_kind}",
              "jax_version": jax.__version__, "jax": jax_side(data, words)}

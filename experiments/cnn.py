@@ -121,6 +121,8 @@ def main(argv):
     raise UserError("--max_train_images chooses the images a run trains on; --from_torch and "
                     "--to_torch train nothing: leave it out")
   if FLAGS.predict is not None:
+    if len(lrs) > 1:
+      raise UserError("--predict classifies with one run; give one --lr (or its --workdir)")
     predict(FLAGS.workdir or f"runs/cnn/{config.run_name()}")
     return
   if FLAGS.to_torch is not None:
@@ -152,8 +154,6 @@ def predict(workdir: str) -> None:
   if FLAGS.fresh:            # it only reads the workdir; --fresh would archive the run
     raise UserError("--predict classifies with the run trained in --workdir and changes nothing "
                     "there; --fresh does not apply to it")
-  if len(cli.parse_floats(FLAGS.lr, "lr")) > 1:
-    raise UserError("--predict classifies with one run; give one --lr (or its --workdir)")
   target = cnn_predict.output_path(FLAGS.out)          # before anything is read
   result = cnn_predict.predict(workdir, FLAGS.predict)
   for problem in result.problems:

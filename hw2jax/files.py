@@ -38,13 +38,16 @@ def temp_path(path: Path) -> Path:
   return path.with_name(f"{path.stem}.tmp-{_host()}-{os.getpid()}{path.suffix}")
 
 
-def write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> None:
+def write_atomically(path: Path, write: Callable[[BinaryIO], None], *, new: bool = False
+                     ) -> None:
   """Writes `path` through `write(file)` into `temp_path(path)`, then renames it into place:
   readers see the old file or the whole new one. On any failure (a full disk, Ctrl-C) the temp
   file is removed before the exception goes on; only kill -9 leaves it (`remove_stale_temps`).
   No link is followed: the temp file is created new (`create_new`), and the rename replaces a
   link at `path` itself. An OSError names `path`, not the temp file (a folder in its place:
-  "Is a directory: <path>")."""
+  "Is a directory: <path>"). `new`: never replace a file; the temp file is hard-linked to
+  `path` instead (FileExistsError if something is there by then, even one made since the
+  caller looked; a file system without hard links gets `path` created exclusively)."""
   path = Path(path)
   tmp = temp_path(path)
   try:
@@ -52,13 +55,27 @@ def write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> None:
       write(f)
       f.flush()
       os.fsync(f.fileno())
-    os.replace(tmp, path)
+    if new:
+      _link_new(tmp, path, write)
+    else:
+      os.replace(tmp, path)
   except BaseException as e:
     with contextlib.suppress(OSError):  # the write's own error is the one to report
       tmp.unlink(missing_ok=True)
     if isinstance(e, OSError) and e.filename == str(tmp):
       raise type(e)(e.errno, e.strerror, str(path)) from None
     raise
+
+
+def _link_new(tmp: Path, path: Path, write: Callable[[BinaryIO], None]) -> None:
+  try:
+    os.link(tmp, path, follow_symlinks=False)
+  except OSError as e:
+    if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+      raise
+    with open(path, "xb") as f:
+      write(f)
+  tmp.unlink()
 
 
 def write_file(path: str | Path, content: str | bytes | Callable[[BinaryIO], None]) -> None:
@@ -70,32 +87,6 @@ def write_file(path: str | Path, content: str | bytes | Callable[[BinaryIO], Non
     content = lambda f: f.write(data)
   remove_stale_temps(path.parent, f"{path.stem}.tmp-")
   write_atomically(path, content)
-
-
-def write_new(path: str | Path, data: bytes) -> None:
-  """`data` as the new file `path`, whole or not at all, never replacing one: written to a
-  temp file, then hard-linked to `path` (FileExistsError if something is there by then, even
-  one made since the caller looked). A file system without hard links gets the file created
-  exclusively and written in place."""
-  path = Path(path)
-  tmp = temp_path(path)
-  try:
-    with create_new(tmp) as f:
-      f.write(data)
-      f.flush()
-      os.fsync(f.fileno())
-    try:
-      os.link(tmp, path, follow_symlinks=False)
-    except FileExistsError:
-      raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path)) from None
-    except OSError as e:
-      if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
-        raise
-      with open(path, "xb") as f:
-        f.write(data)
-  finally:
-    with contextlib.suppress(OSError):
-      tmp.unlink(missing_ok=True)
 
 
 def create_new(path: Path) -> BinaryIO:

@@ -191,7 +191,7 @@ def write_csv(predictions: "Predictions", path: Path, chosen: bool) -> Path:
   data = csv_text(predictions.classes, predictions.images).encode("utf-8", "surrogateescape")
   while True:
     try:
-      files.write_new(path, data)
+      files.write_atomically(path, lambda f: f.write(data), new=True)
       return path
     except FileExistsError:
       if chosen:
