@@ -57,7 +57,8 @@ flags.DEFINE_integer("torch_decode_words", 0, "Test words PyTorch decodes one at
                      "--decode_words); its time is scaled to --decode_words.")
 flags.DEFINE_integer("k", 3, "Nucleus samples per word.")
 flags.DEFINE_float("topp", 0.8, "Nucleus p.")
-flags.DEFINE_integer("widths", 3, "JAX padded widths of the training batches (as p2g.Config).")
+flags.DEFINE_integer("widths", p2g.Config.widths, "JAX padded widths of the training batches "
+                     "(as p2g.Config).")
 flags.DEFINE_integer("unroll", 1, "JAX scan unroll of the LSTM recurrences.")
 flags.DEFINE_enum("epoch_mode", "auto", ["auto", "scan", "loop"], "JAX epoch runner.")
 flags.DEFINE_bool("torch", True, "Also run the PyTorch baseline.")

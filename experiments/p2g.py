@@ -23,7 +23,7 @@ from absl import flags
 from hw2jax import cli
 from hw2jax.data import phonemes, sources
 from hw2jax.errors import UserError
-from hw2jax.recipes import p2g, p2g_evaluation, torch_checkpoints, torch_files
+from hw2jax.recipes import p2g, p2g_evaluation, p2g_predict, torch_checkpoints, torch_files
 
 CONFIG, DECODING = p2g.Config(), p2g_evaluation.Decoding()  # the flags' defaults
 flags.DEFINE_bool("attention", CONFIG.attention, "Bahdanau attention over the encoder outputs.")
@@ -87,7 +87,7 @@ def main(argv):
     if FLAGS.fresh:        # it only reads the workdir; --fresh would archive the run
       raise UserError("--predict spells with the run trained in --workdir and changes nothing "
                       "there; --fresh does not apply to it")
-    p2g.predict(workdir, phonemes.parse_words(FLAGS.predict), options)
+    p2g_predict.predict(workdir, phonemes.parse_words(FLAGS.predict), options)
     return
   if FLAGS.from_torch is not None:
     checkpoint, state_dict = torch_checkpoints.read_checkpoint(FLAGS.from_torch)

@@ -49,7 +49,7 @@ class BatchNorm(nn.Module):
   settle at 7/8 of PyTorch's). Same variable names as Flax's (params scale/bias, batch_stats
   mean/var), so checkpoints read either way.
 
-  x (..., C); `mask` (broadcastable to x, training only) marks the values that count.
+  x (..., C); `mask` (training only, broadcastable to x[..., :1]) marks the values that count.
   """
   momentum: float = BN_MOMENTUM
   epsilon: float = BN_EPSILON
@@ -61,19 +61,53 @@ class BatchNorm(nn.Module):
     bias = self.param("bias", nn.initializers.zeros, (c,))
     ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (c,))
     ra_var = self.variable("batch_stats", "var", jnp.ones, (c,))
-    if train:
-      axes = tuple(range(x.ndim - 1))
-      w = jnp.ones_like(x) if mask is None else jnp.broadcast_to(mask, x.shape).astype(x.dtype)
-      n = w.sum(axes)
-      mean = (w * x).sum(axes) / n
-      var = (w * jnp.square(x - mean)).sum(axes) / n
-      if not self.is_initializing():
-        m = self.momentum
-        ra_mean.value = m * ra_mean.value + (1 - m) * mean
-        ra_var.value = m * ra_var.value + (1 - m) * var * n / jnp.maximum(n - 1, 1)
-    else:
-      mean, var = ra_mean.value, ra_var.value
-    return (x - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + bias
+    if not train:
+      return (x - ra_mean.value) * jax.lax.rsqrt(ra_var.value + self.epsilon) * scale + bias
+    w = jnp.ones(x.shape[:-1] + (1,), x.dtype) if mask is None else mask
+    w = jnp.broadcast_to(w, x.shape[:-1] + (1,)).astype(x.dtype)
+    y, mean, var = batch_norm_train(x, w, scale, bias, self.epsilon)
+    if not self.is_initializing():
+      n, m = w.sum(), self.momentum
+      ra_mean.value = m * ra_mean.value + (1 - m) * mean
+      ra_var.value = m * ra_var.value + (1 - m) * var * n / jnp.maximum(n - 1, 1)
+    return y
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def batch_norm_train(x: jax.Array, w: jax.Array, scale: jax.Array, bias: jax.Array,
+                     epsilon: float) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Training-mode normalisation of x (..., C) with the statistics of the values w (..., 1)
+  marks (1: counts, 0: not): (y (..., C), mean (C,), biased variance (C,)).
+
+  The gradient is written out: its two sums per channel in one reduction, where autodiff's five
+  each recompute the layer's elementwise chain on CPU (BUILD.md). `w` gets none (it marks data).
+  """
+  return _batch_norm_fwd(x, w, scale, bias, epsilon)[0]
+
+
+def _batch_norm_fwd(x, w, scale, bias, epsilon):
+  axes = tuple(range(x.ndim - 1))
+  n = w.sum()
+  mean = (w * x).sum(axes) / n
+  var = (w * jnp.square(x - mean)).sum(axes) / n
+  rstd = jax.lax.rsqrt(var + epsilon)
+  return ((x - mean) * rstd * scale + bias, mean, var), (x, w, mean, rstd, scale)
+
+
+def _batch_norm_bwd(epsilon, residuals, cotangents):
+  x, w, mean, rstd, scale = residuals
+  g, g_mean, g_var = cotangents
+  n, c = w.sum(), x.shape[-1]
+  centred = x - mean
+  xhat = centred * rstd
+  sums = jnp.concatenate([g, g * xhat], axis=-1).sum(tuple(range(x.ndim - 1)))
+  d_bias, d_scale = sums[:c], sums[c:]       # every output moves with the marked statistics
+  dx = (scale * rstd * (g - w * (d_bias + xhat * d_scale) / n)
+        + w * (g_mean + 2 * g_var * centred) / n)
+  return dx, jnp.zeros_like(w), d_scale, d_bias
+
+
+batch_norm_train.defvjp(_batch_norm_fwd, _batch_norm_bwd)
 
 
 def torch_uniform(fan_in: int) -> nn.initializers.Initializer:

@@ -5,8 +5,8 @@ workdir; the seed report's Tables 3.1-3.3.
 summary.json: training through `hw2jax.train.fit` with the validation set decoded greedily after
 every epoch (the best-CER checkpoint is kept), then the test set decoded from that checkpoint
 greedily, and by beam search and nucleus sampling when asked (`spellings`). `tables_3` renders
-the tables (for tables.md and the report); `predict` spells new pronunciations with a workdir's
-best checkpoint. The absl main in experiments/p2g.py only parses flags and calls these.
+the tables (for tables.md and the report); `p2g_predict` spells new pronunciations with a
+workdir's best checkpoint. The absl main in experiments/p2g.py only parses flags and calls these.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ class Config:
   max_train_words: int = 0
   # Batches are random samples of the training set, like the course's loader; each is padded to
   # the narrowest of `widths` padded widths that holds it (fewer: more padding, fewer programs).
-  widths: int = 3
+  widths: int = 5
   unroll: int = 1
   epoch_mode: str = "auto"
   eval_batch_size: int = 1000
@@ -236,7 +236,7 @@ def train_and_evaluate(config: Config, data: phonemes.P2GData, workdir: str | Pa
   """One run: trains (resuming from `workdir`), decodes valid/test with the best checkpoint,
   writes summary.json, tables.md, test_predictions.tsv and the plots; `progress` shows the
   steps inside each epoch."""
-  config.validate().check_data(data)
+  config = keep_former_widths(config.validate(), workdir, fresh, log).check_data(data)
   decoding_options.validate()
   trainer = make_trainer(config)                # checks the batch against the devices
   vocab = {"source": list(data.src_vocab.symbols), "target": list(data.tgt_vocab.symbols)}
@@ -246,6 +246,26 @@ def train_and_evaluate(config: Config, data: phonemes.P2GData, workdir: str | Pa
                  tensorboard=config.tensorboard, log=log) as run:
     return _train_and_evaluate(config, data, run, trainer, decoding_options=decoding_options,
                                progress=progress)
+
+
+# The default number of padded widths until 2026-12 (then 5: epochs about 1.3x faster for about
+# 4 s more compilation, BUILD.md). Padded shapes shape the dropout masks, so the widths are part
+# of a run's identity.
+FORMER_WIDTHS = 3
+
+
+def keep_former_widths(config: Config, workdir: str | Path, fresh: bool,
+                       log: Callable[[str], None]) -> Config:
+  """`config`, or, when it asks the default widths of a run in `workdir` started at the former
+  default, that run's: resumed as it began, instead of refused (the report's Q3 runs too)."""
+  if fresh or config.widths != Config.widths or not Path(workdir).is_dir():
+    return config                   # (a workdir that is no folder: Run.train says what it is)
+  card = run_lib.stored_card(workdir)
+  if card is None or card.config.get("widths") != FORMER_WIDTHS:
+    return config
+  log(f"{workdir}: a run started with --widths={FORMER_WIDTHS}, the former default; it goes on "
+      f"with them (--fresh starts anew at {Config.widths})")
+  return dataclasses.replace(config, widths=FORMER_WIDTHS)
 
 
 def _train_and_evaluate(config, data, run, trainer, *, decoding_options, progress):
@@ -355,85 +375,3 @@ def tables_3(rows: Sequence[TableRow]) -> str:
 def _cells(tests: Sequence[dict[str, Scores]], key: str) -> list[str]:
   return [markdown.mean_std([t[key].cer for t in tests if key in t]),
           markdown.mean_std([t[key].wer for t in tests if key in t])]
-
-
-# ----------------------------------------------------------------------------------------------
-# Prediction
-
-
-@dataclasses.dataclass(frozen=True)
-class Prediction:
-  """The spellings of one pronunciation: greedy, the beams (best first), the samples."""
-  phonemes: str
-  greedy: str
-  greedy_logp: float
-  beams: tuple[tuple[str, float], ...] = ()
-  samples: tuple[str, ...] = ()
-
-
-def load_run(workdir: str | Path, log: Callable[[str], None] = print):
-  """(config, source vocab, target vocab, model, best params) of a trained workdir, settings and
-  vocabularies from its checkpoints (vocab.json for runs older than cards); reads only."""
-  untrained = UserError(f"{workdir} holds no trained P2G model; train one first with the same "
-                        "--workdir (or --attention, which picks the default workdir)")
-  if not Path(workdir).is_dir():
-    raise untrained
-  with Run.read(workdir, log=log) as run:
-    if run.card is None or not (run.card.vocab or run.path(VOCAB).is_file()):
-      raise untrained
-    config = Config.from_json(run.card.config)
-    vocab = run.card.vocab or _vocab_file(run.path(VOCAB))
-    src_vocab = phonemes.Vocab(tuple(vocab["source"]))
-    tgt_vocab = phonemes.Vocab(tuple(vocab["target"]))
-    model = config.build_model(len(src_vocab), len(tgt_vocab))
-    state = run.best_state(new_state(config, model))
-  if state is None:
-    raise UserError(f"{workdir} has no readable best checkpoint; train (on) in that --workdir")
-  return config, src_vocab, tgt_vocab, model, state.params
-
-
-def _vocab_file(path: Path) -> dict:
-  """vocab.json of a run older than vocabularies in checkpoints, checked to be one."""
-  vocab = files.read_json(path)
-  if not (isinstance(vocab, dict) and all(
-      isinstance(vocab.get(k), list) and all(isinstance(x, str) for x in vocab[k])
-      for k in ("source", "target"))):
-    raise UserError(f"{path} is damaged (not the run's vocabularies); restore it, "
-                    "or use --fresh to archive the run and train again")
-  return vocab
-
-
-def predict(workdir: str | Path, words: Sequence[Sequence[str]], options: Decoding = Decoding(),
-            log: Callable[[str], None] = print) -> list[Prediction]:
-  """Spells each pronunciation (a sequence of phoneme symbols) with the workdir's best
-  checkpoint: greedy, the beams (with `options.beam`) and k samples (with `options.top_p`)."""
-  options.validate()
-  config, src_vocab, tgt_vocab, model, params = load_run(workdir, log=log)
-  for i, word in enumerate(words, 1):
-    unknown = src_vocab.unknown(word)
-    if unknown:
-      raise UserError(
-          f"--predict word {i} ('{' '.join(word)}') has symbols this model never saw: "
-          f"{', '.join(repr(s) for s in unknown)}; known: {' '.join(src_vocab.symbols[4:])}")
-  arrays = phonemes.encode_sources(words, src_vocab)
-  decoders = p2g_evaluation.Decoders(model, tgt_vocab, len(words), options.max_len)
-  greedy, out = decoders.greedy(params, arrays["src"], arrays["src_len"])
-  beams = [()] * len(words)
-  if options.beam:
-    spelled, bout = decoders.beam(params, arrays["src"], arrays["src_len"], options.beam)
-    beams = [tuple(zip(b, map(float, s))) for b, s in zip(spelled, bout.scores)]
-  samples = [()] * len(words)
-  if options.top_p is not None:
-    drawn, _ = decoders.nucleus(params, arrays["src"], arrays["src_len"],
-                                p2g_evaluation.sampling_key(config.seed), options.top_p, options.k)
-    samples = [tuple(ss) for ss in drawn]
-  results = [Prediction(" ".join(w), g, float(s), b, ss)
-             for w, g, s, b, ss in zip(words, greedy, out.scores, beams, samples)]
-  for r in results:
-    log(r.phonemes)
-    log(f"  greedy      {r.greedy}   (log p {r.greedy_logp:.3f})")
-    for j, (spelling, logp) in enumerate(r.beams, 1):
-      log(f"  beam {j:<2d}     {spelling}   (log p {logp:.3f})")
-    for j, s in enumerate(r.samples, 1):
-      log(f"  sample {j:<2d}   {s}")
-  return results

@@ -32,7 +32,7 @@ from hw2jax import files, markdown, records
 from hw2jax.data import intel, phonemes
 from hw2jax.data.images import ImageData
 from hw2jax.errors import UserError
-from hw2jax.recipes import cnn, cnn_tables, p2g, p2g_evaluation, torch_files
+from hw2jax.recipes import cnn, cnn_tables, p2g, p2g_evaluation, p2g_predict, torch_files
 from hw2jax.recipes.p2g_evaluation import Decoding, Scores
 from hw2jax.models import registry, seq2seq, torch_port
 from hw2jax.models.cnn import as_dataset
@@ -207,7 +207,7 @@ def export_p2g(workdir: str | Path, data: phonemes.P2GData, path: str | Path,
   in the course's order of the run's training pairs (`data`, limited as the run was)."""
   torch_files.check_new_file(path)
   torch_files.import_torch("--to_torch")
-  config, src_vocab, tgt_vocab, model, params = p2g.load_run(workdir, log=log)
+  config, src_vocab, tgt_vocab, model, params = p2g_predict.load_run(workdir, log=log)
   data = data.limit_train(config.max_train_words)
   if (data.src_vocab, data.tgt_vocab) != (src_vocab, tgt_vocab):
     raise UserError(f"the training pairs of {data.source} give other vocabularies than "

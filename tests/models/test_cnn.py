@@ -140,6 +140,32 @@ def test_max_pool_2x2_equals_flax_max_pool():
   np.testing.assert_array_equal(cnn.max_pool_2x2(x), nn.max_pool(x, (2, 2), strides=(2, 2)))
 
 
+def batch_norm_formula(x, w, scale, bias, epsilon):
+  n = w.sum()
+  mean = (w * x).sum(0) / n
+  var = (w * jnp.square(x - mean)).sum(0) / n
+  return (x - mean) * jax.lax.rsqrt(var + epsilon) * scale + bias, mean, var
+
+
+@pytest.mark.parametrize("marked", [12, 9], ids=["all rows", "some rows"])
+def test_batch_norm_gradient_equals_autodiff_of_its_formula(marked):
+  """The written-out gradient, for every output's cotangent (the statistics' too) and for
+  rows the mask leaves out (whose outputs still move with the others' statistics)."""
+  keys = jax.random.split(trainer_lib.prng_key(0), 6)
+  x = jax.random.normal(keys[0], (12, 5)) * 3 + 1
+  w = (jnp.arange(12) < marked).astype(jnp.float32)[:, None]
+  scale, bias = jax.random.normal(keys[1], (5,)), jax.random.normal(keys[2], (5,))
+  cotangents = (jax.random.normal(keys[3], (12, 5)), jax.random.normal(keys[4], (5,)),
+                jax.random.normal(keys[5], (5,)))
+  outputs, vjp = jax.vjp(lambda *a: cnn.batch_norm_train(*a, 1e-5), x, w, scale, bias)
+  expected_outputs, expected_vjp = jax.vjp(lambda *a: batch_norm_formula(*a, 1e-5),
+                                           x, w, scale, bias)
+  chex.assert_trees_all_close(outputs, expected_outputs, rtol=1e-6, atol=1e-6)
+  (dx, _, d_scale, d_bias), (ex, _, e_scale, e_bias) = vjp(cotangents), expected_vjp(cotangents)
+  chex.assert_trees_all_close((dx, d_scale, d_bias), (ex, e_scale, e_bias), rtol=1e-5,
+                              atol=1e-5)
+
+
 def test_dropout_masks_keep_the_right_fraction_and_preserve_the_mean():
   shapes = {"a": (64, 24, 24, 8), "b": (64, 100), "c": (3,)}
   masks = dropout.keep_masks(trainer_lib.prng_key(0), 0.1, shapes)

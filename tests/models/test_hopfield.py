@@ -193,7 +193,7 @@ def test_static_hopfield_equals_the_pure_retrieval_exactly(steps_max):
 
 
 def test_static_hopfield_stops_like_update_steps_eps():
-  X, Q = store()
+  X, Q = store(seed=1)          # one whose retrieval converges (26 steps) well inside the cap
   module = hf.Hopfield(scaling=0.5, update_steps_max=99, update_steps_eps=1e-4, **STATIC)
   inputs = (X[None], Q[None], X[None])
   out, assoc, steps = _apply(module, {}, inputs, return_association=True)

@@ -16,7 +16,7 @@ from helpers import (assert_clean_failure, checksums, open_run, run_cli, run_rea
                      write_p2g_folder)
 from hw2jax.data import sources
 from hw2jax.errors import UserError
-from hw2jax.recipes import cnn, p2g
+from hw2jax.recipes import cnn, p2g, p2g_predict
 from hw2jax.train import checkpoints as ckpt_lib
 from hw2jax.train import run as run_lib
 
@@ -113,9 +113,9 @@ def test_edited_p2g_data_is_refused_with_checkpoints_and_vocab_untouched_and_sti
     f.write("ʒ ʒ\tzz\n")
   (run / p2g.VOCAB).write_text('{"source": ["<pad>"], "target": []}')   # shortened by hand
   words = [p for p, _ in sources.load_p2g(folder).test[:2]]
-  assert len(p2g.predict(run, words, log=quiet)) == 2      # vocabularies from the checkpoint
+  assert len(p2g_predict.predict(run, words, log=quiet)) == 2      # vocabularies from the checkpoint
   with pytest.raises(UserError, match=r"word 2.*'ʒ', 'q'"):
-    p2g.predict(run, [["k", "æ"], ["ʒ", "q", "ŋ"]], log=quiet)
+    p2g_predict.predict(run, [["k", "æ"], ["ʒ", "q", "ŋ"]], log=quiet)
   assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["1", "2"]
 
   train.write_bytes(original)
@@ -180,6 +180,26 @@ class Trained:
   data: object
   data_path: object
   workdir: object
+
+
+def test_a_p2g_run_at_the_former_default_widths_resumed_with_the_default_keeps_them(tmp_path):
+  """The default went from 3 padded widths to 5; the report's Q3 runs, which ask the default,
+  go on at 3 instead of being refused. A run at any other number is refused as before."""
+  data = sources.load_p2g(write_p2g_folder(tmp_path / "data", n_train=24, n_valid=6, n_test=6))
+  former = dataclasses.replace(P2G_RUN, widths=p2g.FORMER_WIDTHS)
+  p2g.train_and_evaluate(former, data, tmp_path / "run", log=quiet)
+  assert p2g.Config.widths != p2g.FORMER_WIDTHS
+  said = []
+  summary = p2g.train_and_evaluate(dataclasses.replace(P2G_RUN, widths=p2g.Config.widths,
+                                                       epochs=2), data, tmp_path / "run",
+                                   log=said.append)
+  assert summary.config.widths == p2g.FORMER_WIDTHS and summary.epochs_done == 2
+  assert any("--widths=3, the former default; it goes on with them" in line for line in said)
+  p2g.train_and_evaluate(dataclasses.replace(P2G_RUN, widths=4), data, tmp_path / "four",
+                         log=quiet)
+  with pytest.raises(UserError, match=r"widths=4 \(now 5\)"):
+    p2g.train_and_evaluate(dataclasses.replace(P2G_RUN, widths=p2g.Config.widths, epochs=2),
+                           data, tmp_path / "four", log=quiet)
 
 
 # The course's channels (32, 64, 128): the CNN run is a TorchCNN too, so --to_torch reads it.
@@ -282,7 +302,7 @@ def test_predict_beside_a_killed_saves_leftover_folder_predicts_and_leaves_it(p2
   killed_save_leftover(run / "checkpoints")
   before = checksums(run)
   words = [p for p, _ in p2g_run.data.test[:2]]
-  assert len(p2g.predict(run, words, log=quiet)) == 2
+  assert len(p2g_predict.predict(run, words, log=quiet)) == 2
   assert checksums(run) == before
 
 
@@ -293,7 +313,7 @@ def test_predict_on_a_damaged_best_checkpoint_says_it_left_it_in_place_and_moves
   before = checksums(run)
   logs = []
   with pytest.raises(UserError, match="has no readable best checkpoint"):
-    p2g.predict(run, [p for p, _ in p2g_run.data.test[:2]], log=logs.append)
+    p2g_predict.predict(run, [p for p, _ in p2g_run.data.test[:2]], log=logs.append)
   said = [line for line in logs if "checkpoint of epoch 1 is unreadable" in line]
   assert len(said) == 1 and said[0].endswith(LEFT_IN_PLACE), logs
   assert checksums(run) == before
@@ -331,5 +351,5 @@ def test_predict_beside_a_step_orbax_cannot_list_is_one_line_and_moves_nothing(
   before = checksums(run)
   with pytest.raises(UserError, match=rf"epoch 1 in .* is damaged \({damaged}: JSONDecodeError\) "
                                       "and this command only reads"):
-    p2g.predict(run, [p for p, _ in p2g_run.data.test[:2]], log=quiet)
+    p2g_predict.predict(run, [p for p, _ in p2g_run.data.test[:2]], log=quiet)
   assert checksums(run) == before

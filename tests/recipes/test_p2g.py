@@ -9,7 +9,7 @@ from helpers import (REPO, assert_clean_failure, open_run, p2g_pairs, p2g_summar
                      write_p2g_folder)
 from hw2jax.data import sources
 from hw2jax.errors import UserError
-from hw2jax.recipes import p2g
+from hw2jax.recipes import p2g, p2g_predict
 
 pytestmark = pytest.mark.slow
 TINY = ["--hidden_size=8", "--batch_size=16", "--widths=2"]
@@ -173,7 +173,7 @@ def test_a_workdir_written_before_the_redesign_resumes_and_predicts(tmp_path):
   saved = json.loads((old / "config.json").read_text())
   (old / "config.json").write_text(json.dumps({**saved, "data": data.source}))
   words = [p for p, _ in data.test[:2]]
-  assert len(p2g.predict(old, words, log=lambda line: None)) == 2
+  assert len(p2g_predict.predict(old, words, log=lambda line: None)) == 2
   config = p2g.Config.from_json({**saved["config"], "epochs": 3})
   logs = []
   resumed = p2g.train_and_evaluate(config, data, old, log=logs.append)

@@ -11,7 +11,7 @@ import pytest
 from helpers import checksums, write_npz
 from hw2jax.data import sources
 from hw2jax.errors import UserError
-from hw2jax.recipes import cnn, cnn_tables, p2g
+from hw2jax.recipes import cnn, cnn_tables, p2g, p2g_predict
 from hw2jax.train import run as run_lib
 
 pytestmark = pytest.mark.slow
@@ -81,7 +81,7 @@ def test_a_damaged_vocab_json_of_an_old_run_is_one_line(tmp_path):
       {"config": p2g.Config().to_json(), "data": "x"}))
   (tmp_path / p2g.VOCAB).write_text("[1]")
   with pytest.raises(UserError, match=r"vocab.json is damaged \(not the run's vocabularies\)"):
-    p2g.load_run(tmp_path, log=quiet)
+    p2g_predict.load_run(tmp_path, log=quiet)
 
 
 def test_a_diverged_run_reports_no_test_accuracy_of_nan_weights(train, tmp_path):
