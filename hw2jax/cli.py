@@ -22,6 +22,7 @@ except ValueError as e:   # JAX_ENABLE_X64=maybe, JAX_DEFAULT_MATMUL_PRECISION=g
   sys.exit(EXIT_USAGE)
 
 from hw2jax.cache import enable_compilation_cache  # noqa: E402  (after jax's settings are read)
+from hw2jax.malloc import keep_freed_memory  # noqa: E402
 from hw2jax.errors import AbandonedWorkError, UserError  # noqa: E402
 from hw2jax.train import sharding  # noqa: E402
 from hw2jax.train.trainer import EPOCH_MODES  # noqa: E402
@@ -184,6 +185,7 @@ def run(main: Callable[[Sequence[str]], None], *, memory_flags: str = "--batch_s
           sys.stdout.flush()
           os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
       enable_compilation_cache()
+      keep_freed_memory()
       main(argv)
     except AbandonedWorkError as e:      # what the run keeps is on disk: do not wait
       print(error_line(str(e)), file=sys.stderr, flush=True)
