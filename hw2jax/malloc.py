@@ -25,8 +25,8 @@ def keep_freed_memory() -> bool:
   if any(name in os.environ for name in ENVIRONMENT):
     return False
   try:
-    mallopt = ctypes.CDLL(None).mallopt
-    ctypes.CDLL(None).gnu_get_libc_version
+    libc = ctypes.CDLL(None)
+    mallopt, _ = libc.mallopt, libc.gnu_get_libc_version     # glibc has both
   except (AttributeError, OSError):
     return False
   mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int

@@ -15,6 +15,7 @@ from hw2jax.recipes.p2g import VOCAB, Config, new_state
 from hw2jax.recipes.p2g_evaluation import Decoding
 from hw2jax.train.run import Run
 
+
 @dataclasses.dataclass(frozen=True)
 class Prediction:
   """The spellings of one pronunciation: greedy, the beams (best first), the samples."""
